@@ -851,9 +851,15 @@ impl Config {
             if u.url.query().is_some() {
                 problem(path, "must not have a query string".into());
             }
-            for (field, d) in [("connect_timeout", u.connect_timeout), ("timeout", u.timeout)] {
+            for (field, d) in [
+                ("connect_timeout", u.connect_timeout),
+                ("timeout", u.timeout),
+            ] {
                 if d.is_zero() {
-                    problem(format!("upstreams.{name}.{field}"), "must be above 0".into());
+                    problem(
+                        format!("upstreams.{name}.{field}"),
+                        "must be above 0".into(),
+                    );
                 }
             }
         }
@@ -879,7 +885,10 @@ impl Config {
                 if let Some(p) = p
                     && !p.starts_with('/')
                 {
-                    problem(format!("{path}.match.{field}"), "must start with `/`".into());
+                    problem(
+                        format!("{path}.match.{field}"),
+                        "must start with `/`".into(),
+                    );
                 }
             }
             if let Some(h) = &m.host
@@ -943,7 +952,10 @@ impl Config {
                 if !PERMISSIONS.contains(&p.as_str()) {
                     problem(
                         format!("{path}.permissions[{j}]"),
-                        format!("unknown permission `{p}`; known: {}", PERMISSIONS.join(", ")),
+                        format!(
+                            "unknown permission `{p}`; known: {}",
+                            PERMISSIONS.join(", ")
+                        ),
                     );
                 }
             }
@@ -1046,11 +1058,7 @@ fn expand(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, Stri
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!("`${{{inner}}}` is not a valid variable reference"));
         }
         match (env(name).filter(|v| !v.is_empty()), default) {
@@ -1312,11 +1320,20 @@ routes:
 
     #[test]
     fn env_variables_are_substituted_in_values_only() {
-        let text = MINIMAL.replace("0123456789abcdef0123", "${PEPPER}");
-        assert_eq!(parse(&text).unwrap().secrets.pepper, "from-the-environment-123");
-        let text = MINIMAL.replace("0123456789abcdef0123", "${MISSING:-fallback-value-123456}");
-        assert_eq!(parse(&text).unwrap().secrets.pepper, "fallback-value-123456");
-        let err = parse(&MINIMAL.replace("0123456789abcdef0123", "${MISSING}")).unwrap_err();
+        let text = MINIMAL.replace("0123456789abcdef0123", "\"${PEPPER}\"");
+        assert_eq!(
+            parse(&text).unwrap().secrets.pepper,
+            "from-the-environment-123"
+        );
+        let text = MINIMAL.replace(
+            "0123456789abcdef0123",
+            "\"${MISSING:-fallback-value-123456}\"",
+        );
+        assert_eq!(
+            parse(&text).unwrap().secrets.pepper,
+            "fallback-value-123456"
+        );
+        let err = parse(&MINIMAL.replace("0123456789abcdef0123", "\"${MISSING}\"")).unwrap_err();
         assert_eq!(err.problems[0].path, "secrets.pepper");
         assert!(err.problems[0].message.contains("MISSING is not set"));
     }
@@ -1342,7 +1359,7 @@ routes:
         let err = parse(&MINIMAL.replace("scopes: [read]", "scopes: [read]\n    scope: [x]"))
             .unwrap_err();
         let p = &err.problems[0];
-        assert_eq!(p.path, "routes[0]");
+        assert_eq!(p.path, "routes[0].scope");
         assert!(p.message.contains("unknown field `scope`"), "{p}");
         let err = parse("secrets: {pepper: x\n").unwrap_err();
         assert!(err.problems[0].line.is_some());
@@ -1389,9 +1406,9 @@ routes:
 
     #[test]
     fn secrets_do_not_print() {
-        let c = parse(
-            &format!("{MINIMAL}admin:\n  tokens:\n    - {{ name: ops, token: tok-0123456789abcdef }}\n"),
-        )
+        let c = parse(&format!(
+            "{MINIMAL}admin:\n  tokens:\n    - {{ name: ops, token: tok-0123456789abcdef }}\n"
+        ))
         .unwrap();
         let dump = format!("{c:?}");
         assert!(!dump.contains("0123456789abcdef0123"));

@@ -151,15 +151,16 @@ impl SecretFormat {
 
 /// Whether `s` may be an imported secret: 16–256 printable ASCII characters, no spaces.
 pub fn is_plausible_foreign(s: &str) -> bool {
-    (FOREIGN_MIN_LEN..=FOREIGN_MAX_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+    (FOREIGN_MIN_LEN..=FOREIGN_MAX_LEN).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The displayed prefix of an imported secret: its start, never more than a quarter of it.
+/// The displayed prefix of an imported secret: its start, never more than half of it.
 pub fn foreign_display_prefix(secret: &Secret) -> String {
     let s = secret.expose();
     // For `edsk_live_abc1…` style secrets show through the last `_` of the lead plus 4 chars.
     let lead = s[..s.len().min(24)].rfind('_').map_or(0, |i| i + 1);
-    display_prefix(s, (lead + PREFIX_BODY_CHARS).min(s.len() / 4))
+    display_prefix(s, (lead + PREFIX_BODY_CHARS).min(s.len() / 2))
 }
 
 fn display_prefix(s: &str, chars: usize) -> String {
@@ -477,6 +478,10 @@ mod tests {
         assert_eq!(
             foreign_display_prefix(&Secret::new("0123456789abcdef".into())),
             "0123"
+        );
+        assert_eq!(
+            foreign_display_prefix(&Secret::new("sk_live_abcdefghijkl".into())),
+            "sk_live_ab"
         );
     }
 

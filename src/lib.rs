@@ -2,10 +2,188 @@
 //!
 //! # Layout
 //!
+//! The request path, in the order a request meets it:
+//!
+//! - [`server`]: accept loops, TLS, HTTP/1.1 and HTTP/2, graceful drain.
+//! - [`proxy`]: the stages, in order: request id → [`route`] → [`auth`] (credential, client IP)
+//!   → key lookup through [`store::cache`] → status, expiry, allowlist, scopes →
+//!   [`proxy::upstream`] (forwarding) → access log.
+//! - [`error`]: why a request was refused, and the one place a refusal becomes a response.
+//!
+//! Around it:
+//!
 //! - [`config`]: the YAML file, typed and validated.
 //! - [`keys`]: secret format, ids, keyed hashing, key records.
 //! - [`store`]: the key index (`KeyStore`: embedded redb or Redis) and its hot cache.
+//! - [`control`]: key lifecycle operations (write the store, then invalidate the cache).
+//! - [`admin`]: the admin listener (health and readiness).
+//! - [`telemetry`]: logging.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
+pub mod control;
+pub mod error;
 pub mod keys;
+pub mod proxy;
+pub mod route;
+pub mod server;
 pub mod store;
+pub mod telemetry;
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::control::KeyManager;
+use crate::proxy::Gateway;
+use crate::store::cache::KeyCache;
+use crate::store::{Store, StoreError};
+
+/// The two bound listeners. Binding is separate from [`run`] so tests and supervisors can bind
+/// port 0 (or inherit sockets) and learn the addresses first.
+pub struct Listeners {
+    /// Data plane.
+    pub proxy: TcpListener,
+    /// Admin API and probes.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `listen:`.
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let proxy = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listen.proxy {}: {e}", config.listen.proxy),
+            )
+        })?;
+        let admin = TcpListener::bind(config.listen.admin).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listen.admin {}: {e}", config.listen.admin),
+            )
+        })?;
+        Ok(Listeners { proxy, admin })
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// TLS material could not be loaded.
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// A started gateway: the store, the cache, the data plane and the key operations.
+pub struct App {
+    config: Config,
+    store: Arc<Store>,
+    gateway: Arc<Gateway>,
+    keys: KeyManager,
+}
+
+impl App {
+    /// Opens the store and builds the data plane for a validated config.
+    pub async fn new(config: Config) -> Result<App, StartError> {
+        let store = Arc::new(Store::open(&config.store).await?);
+        let cache = Arc::new(KeyCache::new(store.clone(), &config.cache));
+        let gateway = Arc::new(Gateway::new(&config, cache.clone()));
+        let keys = KeyManager::new(cache, gateway.format().clone(), gateway.hasher().clone());
+        Ok(App {
+            config,
+            store,
+            gateway,
+            keys,
+        })
+    }
+
+    /// The key index.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The data plane.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Key lifecycle operations.
+    pub fn keys(&self) -> &KeyManager {
+        &self.keys
+    }
+
+    /// Serves both listeners until `shutdown` completes, then stops accepting and drains
+    /// in-flight requests for up to `shutdown_timeout`.
+    pub async fn serve(
+        &self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let tls = match &self.config.tls {
+            Some(files) => Some(server::load_tls(files).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+
+        let gateway = self.gateway.clone();
+        let proxy = server::accept_loop(
+            listeners.proxy,
+            tls,
+            move |req, conn| {
+                let gateway = gateway.clone();
+                async move { gateway.handle(req, conn).await }
+            },
+            stop_rx.clone(),
+            &graceful,
+        );
+        let admin_handler = admin::Admin::new(self.store.clone());
+        let admin = server::accept_loop(
+            listeners.admin,
+            None,
+            move |req, _conn| {
+                let admin = admin_handler.clone();
+                async move { admin.handle(req).await }
+            },
+            stop_rx,
+            &graceful,
+        );
+        tracing::info!(
+            proxy = %self.config.listen.proxy,
+            admin = %self.config.listen.admin,
+            backend = ?self.config.store.backend,
+            "keygate serving"
+        );
+        let stop = async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(proxy, admin, stop);
+
+        let timeout = self.config.shutdown_timeout;
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections drained"),
+            _ = tokio::time::sleep(timeout) => {
+                tracing::warn!(?timeout, "shutdown_timeout reached; closing remaining connections");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store for `config`, serves `listeners` until `shutdown`, then drains.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    App::new(config).await?.serve(listeners, shutdown).await
+}

@@ -1,1 +1,109 @@
-fn main() {}
+//! The `keygate` command: parses arguments, loads the config, installs logging and runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keygate::config::Config;
+
+/// Exit code for an unusable config (sysexits `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code for failures at start or while running (sysexits `EX_SOFTWARE`).
+const EXIT_RUNTIME: u8 = 70;
+
+#[derive(Parser)]
+#[command(name = "keygate", version, about = "API-key authentication gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The YAML config file.
+        #[arg(
+            long,
+            short,
+            env = "KEYGATE_CONFIG",
+            default_value = "config/keygate.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file; prints every problem and exits 64 if there is one.
+    Check {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
+            Ok(_) => {
+                eprintln!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    keygate::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match keygate::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot bind");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let shutdown = async {
+            if let Err(e) = keygate::server::shutdown_signal().await {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                std::future::pending::<()>().await;
+            }
+        };
+        match keygate::run(config, listeners, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "keygate stopped");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}

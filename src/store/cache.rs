@@ -1,1 +1,226 @@
-//! Hot cache.
+//! The hot cache of key records by secret hash, in front of a [`KeyStore`]: the only way the
+//! request path reaches the store.
+//!
+//! - Positive entries are trusted for `cache.ttl`, then refreshed; while the store is
+//!   unreachable they keep working up to `cache.max_stale` longer (0 = fail closed). Unknown
+//!   hashes are remembered for `cache.negative_ttl`, so floods of wrong keys stay off the store.
+//! - Concurrent misses for one hash make one store call (moka's per-key initialisation).
+//! - Invalidation cannot be undone by a racing fill: every entry carries the generation of its
+//!   hash's shard as read *before* the store call, and [`KeyCache::invalidate`] bumps that
+//!   generation *after* the store write. An entry from an older generation is never served.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
+
+use super::{KeyStore, StoreError};
+use crate::config::CacheConfig;
+use crate::keys::{KeyRecord, SecretHash};
+
+/// Generation shards. A bump forces a re-read of 1/SHARDS of the cached keys: cheap, since
+/// changes to keys are rare next to lookups, and bounded memory unlike a per-key map.
+const SHARDS: usize = 4096;
+/// Fills that race an invalidation are retried this often before answering uncached.
+const MAX_FILL_RACES: usize = 3;
+
+#[derive(Clone)]
+struct Entry {
+    record: Option<Arc<KeyRecord>>,
+    generation: u64,
+    fetched: Instant,
+}
+
+struct Policy {
+    positive: Duration,
+    negative: Duration,
+}
+
+impl Expiry<SecretHash, Entry> for Policy {
+    fn expire_after_create(&self, _: &SecretHash, v: &Entry, _: Instant) -> Option<Duration> {
+        Some(if v.record.is_some() {
+            self.positive
+        } else {
+            self.negative
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        k: &SecretHash,
+        v: &Entry,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(k, v, at)
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Lookups answered from the cache (including negative entries).
+    pub hits: AtomicU64,
+    /// Lookups that went to the store.
+    pub misses: AtomicU64,
+    /// Lookups answered with a record past `ttl` because the store was unreachable.
+    pub stale_served: AtomicU64,
+}
+
+/// Cached, coalesced, invalidatable lookups of key records by secret hash.
+pub struct KeyCache<S> {
+    store: Arc<S>,
+    cache: Cache<SecretHash, Entry>,
+    generations: Box<[AtomicU64]>,
+    ttl: Duration,
+    stats: CacheStats,
+}
+
+impl<S: KeyStore> KeyCache<S> {
+    /// A cache over `store` sized and timed by `config`.
+    pub fn new(store: Arc<S>, config: &CacheConfig) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(config.capacity)
+            .expire_after(Policy {
+                positive: config.ttl + config.max_stale,
+                negative: config.negative_ttl,
+            })
+            .build();
+        KeyCache {
+            store,
+            cache,
+            generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            ttl: config.ttl,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Hit, miss and stale counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    fn generation(&self, hash: &SecretHash) -> &AtomicU64 {
+        let i = u16::from_le_bytes([hash.0[0], hash.0[1]]) as usize % SHARDS;
+        &self.generations[i]
+    }
+
+    /// The record whose secret has this hash, or `None` for an unknown secret.
+    ///
+    /// Fails only when the store cannot be asked and nothing usable is cached.
+    pub async fn get(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let generation = self.generation(hash).load(Ordering::Acquire);
+        if let Some(entry) = self.cache.get(hash).await {
+            if entry.generation == generation {
+                if entry.record.is_none() || entry.fetched.elapsed() < self.ttl {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(entry.record);
+                }
+                return self.refresh(hash).await;
+            }
+            // Filled before an invalidation of its shard: never serve it.
+            self.cache.invalidate(hash).await;
+        }
+        self.fill(hash).await
+    }
+
+    async fn load(&self, hash: &SecretHash) -> Result<Entry, StoreError> {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        // Read the generation before the store: a write that lands after this read bumps it.
+        let generation = self.generation(hash).load(Ordering::Acquire);
+        let record = self.store.get_by_hash(hash).await?;
+        Ok(Entry {
+            record: record.map(Arc::new),
+            generation,
+            fetched: Instant::now(),
+        })
+    }
+
+    async fn fill(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        for _ in 0..MAX_FILL_RACES {
+            let entry = self
+                .cache
+                .try_get_with(*hash, self.load(hash))
+                .await
+                .map_err(|e| StoreError::clone(&e))?;
+            if entry.generation == self.generation(hash).load(Ordering::Acquire) {
+                return Ok(entry.record);
+            }
+            self.cache.invalidate(hash).await;
+        }
+        // The key keeps changing under us: answer from the store without caching.
+        Ok(self.load(hash).await?.record)
+    }
+
+    /// Refreshes an entry past `ttl`, one store call however many requests wait for it. When the
+    /// store is unreachable the old record is served; the entry itself expires at
+    /// `ttl + max_stale`, which bounds how stale it can get.
+    async fn refresh(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let mut stale = None;
+        let result = self
+            .cache
+            .entry(*hash)
+            .and_try_compute_with(|current| {
+                let current = current.map(|e| e.into_value());
+                let fresh_already = current.as_ref().is_some_and(|e| {
+                    e.fetched.elapsed() < self.ttl
+                        && e.generation == self.generation(hash).load(Ordering::Acquire)
+                });
+                stale = current.and_then(|e| e.record);
+                async move {
+                    if fresh_already {
+                        // Another request refreshed it while this one waited.
+                        return Ok(Op::Nop);
+                    }
+                    self.load(hash).await.map(Op::Put)
+                }
+            })
+            .await;
+        match result {
+            Ok(
+                CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e),
+            ) if e.value().generation == self.generation(hash).load(Ordering::Acquire) => {
+                Ok(e.into_value().record)
+            }
+            Ok(_) => self.fill(hash).await,
+            Err(StoreError::Unavailable(detail)) => match stale {
+                Some(record) => {
+                    self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%detail, "store unreachable; serving cached record past ttl");
+                    Ok(Some(record))
+                }
+                None => Err(StoreError::Unavailable(detail)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops a hash from the cache, here and for any fill already under way. Call it after the
+    /// store write that changed the key (and after creating a key, to drop a negative entry).
+    pub async fn invalidate(&self, hash: &SecretHash) {
+        self.generation(hash).fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(hash).await;
+    }
+
+    /// Drops everything (e.g. after losing the invalidation channel, when messages may have been
+    /// missed).
+    pub fn clear(&self) {
+        for g in self.generations.iter() {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
+        self.cache.invalidate_all();
+    }
+
+    /// Cached entries (approximate; for metrics and tests).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

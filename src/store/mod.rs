@@ -140,8 +140,10 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Adds usage counts and moves `last_used_at` forward. Deltas for keys that no longer exist
     /// are dropped.
-    fn add_usage(&self, deltas: &[UsageDelta])
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn add_usage(
+        &self,
+        deltas: &[UsageDelta],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends request-log entries of one key, keeping only the newest `max_per_key`.
     fn append_request_logs(
@@ -170,6 +172,20 @@ pub enum Store {
     Embedded(embedded::EmbeddedStore),
     /// Redis.
     Redis(redis::RedisStore),
+}
+
+impl Store {
+    /// Opens the backend chosen by `store.backend`.
+    pub async fn open(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        Ok(match config.backend {
+            crate::config::Backend::Embedded => {
+                Store::Embedded(embedded::EmbeddedStore::open(&config.embedded)?)
+            }
+            crate::config::Backend::Redis => {
+                Store::Redis(redis::RedisStore::connect(&config.redis).await?)
+            }
+        })
+    }
 }
 
 macro_rules! dispatch {

@@ -1,0 +1,207 @@
+//! [`Reject`]: why a request was refused, and the one function that turns a refusal into the
+//! documented JSON error response. Nothing else builds error responses.
+//!
+//! The client gets a fixed message per code; details go to the log through the variant's
+//! fields, never into the body, and never contain a secret.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+/// Why a request was refused. One variant per documented error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// No credential in the request.
+    #[error("missing_key")]
+    MissingKey,
+    /// Malformed credential, bad checksum or unknown secret; the detail is for logs.
+    #[error("invalid_key: {0}")]
+    InvalidKey(&'static str),
+    /// The secret matched a revoked key.
+    #[error("key_revoked")]
+    KeyRevoked,
+    /// The secret matched a key past `expires_at`.
+    #[error("key_expired")]
+    KeyExpired,
+    /// Two different secrets in one request.
+    #[error("conflicting_credentials")]
+    ConflictingCredentials,
+    /// The client IP is not in the key's allowlist.
+    #[error("ip_not_allowed")]
+    IpNotAllowed,
+    /// The key lacks a scope the route needs (the scope, or `one of a, b` for `any_scopes`).
+    #[error("insufficient_scope: {0}")]
+    InsufficientScope(String),
+    /// No route matches.
+    #[error("no_route")]
+    NoRoute,
+    /// Rate limit reached; retry after this many seconds.
+    #[error("rate_limited (retry after {0}s)")]
+    RateLimited(u64),
+    /// Quota used up until its next refill.
+    #[error("quota_exceeded")]
+    QuotaExceeded,
+    /// The upstream refused the connection or failed; the detail is for logs.
+    #[error("upstream_unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream was too slow.
+    #[error("upstream_timeout")]
+    UpstreamTimeout,
+    /// The key is not cached and the store cannot be reached.
+    #[error("store_unavailable: {0}")]
+    StoreUnavailable(String),
+}
+
+impl Reject {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::MissingKey
+            | Reject::InvalidKey(_)
+            | Reject::KeyRevoked
+            | Reject::KeyExpired => StatusCode::UNAUTHORIZED,
+            Reject::ConflictingCredentials => StatusCode::BAD_REQUEST,
+            Reject::IpNotAllowed | Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::RateLimited(_) | Reject::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Reject::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::MissingKey => "missing_key",
+            Reject::InvalidKey(_) => "invalid_key",
+            Reject::KeyRevoked => "key_revoked",
+            Reject::KeyExpired => "key_expired",
+            Reject::ConflictingCredentials => "conflicting_credentials",
+            Reject::IpNotAllowed => "ip_not_allowed",
+            Reject::InsufficientScope(_) => "insufficient_scope",
+            Reject::NoRoute => "no_route",
+            Reject::RateLimited(_) => "rate_limited",
+            Reject::QuotaExceeded => "quota_exceeded",
+            Reject::UpstreamUnavailable(_) => "upstream_unavailable",
+            Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+
+    /// The message the client sees.
+    pub fn message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Reject::MissingKey => {
+                "No API key was sent. Send it as `Authorization: Bearer <key>` or `Authorization: ApiKey <key>`."
+            }
+            Reject::InvalidKey(_) => {
+                "The API key is not valid. Check that it was copied completely, without extra characters."
+            }
+            Reject::KeyRevoked => "This API key has been revoked.",
+            Reject::KeyExpired => "This API key has expired.",
+            Reject::ConflictingCredentials => {
+                "The request carries two different API keys. Send exactly one."
+            }
+            Reject::IpNotAllowed => "This API key may not be used from this IP address.",
+            Reject::InsufficientScope(scope) => {
+                return Cow::Owned(format!(
+                    "This API key lacks the scope this route requires: {scope}."
+                ));
+            }
+            Reject::NoRoute => "No route matches this request.",
+            Reject::RateLimited(_) => "Too many requests. Retry after the time in Retry-After.",
+            Reject::QuotaExceeded => "This API key's usage quota is used up until its next refill.",
+            Reject::UpstreamUnavailable(_) => "The upstream service could not be reached.",
+            Reject::UpstreamTimeout => "The upstream service did not answer in time.",
+            Reject::StoreUnavailable(_) => {
+                "The key index is unavailable, so the key cannot be checked. Retry shortly."
+            }
+        })
+    }
+
+    /// The documented JSON error response, with the headers the code calls for.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        let mut response = error_response(
+            self.status(),
+            self.code(),
+            &self.message(),
+            request_id.to_str().unwrap_or(""),
+        );
+        let headers = response.headers_mut();
+        match self {
+            Reject::MissingKey
+            | Reject::InvalidKey(_)
+            | Reject::KeyRevoked
+            | Reject::KeyExpired => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate\""),
+                );
+            }
+            Reject::RateLimited(secs) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `{"error": {"code", "message", "request_id"}}` with the given status. Shared with the admin
+/// API, whose codes are its own.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": request_id }
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn refusals_are_the_documented_json() {
+        let rid = HeaderValue::from_static("req-1");
+        let r: Response<Full<Bytes>> = Reject::MissingKey.to_response(&rid);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"keygate\"");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "missing_key");
+        assert_eq!(v["error"]["request_id"], "req-1");
+        assert!(v["error"]["message"].as_str().unwrap().contains("Bearer"));
+
+        let r: Response<Full<Bytes>> = Reject::RateLimited(3).to_response(&rid);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "3");
+        let r: Response<Full<Bytes>> =
+            Reject::InsufficientScope("sessions:write".into()).to_response(&rid);
+        assert_eq!(r.status(), 403);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("sessions:write"));
+    }
+
+    #[test]
+    fn details_stay_out_of_the_message() {
+        let r = Reject::UpstreamUnavailable("connect to 10.1.2.3:80 refused".into());
+        assert!(!r.message().contains("10.1.2.3"));
+        let r = Reject::StoreUnavailable("redis timeout".into());
+        assert!(!r.message().contains("redis"));
+    }
+}

@@ -1,0 +1,369 @@
+//! The data plane's one ordering of stages, read top to bottom in [`Gateway::handle`]:
+//! request id → route → credential → key lookup (cache, then store) → revoked → expired →
+//! client IP allowlist → scopes → forward → access log.
+//!
+//! Each stage returns early with a [`Reject`]; only `error.rs` turns it into a response.
+
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use time::OffsetDateTime;
+
+use crate::auth::{self, CredentialSources};
+use crate::config::Config;
+use crate::error::Reject;
+use crate::keys::{KeyRecord, SecretFormat, SecretHasher, Shape};
+use crate::route::{CompiledRoute, Router};
+use crate::store::Store;
+use crate::store::cache::KeyCache;
+use upstream::{Forwarding, Upstream};
+
+/// Response body of the proxy: a small JSON error, or the upstream's body streamed through.
+pub type ProxyBody = Either<Full<Bytes>, Incoming>;
+
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the listener knows about a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// TCP peer.
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+/// The outcome of authentication and authorization for a request that may be forwarded.
+#[derive(Debug)]
+pub struct Decision<'a> {
+    /// The matched route.
+    pub route: &'a CompiledRoute,
+    /// The key, unless the route is public.
+    pub key: Option<Arc<KeyRecord>>,
+    /// The client's address as determined from the peer and trusted proxies.
+    pub client_ip: IpAddr,
+    /// Which headers carried the credential (bit 0 = `Authorization`).
+    pub credential_headers: u64,
+    /// Whether the query string carried the credential.
+    pub credential_in_query: bool,
+}
+
+/// The data plane for one configuration.
+pub struct Gateway {
+    router: Router,
+    upstreams: Vec<Upstream>,
+    keys: Arc<KeyCache<Store>>,
+    format: SecretFormat,
+    hasher: SecretHasher,
+    sources: CredentialSources,
+    roles: HashMap<String, Vec<String>>,
+    trusted: Vec<IpNet>,
+    forwarding: Forwarding,
+    access_log: bool,
+    ids: RequestIds,
+}
+
+impl Gateway {
+    /// Builds the data plane for a validated config over a key cache.
+    pub fn new(config: &Config, keys: Arc<KeyCache<Store>>) -> Self {
+        let names: Vec<&String> = config.upstreams.keys().collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| Upstream::new(name, u))
+            .collect();
+        Gateway {
+            router: Router::new(&config.routes, |name| {
+                names
+                    .iter()
+                    .position(|n| n.as_str() == name)
+                    .expect("validate() checked that every route names an upstream")
+            }),
+            upstreams,
+            keys,
+            format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
+            hasher: SecretHasher::new(&config.secrets.pepper),
+            sources: CredentialSources {
+                extra_headers: config.auth.extra_headers.clone(),
+                query_param: config.auth.query_param.clone(),
+            },
+            roles: config
+                .roles
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            trusted: config.trusted_proxies.clone(),
+            forwarding: Forwarding::new(config),
+            access_log: config.log.access,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// The key cache (for the control plane's invalidations and for metrics).
+    pub fn keys(&self) -> &Arc<KeyCache<Store>> {
+        &self.keys
+    }
+
+    /// The secret hasher of this configuration.
+    pub fn hasher(&self) -> &SecretHasher {
+        &self.hasher
+    }
+
+    /// The secret format of this configuration.
+    pub fn format(&self) -> &SecretFormat {
+        &self.format
+    }
+
+    /// Serves one request: refuses it with the documented error or forwards it.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = self.ids.for_request(req.headers());
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+
+        let (mut response, key, client_ip, upstream_time) =
+            match self.authorize(&req, conn.peer.ip()).await {
+                Err(reject) => {
+                    let ip = auth::client_ip(conn.peer.ip(), req.headers(), &self.trusted);
+                    (
+                        reject.to_response(&request_id).map(Either::Left),
+                        None,
+                        ip,
+                        None,
+                    )
+                }
+                Ok(decision) => {
+                    let key = decision.key.clone();
+                    let client_ip = decision.client_ip;
+                    let upstream = &self.upstreams[decision.route.upstream];
+                    let scopes = key
+                        .as_deref()
+                        .map(|k| self.effective_scopes(k).join(","))
+                        .unwrap_or_default();
+                    let sent = Instant::now();
+                    let response = match self
+                        .forwarding
+                        .forward(req, &decision, &scopes, upstream, conn, &request_id)
+                        .await
+                    {
+                        Ok(r) => r.map(Either::Right),
+                        Err(reject) => reject.to_response(&request_id).map(Either::Left),
+                    };
+                    (response, key, client_ip, Some(sent.elapsed()))
+                }
+            };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id.clone());
+        if self.access_log {
+            log_access(
+                &request_id,
+                &method,
+                &path,
+                &response,
+                key.as_deref(),
+                client_ip,
+                started.elapsed(),
+                upstream_time,
+            );
+        }
+        response
+    }
+
+    /// Authentication and authorization, in the documented order; first failure wins.
+    pub async fn authorize<B>(
+        &self,
+        req: &Request<B>,
+        peer: IpAddr,
+    ) -> Result<Decision<'_>, Reject> {
+        let headers = req.headers();
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let route = self
+            .router
+            .find(req.method(), host, req.uri().path())
+            .ok_or(Reject::NoRoute)?;
+        let client_ip = auth::client_ip(peer, headers, &self.trusted);
+        if route.public {
+            return Ok(Decision {
+                route,
+                key: None,
+                client_ip,
+                credential_headers: 0,
+                credential_in_query: false,
+            });
+        }
+
+        let credential = self
+            .sources
+            .extract(headers, req.uri().query())?
+            .ok_or(Reject::MissingKey)?;
+        if self.format.shape(&credential.secret) == Shape::Malformed {
+            return Err(Reject::InvalidKey("malformed secret or bad checksum"));
+        }
+        let hash = self.hasher.hash(&credential.secret);
+        let key = self
+            .keys
+            .get(&hash)
+            .await
+            .map_err(|e| Reject::StoreUnavailable(e.to_string()))?
+            .ok_or(Reject::InvalidKey("unknown secret"))?;
+
+        if key.revoked_at.is_some() {
+            return Err(Reject::KeyRevoked);
+        }
+        if key
+            .expires_at
+            .is_some_and(|at| at <= OffsetDateTime::now_utc())
+        {
+            return Err(Reject::KeyExpired);
+        }
+        if !auth::ip_allowed(client_ip, &key.ip_allowlist) {
+            return Err(Reject::IpNotAllowed);
+        }
+        auth::check_scopes(
+            &key.scopes,
+            self.role_scopes(&key),
+            &route.scopes,
+            &route.any_scopes,
+        )?;
+        Ok(Decision {
+            route,
+            key: Some(key),
+            client_ip,
+            credential_headers: credential.header_mask,
+            credential_in_query: credential.in_query,
+        })
+    }
+
+    fn role_scopes(&self, key: &KeyRecord) -> &[String] {
+        key.role
+            .as_ref()
+            .and_then(|r| self.roles.get(r))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The scopes a key holds: its own and its role's, deduplicated, in that order.
+    pub fn effective_scopes<'k>(&'k self, key: &'k KeyRecord) -> Vec<&'k str> {
+        let mut out: Vec<&str> = Vec::with_capacity(key.scopes.len());
+        for s in key.scopes.iter().chain(self.role_scopes(key)) {
+            if !out.contains(&s.as_str()) {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "one flat access-log line")]
+fn log_access(
+    request_id: &HeaderValue,
+    method: &http::Method,
+    path: &str,
+    response: &Response<ProxyBody>,
+    key: Option<&KeyRecord>,
+    client_ip: IpAddr,
+    latency: Duration,
+    upstream: Option<Duration>,
+) {
+    tracing::info!(
+        target: "keygate::access",
+        request_id = request_id.to_str().unwrap_or(""),
+        method = method.as_str(),
+        path,
+        status = response.status().as_u16(),
+        key_id = key.map(|k| k.id.as_str()),
+        workspace = key.map(|k| k.workspace.as_str()),
+        client_ip = %client_ip,
+        latency_us = latency.as_micros() as u64,
+        upstream_us = upstream.map(|d| d.as_micros() as u64),
+    );
+}
+
+/// Request ids: the client's when it sent a usable one, otherwise a new one that is unique per
+/// process and reveals nothing (a keyed permutation of a counter; no syscall per request).
+struct RequestIds {
+    seed: u64,
+    instance: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 16];
+        getrandom::fill(&mut seed).expect("the OS random number generator is available");
+        RequestIds {
+            seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
+            instance: u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get(X_REQUEST_ID)
+            && is_usable_request_id(v.as_bytes())
+        {
+            return v.clone();
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 32];
+        hex_u64(self.instance, &mut buf[..16]);
+        hex_u64(splitmix64(n ^ self.seed), &mut buf[16..]);
+        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    }
+}
+
+/// 1–128 characters of letters, digits and `-_.:+/=@`.
+fn is_usable_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(b))
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    // A bijection on u64, so distinct counters give distinct ids.
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn hex_u64(v: u64, out: &mut [u8]) {
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 15) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_usable_and_unique_otherwise() {
+        let ids = RequestIds::new();
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ids.for_request(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let generated = ids.for_request(&h);
+        assert_ne!(generated, "has space");
+        assert_eq!(generated.len(), 32);
+        let a = ids.for_request(&HeaderMap::new());
+        let b = ids.for_request(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert!(!is_usable_request_id(&[b'x'; 129]));
+    }
+}

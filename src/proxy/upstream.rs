@@ -1,0 +1,358 @@
+//! Forwarding to an upstream: the pooled keep-alive client, the request and response header
+//! rules (hop-by-hop removal, `X-Forwarded-*`, identity headers, credential removal), timeouts,
+//! and `Upgrade` tunnels. Bodies stream through untouched in both directions.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use http::header::{
+    CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::{ConnInfo, Decision, X_REQUEST_ID};
+use crate::auth::{X_FORWARDED_FOR, query_pairs};
+use crate::config::{self, Config};
+use crate::error::Reject;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones still seen in the wild). Headers
+/// named in `Connection` are removed too.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TRAILER,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+];
+
+/// One configured upstream with its connection pool.
+pub struct Upstream {
+    name: String,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    base_path: String,
+    timeout: Duration,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Upstream {
+    /// A pooled client for a validated upstream.
+    pub fn new(name: &str, cfg: &config::Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.idle_timeout)
+            .build(connector);
+        let authority = cfg
+            .url
+            .authority()
+            .expect("validate() checked that upstream URLs name a host")
+            .clone();
+        Upstream {
+            name: name.to_owned(),
+            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
+            authority,
+            base_path: cfg.url.path().trim_end_matches('/').to_owned(),
+            timeout: cfg.timeout,
+            client,
+        }
+    }
+
+    /// The upstream's name in config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, Reject> {
+        let pq = if self.base_path.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))
+        }
+        .map_err(|_| Reject::NoRoute)?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Reject::NoRoute)
+    }
+
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Reject> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(Reject::UpstreamTimeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> Reject {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return Reject::UpstreamTimeout;
+        }
+        source = s.source();
+    }
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    Reject::UpstreamUnavailable(detail)
+}
+
+/// The header rules of `forward:` and `trusted_proxies`.
+pub struct Forwarding {
+    keep_credentials: bool,
+    key_id: HeaderName,
+    workspace: HeaderName,
+    scopes: HeaderName,
+    credential_headers: Vec<HeaderName>,
+    query_param: Option<String>,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+impl Forwarding {
+    /// Rules from a validated config.
+    pub fn new(config: &Config) -> Self {
+        let ih = &config.forward.identity_headers;
+        let mut credential_headers = vec![http::header::AUTHORIZATION];
+        credential_headers.extend(config.auth.extra_headers.iter().cloned());
+        Forwarding {
+            keep_credentials: config.forward.keep_credentials,
+            key_id: ih.key_id.clone(),
+            workspace: ih.workspace.clone(),
+            scopes: ih.scopes.clone(),
+            credential_headers,
+            query_param: config.auth.query_param.clone(),
+            trusted: config.trusted_proxies.clone(),
+        }
+    }
+
+    /// Rewrites the request for the upstream, sends it, and prepares the response for the
+    /// client. `Upgrade` requests (WebSocket and others) become a tunnel once the upstream
+    /// answers 101. `scopes` is the key's effective scope list for the identity header.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        decision: &Decision<'_>,
+        scopes: &str,
+        upstream: &Upstream,
+        conn: ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, Reject> {
+        let upgrade = upgrade_protocol(req.headers(), req.version())
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let original_host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+
+        let path_and_query = self.path_and_query(req.uri(), decision.credential_in_query);
+        *req.uri_mut() = upstream.uri(&path_and_query)?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        remove_hop_by_hop(headers);
+        if let Some((protocol, _)) = &upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, protocol.clone());
+        }
+        for name in [&self.key_id, &self.workspace, &self.scopes] {
+            headers.remove(name);
+        }
+        if !self.keep_credentials {
+            for (i, name) in self.credential_headers.iter().enumerate() {
+                if decision.credential_headers & (1 << i) != 0 {
+                    headers.remove(name);
+                }
+            }
+        }
+        self.set_forwarded(headers, conn, original_host);
+        headers.insert(HOST, upstream.host.clone());
+        headers.insert(X_REQUEST_ID, request_id.clone());
+        if let Some(key) = &decision.key {
+            headers.insert(self.key_id.clone(), header_value(key.id.as_str()));
+            headers.insert(self.workspace.clone(), header_value(&key.workspace));
+            headers.insert(self.scopes.clone(), header_value(scopes));
+        }
+
+        let mut response = upstream.send(req).await?;
+        match upgrade {
+            Some((_, client_side)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_side, upstream_side));
+            }
+            _ => remove_hop_by_hop(response.headers_mut()),
+        }
+        Ok(response)
+    }
+
+    fn path_and_query(&self, uri: &Uri, strip_credential: bool) -> String {
+        let path = uri.path();
+        let Some(query) = uri.query() else {
+            return path.to_owned();
+        };
+        match (
+            &self.query_param,
+            strip_credential && !self.keep_credentials,
+        ) {
+            (Some(param), true) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .zip(query_pairs(query))
+                    .filter(|(_, (name, _))| *name != param.as_str())
+                    .map(|(raw, _)| raw)
+                    .collect();
+                if kept.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}?{}", kept.join("&"))
+                }
+            }
+            _ => format!("{path}?{query}"),
+        }
+    }
+
+    /// `X-Forwarded-For/-Proto/-Host`. A trusted proxy's values are extended or kept; anyone
+    /// else's are replaced, so the upstream never sees a client-chosen address.
+    fn set_forwarded(&self, headers: &mut HeaderMap, conn: ConnInfo, host: Option<HeaderValue>) {
+        let peer = conn.peer.ip().to_canonical();
+        let trusted = self.trusted.iter().any(|n| n.contains(&peer));
+        let chain = if trusted {
+            let previous: Vec<&str> = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if previous.is_empty() {
+                peer.to_string()
+            } else {
+                format!("{}, {peer}", previous.join(", "))
+            }
+        } else {
+            peer.to_string()
+        };
+        headers.insert(X_FORWARDED_FOR, header_value(&chain));
+        if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
+        }
+        if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
+            match host {
+                Some(h) => headers.insert(X_FORWARDED_HOST, h),
+                None => headers.remove(X_FORWARDED_HOST),
+            };
+        }
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Ids, workspace names, scopes and addresses are validated ASCII; fall back to empty rather
+    // than fail a request over a header we add.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The protocol of an HTTP/1.1 `Upgrade` request (`Connection: upgrade` + `Upgrade: x`).
+fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(UPGRADE).cloned()).flatten()
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-warehouse-id", HeaderValue::from_static("7"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-warehouse-id"], "7");
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade_on_http11() {
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_protocol(&h, Version::HTTP_11), None);
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(
+            upgrade_protocol(&h, Version::HTTP_11),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(upgrade_protocol(&h, Version::HTTP_2), None);
+    }
+}

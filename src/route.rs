@@ -1,0 +1,244 @@
+//! The route table: which configured route (and so which upstream and which scopes) a request
+//! falls under. First match in file order wins.
+
+use http::Method;
+
+use crate::config::{RateLimitSpec, Route};
+
+/// A route ready for matching.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    /// Position in the config file, for logs.
+    pub index: usize,
+    host: Option<String>,
+    path: Option<String>,
+    path_prefix: Option<String>,
+    methods: Vec<Method>,
+    /// Index of the upstream in the gateway's upstream list.
+    pub upstream: usize,
+    /// Skips authentication.
+    pub public: bool,
+    /// All required.
+    pub scopes: Vec<String>,
+    /// One suffices.
+    pub any_scopes: Vec<String>,
+    /// Route-specific limit.
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// Routes in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Vec<CompiledRoute>,
+}
+
+impl Router {
+    /// Compiles validated routes; `upstream_index` maps an upstream name to its index.
+    pub fn new(routes: &[Route], upstream_index: impl Fn(&str) -> usize) -> Self {
+        Router {
+            routes: routes
+                .iter()
+                .enumerate()
+                .map(|(index, r)| CompiledRoute {
+                    index,
+                    host: r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    path: r.matcher.path.clone(),
+                    path_prefix: r
+                        .matcher
+                        .path_prefix
+                        .as_ref()
+                        .map(|p| p.trim_end_matches('/').to_owned()),
+                    methods: r.matcher.methods.clone(),
+                    upstream: upstream_index(&r.upstream),
+                    public: r.public,
+                    scopes: r.scopes.clone(),
+                    any_scopes: r.any_scopes.clone(),
+                    rate_limit: r.rate_limit,
+                })
+                .collect(),
+        }
+    }
+
+    /// The first route matching the request. `host` may carry a port. Paths with `.` or `..`
+    /// segments (plain or percent-encoded) match nothing: an upstream that normalises them would
+    /// otherwise serve a resource other than the one whose route was checked.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&CompiledRoute> {
+        if has_dot_segment(path) {
+            return None;
+        }
+        let host = host.map(strip_port);
+        self.routes.iter().find(|r| {
+            (r.methods.is_empty() || r.methods.contains(method))
+                && r.host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && r.path.as_deref().is_none_or(|p| p == path)
+                && r.path_prefix
+                    .as_deref()
+                    .is_none_or(|p| prefix_matches(p, path))
+        })
+    }
+}
+
+/// Prefix match on segment boundaries: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
+/// The prefix is stored without its trailing slash, so `/` matches everything.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port → v6 in brackets, as configured hosts would write it.
+        return rest.find(']').map_or(host, |end| &host[..end + 2]);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    path.split('/').any(is_dot_segment) || has_encoded_separator(path.as_bytes())
+}
+
+/// `.` or `..`, each dot possibly written `%2e`.
+fn is_dot_segment(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'2')
+            && b.get(i + 2).map(|c| c | 0x20) == Some(b'e')
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+/// `%2f` or `%5c`: an encoded `/` or `\` would hide a segment boundary from the matcher.
+fn has_encoded_separator(b: &[u8]) -> bool {
+    b.windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteMatch;
+
+    fn route(m: RouteMatch, upstream: &str) -> Route {
+        Route {
+            matcher: m,
+            upstream: upstream.into(),
+            public: false,
+            scopes: vec![],
+            any_scopes: vec![],
+            rate_limit: None,
+        }
+    }
+
+    fn router() -> Router {
+        let routes = vec![
+            route(
+                RouteMatch {
+                    host: Some("Admin.Example.com".into()),
+                    ..Default::default()
+                },
+                "admin",
+            ),
+            route(
+                RouteMatch {
+                    path: Some("/exact".into()),
+                    ..Default::default()
+                },
+                "exact",
+            ),
+            route(
+                RouteMatch {
+                    path_prefix: Some("/api/v1/sessions".into()),
+                    methods: vec![Method::GET, Method::HEAD],
+                    ..Default::default()
+                },
+                "read",
+            ),
+            route(
+                RouteMatch {
+                    path_prefix: Some("/api/v1/sessions/".into()),
+                    ..Default::default()
+                },
+                "write",
+            ),
+        ];
+        let names = ["admin", "exact", "read", "write"];
+        Router::new(&routes, |n| names.iter().position(|x| *x == n).unwrap())
+    }
+
+    fn up(r: &Router, m: Method, host: Option<&str>, path: &str) -> Option<usize> {
+        r.find(&m, host, path).map(|r| r.upstream)
+    }
+
+    #[test]
+    fn first_match_in_file_order() {
+        let r = router();
+        assert_eq!(
+            up(
+                &r,
+                Method::GET,
+                Some("admin.example.com:8080"),
+                "/api/v1/sessions"
+            ),
+            Some(0)
+        );
+        assert_eq!(up(&r, Method::GET, None, "/exact"), Some(1));
+        assert_eq!(up(&r, Method::GET, None, "/exact/more"), None);
+        assert_eq!(up(&r, Method::GET, None, "/api/v1/sessions/1"), Some(2));
+        assert_eq!(up(&r, Method::HEAD, None, "/api/v1/sessions"), Some(2));
+        assert_eq!(up(&r, Method::POST, None, "/api/v1/sessions"), Some(3));
+        assert_eq!(up(&r, Method::POST, None, "/api/v1/sessionsX"), None);
+        assert_eq!(
+            up(&r, Method::GET, Some("other.example.com"), "/nothing"),
+            None
+        );
+    }
+
+    #[test]
+    fn dot_segments_match_no_route() {
+        let r = router();
+        for p in [
+            "/api/v1/sessions/../admin",
+            "/api/v1/sessions/./x",
+            "/api/v1/sessions/%2e%2e/admin",
+            "/api/v1/sessions/%2E./admin",
+            "/api/v1/sessions/a%2Fb",
+        ] {
+            assert_eq!(up(&r, Method::GET, None, p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn root_prefix_matches_everything() {
+        let routes = vec![route(
+            RouteMatch {
+                path_prefix: Some("/".into()),
+                ..Default::default()
+            },
+            "all",
+        )];
+        let r = Router::new(&routes, |_| 0);
+        assert!(r.find(&Method::GET, None, "/anything/at/all").is_some());
+        assert!(r.find(&Method::GET, None, "/").is_some());
+    }
+}
