@@ -291,7 +291,7 @@ impl Default for KeyFormat {
 }
 
 /// `auth:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Headers carrying a bare secret, besides `Authorization`.
@@ -303,16 +303,6 @@ pub struct AuthConfig {
     /// Failed authentications allowed per client IP.
     #[serde(default)]
     pub failure_limit: Option<RateLimitSpec>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            extra_headers: Vec::new(),
-            query_param: None,
-            failure_limit: None,
-        }
-    }
 }
 
 /// `cache:`.

@@ -132,7 +132,7 @@ impl SecretFormat {
                 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
                 && {
                     let split = candidate.len() - CHECKSUM_LEN;
-                    checksum_of(&candidate[..split]).as_slice() == candidate[split..].as_bytes()
+                    checksum_of(&candidate[..split]).as_slice() == &candidate.as_bytes()[split..]
                 };
             return if ok { Shape::Native } else { Shape::Malformed };
         }

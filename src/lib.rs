@@ -4,20 +4,21 @@
 //!
 //! The request path, in the order a request meets it:
 //!
-//! - [`server`]: accept loops, TLS, HTTP/1.1 and HTTP/2, graceful drain.
-//! - [`proxy`]: the stages, in order: request id → [`route`] → [`auth`] (credential, client IP)
+//! - [`server`] — accept loops, TLS, HTTP/1.1 and HTTP/2, graceful drain.
+//! - [`proxy`] — the stages, in order: request id → [`route`] → [`auth`] (credential, client IP)
 //!   → key lookup through [`store::cache`] → status, expiry, allowlist, scopes →
 //!   [`proxy::upstream`] (forwarding) → access log.
-//! - [`error`]: why a request was refused, and the one place a refusal becomes a response.
+//! - [`error`] — why a request was refused, and the one place a refusal becomes a response.
 //!
 //! Around it:
 //!
-//! - [`config`]: the YAML file, typed and validated.
-//! - [`keys`]: secret format, ids, keyed hashing, key records.
-//! - [`store`]: the key index (`KeyStore`: embedded redb or Redis) and its hot cache.
-//! - [`control`]: key lifecycle operations (write the store, then invalidate the cache).
-//! - [`admin`]: the admin listener (health and readiness).
-//! - [`telemetry`]: logging.
+//! - [`config`] — the YAML file, typed and validated.
+//! - [`keys`] — secret format, ids, keyed hashing, key records.
+//! - [`store`] — the key index (`KeyStore`: embedded redb or Redis) and its hot cache.
+//! - [`control`] — key lifecycle operations (write the store, then invalidate the cache).
+//! - [`admin`] — the admin listener (health and readiness).
+//! - [`telemetry`] — logging.
+//!
 
 pub mod admin;
 pub mod auth;

@@ -1,6 +1,6 @@
 //! The `keygate` command: parses arguments, loads the config, installs logging and runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -61,12 +61,12 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => serve(&config),
     }
 }
 
-fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+fn serve(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

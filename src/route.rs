@@ -186,8 +186,8 @@ mod tests {
         Router::new(&routes, |n| names.iter().position(|x| *x == n).unwrap())
     }
 
-    fn up(r: &Router, m: Method, host: Option<&str>, path: &str) -> Option<usize> {
-        r.find(&m, host, path).map(|r| r.upstream)
+    fn up(r: &Router, m: &Method, host: Option<&str>, path: &str) -> Option<usize> {
+        r.find(m, host, path).map(|r| r.upstream)
     }
 
     #[test]
@@ -196,20 +196,20 @@ mod tests {
         assert_eq!(
             up(
                 &r,
-                Method::GET,
+                &Method::GET,
                 Some("admin.example.com:8080"),
                 "/api/v1/sessions"
             ),
             Some(0)
         );
-        assert_eq!(up(&r, Method::GET, None, "/exact"), Some(1));
-        assert_eq!(up(&r, Method::GET, None, "/exact/more"), None);
-        assert_eq!(up(&r, Method::GET, None, "/api/v1/sessions/1"), Some(2));
-        assert_eq!(up(&r, Method::HEAD, None, "/api/v1/sessions"), Some(2));
-        assert_eq!(up(&r, Method::POST, None, "/api/v1/sessions"), Some(3));
-        assert_eq!(up(&r, Method::POST, None, "/api/v1/sessionsX"), None);
+        assert_eq!(up(&r, &Method::GET, None, "/exact"), Some(1));
+        assert_eq!(up(&r, &Method::GET, None, "/exact/more"), None);
+        assert_eq!(up(&r, &Method::GET, None, "/api/v1/sessions/1"), Some(2));
+        assert_eq!(up(&r, &Method::HEAD, None, "/api/v1/sessions"), Some(2));
+        assert_eq!(up(&r, &Method::POST, None, "/api/v1/sessions"), Some(3));
+        assert_eq!(up(&r, &Method::POST, None, "/api/v1/sessionsX"), None);
         assert_eq!(
-            up(&r, Method::GET, Some("other.example.com"), "/nothing"),
+            up(&r, &Method::GET, Some("other.example.com"), "/nothing"),
             None
         );
     }
@@ -224,7 +224,7 @@ mod tests {
             "/api/v1/sessions/%2E./admin",
             "/api/v1/sessions/a%2Fb",
         ] {
-            assert_eq!(up(&r, Method::GET, None, p), None, "{p}");
+            assert_eq!(up(&r, &Method::GET, None, p), None, "{p}");
         }
     }
 

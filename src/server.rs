@@ -99,7 +99,7 @@ pub async fn accept_loop<F, Fut, B>(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
         let conn = ConnInfo { peer, scheme };
@@ -118,6 +118,19 @@ pub async fn accept_loop<F, Fut, B>(
                     }
                 });
             }
+        }
+    }
+}
+
+/// Completes once `stop` is (or becomes) true, or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        // The borrow guard is not Send: keep it out of any await.
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
         }
     }
 }

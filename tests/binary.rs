@@ -1,0 +1,269 @@
+//! The `keygate` binary as an operator runs it: `config check`, `serve` with the shipped example
+//! configs, access logs that never hold a secret, 256 MiB streamed both ways in bounded memory,
+//! and a clean exit on SIGTERM.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keygate::App;
+use keygate::config::Config;
+use support::gateway::{BASE_CONFIG, config_from, new_key};
+use support::upstream::TestUpstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn check(file: &Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .expect("run keygate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let (code, out) = check(&path);
+            assert_eq!(code, 0, "{}: {out}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "config/ holds at least the example");
+}
+
+#[test]
+fn config_check_reports_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "secrets: { pepper: short }\nupstreams: { app: { url: http://127.0.0.1:1 } }\n\
+         routes:\n  - match: { path_prefix: /a }\n    upstream: nope\n  \
+         - match: { path_prefix: b }\n    upstream: app\n",
+    )
+    .unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, 64, "{out}");
+    for want in [
+        "secrets.pepper",
+        "routes[0].upstream",
+        "routes[1].match.path_prefix",
+        "3 problems",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    std::fs::write(&file, "secrets: { pepper: 0123456789abcdefgh }\nbogus: 1\n").unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, 64);
+    assert!(out.contains("unknown field `bogus`"), "{out}");
+    let (code, out) = check(&dir.path().join("missing.yaml"));
+    assert_eq!(code, 64);
+    assert!(out.contains("cannot read file"), "{out}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "{BASE_CONFIG}\nlisten: {{ proxy: \"127.0.0.1:{proxy_port}\", admin: \"127.0.0.1:{admin_port}\" }}\n\
+         store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
+         upstreams: {{ app: {{ url: \"{}\" }} }}\n",
+        dir.path().join("keygate.redb").display(),
+        upstream.url()
+    )
+    .replace(
+        "log: { format: text, level: warn, access: false }",
+        "log: { format: json, level: info, access: true }",
+    );
+    let config_path = dir.path().join("keygate.yaml");
+    std::fs::write(&config_path, &text).unwrap();
+
+    // Issue a key through the library into the same file, then hand the file to the binary.
+    let (key, secret) = {
+        let app = App::new(config_from(&[&text])).await.unwrap();
+        app.keys()
+            .create(
+                keygate::control::NewKey {
+                    scopes: vec!["sessions:read".into()],
+                    ..new_key("acme")
+                },
+                None,
+            )
+            .await
+            .unwrap()
+    };
+
+    let log = dir.path().join("keygate.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start keygate");
+    let mut running = Running { child, log };
+    let pid = running.child.id();
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = format!("http://127.0.0.1:{admin_port}/readyz")
+            .parse()
+            .unwrap();
+        if let Ok(r) = client.get(url).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keygate did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let auth = format!("Bearer {}", secret.expose());
+    let warm = http::Request::get(format!("http://127.0.0.1:{proxy_port}/api/v1/sessions"))
+        .header("authorization", &auth)
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(client.request(warm).await.unwrap().status(), 200);
+    let idle = rss_kib(pid);
+
+    // Sample the gateway's RSS while the transfers run.
+    let peak = Arc::new(AtomicU64::new(idle));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    const TOTAL: u64 = 256 * 1024 * 1024;
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let chunks = (TOTAL / chunk.len() as u64) as usize;
+    let body = StreamBody::new(futures_util::stream::iter(
+        std::iter::repeat_n(chunk, chunks)
+            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
+    ));
+    let upload_client = Client::builder(TokioExecutor::new()).build_http();
+    let up = http::Request::post(format!("http://127.0.0.1:{proxy_port}/stream/upload"))
+        .header("authorization", &auth)
+        .body(body)
+        .unwrap();
+    let r = upload_client.request(up).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&got[..], format!("{{\"bytes\":{TOTAL}}}").as_bytes());
+
+    let down = http::Request::get(format!(
+        "http://127.0.0.1:{proxy_port}/stream/download?bytes={TOTAL}"
+    ))
+    .header("authorization", &auth)
+    .body(Full::default())
+    .unwrap();
+    let r = client.request(down).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, TOTAL);
+    sampling.abort();
+    let growth_mib = peak.load(Ordering::Relaxed).saturating_sub(idle) / 1024;
+    assert!(
+        growth_mib < 64,
+        "RSS grew {growth_mib} MiB above idle while streaming"
+    );
+
+    // SIGTERM: drains and exits 0.
+    sigterm(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = running.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+
+    // One access line per request, with the key id and never the secret.
+    let log = std::fs::read_to_string(&running.log).unwrap();
+    assert!(!log.contains(secret.expose()), "the secret reached the log");
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "keygate::access")
+        .collect();
+    assert_eq!(access.len(), 3, "{log}");
+    assert!(
+        access.iter().all(|v| v["key_id"] == key.id.as_str()),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|v| v["path"] == "/stream/upload" && v["status"] == 200)
+    );
+}

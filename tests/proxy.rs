@@ -1,0 +1,615 @@
+//! The data plane end to end: real HTTP over loopback, a real upstream, the gateway on port 0,
+//! on both store backends. Every error code of SPEC §2 and every forwarding rule has a test here.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use keygate::control::NewKey;
+use support::gateway::{Backend, TestGateway, new_key};
+use time::OffsetDateTime;
+
+/// Runs each scenario once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Embedded).await })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Redis).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    forwards_with_identity_headers_and_without_the_credential,
+    accepts_bearer_apikey_and_extra_headers,
+    missing_key_is_401_with_www_authenticate,
+    malformed_and_unknown_keys_are_invalid_key,
+    revocation_takes_effect_on_the_next_request,
+    expired_key_is_key_expired,
+    two_different_secrets_conflict,
+    ip_allowlist_and_trusted_proxies,
+    scopes_roles_and_any_scopes,
+    unmatched_route_is_no_route_and_public_routes_need_no_key,
+    concurrent_misses_for_one_key_make_one_store_lookup,
+    deleted_and_updated_keys_take_effect_on_the_next_request,
+);
+
+async fn forwards_with_identity_headers_and_without_the_credential(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions/42?x=1", Some(&secret))
+        .header("x-warehouse-id", "wh-7")
+        .header("x-keygate-key-id", "key_spoofed")
+        .header("x-keygate-scopes", "*")
+        .header("host", "api.example.com")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let echo = r.json();
+    assert_eq!(echo["path"], "/api/v1/sessions/42");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(r.upstream_header("x-warehouse-id").as_deref(), Some("wh-7"));
+    assert_eq!(
+        r.upstream_header("x-keygate-key-id").as_deref(),
+        Some(key.id.as_str())
+    );
+    assert_eq!(
+        r.upstream_header("x-keygate-workspace").as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        r.upstream_header("x-keygate-scopes").as_deref(),
+        Some("sessions:read")
+    );
+    assert_eq!(
+        r.upstream_header("authorization"),
+        None,
+        "credential removed"
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("api.example.com")
+    );
+    assert_eq!(
+        r.upstream_header("host"),
+        Some(gw.upstream.addr.to_string()),
+        "Host is the upstream's"
+    );
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.upstream_header("x-request-id"), Some(rid));
+}
+
+async fn accepts_bearer_apikey_and_extra_headers(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    for (name, value) in [
+        ("authorization", format!("ApiKey {}", secret.expose())),
+        ("authorization", format!("bearer    {}", secret.expose())),
+        ("authorization", format!("APIKEY {}", secret.expose())),
+        ("x-api-key", secret.expose().to_owned()),
+    ] {
+        let req = gw
+            .request(Method::GET, "/api/v1/sessions", None)
+            .header(name, &value)
+            .body(Full::default())
+            .unwrap();
+        let r = gw.send(req).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {value:.20}");
+        assert_eq!(
+            r.upstream_header(name),
+            None,
+            "{name} removed before forwarding"
+        );
+    }
+    // keep_credentials forwards it.
+    let gw = TestGateway::start(backend, "forward: { keep_credentials: true }").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(
+        r.upstream_header("authorization"),
+        Some(format!("Bearer {}", secret.expose()))
+    );
+}
+
+async fn missing_key_is_401_with_www_authenticate(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let r = gw.get("/api/v1/sessions", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "missing_key");
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate\"");
+    assert_eq!(r.headers["content-type"], "application/json");
+    // A client-sent request id is kept.
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions", None)
+        .header("x-request-id", "client-chosen-42")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.headers["x-request-id"], "client-chosen-42");
+    assert_eq!(r.error_code(), "missing_key");
+}
+
+async fn malformed_and_unknown_keys_are_invalid_key(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let text = secret.expose();
+    // A typo breaks the checksum: refused without a store lookup.
+    let mut typo = text.as_bytes().to_vec();
+    let i = text.len() - 8;
+    typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
+    let typo = keygate::keys::Secret::new(String::from_utf8(typo).unwrap());
+    for bad in [
+        typo,
+        keygate::keys::Secret::new(text[..text.len() - 1].to_owned()),
+    ] {
+        let r = gw.get("/api/v1/sessions", Some(&bad)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.error_code(), "invalid_key");
+        assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate\"");
+    }
+    assert_eq!(
+        gw.store_lookups(),
+        0,
+        "malformed secrets never reach the store"
+    );
+
+    // Well-formed but unknown: one lookup, then the negative cache answers.
+    let unknown = gw.app.gateway().format().generate();
+    for _ in 0..3 {
+        let r = gw.get("/api/v1/sessions", Some(&unknown)).await;
+        assert_eq!(r.error_code(), "invalid_key");
+    }
+    assert_eq!(gw.store_lookups(), 1, "negative entry cached");
+
+    let basic = gw
+        .request(Method::GET, "/api/v1/sessions", None)
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(basic).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "invalid_key");
+}
+
+async fn revocation_takes_effect_on_the_next_request(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
+    // Cached now; revoking must still be seen by the very next request.
+    let revoked = gw.app.keys().revoke("acme", &key.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "key_revoked");
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate\"");
+}
+
+async fn expired_key_is_key_expired(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (_, secret) = gw
+        .create(NewKey {
+            scopes: vec!["sessions:read".into()],
+            expires_at: Some(OffsetDateTime::now_utc() - time::Duration::seconds(1)),
+            ..new_key("acme")
+        })
+        .await;
+    let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "key_expired");
+
+    // A key that expires while cached stops working at its expiry, without a store call.
+    let (_, secret) = gw
+        .create(NewKey {
+            scopes: vec!["sessions:read".into()],
+            expires_at: Some(OffsetDateTime::now_utc() + time::Duration::milliseconds(600)),
+            ..new_key("acme")
+        })
+        .await;
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
+    let lookups = gw.store_lookups();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(r.error_code(), "key_expired");
+    assert_eq!(gw.store_lookups(), lookups);
+}
+
+async fn two_different_secrets_conflict(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (_, a) = gw.create_key(&["sessions:read"]).await;
+    let (_, b) = gw.create_key(&["sessions:read"]).await;
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions", Some(&a))
+        .header("x-api-key", b.expose())
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_code(), "conflicting_credentials");
+    // The same secret twice is fine.
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions", Some(&a))
+        .header("x-api-key", a.expose())
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(gw.send(req).await.status, StatusCode::OK);
+}
+
+async fn ip_allowlist_and_trusted_proxies(backend: Backend) {
+    let allow = |nets: &[&str]| NewKey {
+        scopes: vec!["sessions:read".into()],
+        ip_allowlist: nets
+            .iter()
+            .map(|n| keygate::config::ip_list::parse(n).unwrap())
+            .collect(),
+        ..new_key("acme")
+    };
+    let with_xff = |gw: &TestGateway, secret, xff: &str| {
+        gw.request(Method::GET, "/api/v1/sessions", Some(secret))
+            .header("x-forwarded-for", xff)
+            .body(Full::default())
+            .unwrap()
+    };
+
+    let gw = TestGateway::start(backend, "").await;
+    let (_, loopback) = gw.create(allow(&["127.0.0.0/8", "::1"])).await;
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&loopback)).await.status,
+        StatusCode::OK
+    );
+    let (_, elsewhere) = gw.create(allow(&["203.0.113.7", "2001:db8::/32"])).await;
+    let r = gw.get("/api/v1/sessions", Some(&elsewhere)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.error_code(), "ip_not_allowed");
+    // The peer is not a trusted proxy: its X-Forwarded-For is not believed, nor forwarded.
+    let r = gw.send(with_xff(&gw, &elsewhere, "203.0.113.7")).await;
+    assert_eq!(r.error_code(), "ip_not_allowed");
+    let r = gw.send(with_xff(&gw, &loopback, "203.0.113.7")).await;
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+
+    // Behind a trusted proxy, the rightmost untrusted address is the client.
+    let gw = TestGateway::start(backend, "trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]").await;
+    let (_, elsewhere) = gw.create(allow(&["203.0.113.7"])).await;
+    let r = gw.send(with_xff(&gw, &elsewhere, "203.0.113.7")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1"),
+        "a trusted proxy's chain is extended"
+    );
+    let r = gw
+        .send(with_xff(
+            &gw,
+            &elsewhere,
+            "203.0.113.7, 198.51.100.1, 10.0.0.5",
+        ))
+        .await;
+    assert_eq!(
+        r.error_code(),
+        "ip_not_allowed",
+        "spoofed leftmost entry ignored"
+    );
+}
+
+async fn scopes_roles_and_any_scopes(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (_, reader) = gw.create_key(&["sessions:read"]).await;
+    let post = |secret| {
+        gw.request(Method::POST, "/api/v1/sessions", Some(secret))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let r = gw.send(post(&reader)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.error_code(), "insufficient_scope");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sessions:write")
+    );
+
+    let (_, operator) = gw
+        .create(NewKey {
+            role: Some("operator".into()),
+            ..new_key("acme")
+        })
+        .await;
+    let r = gw.send(post(&operator)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.upstream_header("x-keygate-scopes").as_deref(),
+        Some("sessions:read,sessions:write")
+    );
+
+    let (_, everything) = gw.create_key(&["*"]).await;
+    assert_eq!(
+        gw.get("/api/v1/admin/x", Some(&everything)).await.status,
+        StatusCode::OK
+    );
+    let (_, full_role) = gw
+        .create(NewKey {
+            role: Some("full_access".into()),
+            ..new_key("acme")
+        })
+        .await;
+    assert_eq!(
+        gw.get("/api/v1/admin/x", Some(&full_role)).await.status,
+        StatusCode::OK
+    );
+    let r = gw.get("/api/v1/admin/x", Some(&operator)).await;
+    assert_eq!(r.error_code(), "insufficient_scope");
+
+    // any_scopes: one of them suffices.
+    let (_, writer) = gw.create_key(&["resources:write"]).await;
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&writer)).await.status,
+        StatusCode::OK
+    );
+    let r = gw.get("/api/v1/resources", Some(&reader)).await;
+    assert_eq!(r.error_code(), "insufficient_scope");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resources:read")
+    );
+}
+
+async fn unmatched_route_is_no_route_and_public_routes_need_no_key(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (_, secret) = gw.create_key(&["*"]).await;
+    let r = gw.get("/nothing/here", Some(&secret)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.error_code(), "no_route");
+    let r = gw.get("/api/v1/sessions/../admin", Some(&secret)).await;
+    assert_eq!(
+        r.error_code(),
+        "no_route",
+        "dot segments never match a route"
+    );
+
+    let req = gw
+        .request(Method::GET, "/health", None)
+        .header("x-keygate-key-id", "key_spoofed")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.upstream_header("x-keygate-key-id"),
+        None,
+        "spoofed identity removed"
+    );
+}
+
+async fn concurrent_misses_for_one_key_make_one_store_lookup(backend: Backend) {
+    let gw = Arc::new(TestGateway::start(backend, "").await);
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let secret = Arc::new(secret);
+    let before = gw.store_lookups();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (gw, secret) = (gw.clone(), secret.clone());
+            tokio::spawn(async move { gw.get("/api/v1/sessions", Some(&secret)).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        gw.store_lookups() - before,
+        1,
+        "200 concurrent requests, one lookup"
+    );
+}
+
+async fn deleted_and_updated_keys_take_effect_on_the_next_request(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
+    let mut changed = key.clone();
+    changed.scopes = vec!["resources:read".into()];
+    gw.app.keys().update(changed).await.unwrap();
+    let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(
+        r.error_code(),
+        "insufficient_scope",
+        "scope change seen at once"
+    );
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&secret)).await.status,
+        StatusCode::OK
+    );
+    gw.app.keys().delete("acme", &key.id).await.unwrap();
+    let r = gw.get("/api/v1/resources", Some(&secret)).await;
+    assert_eq!(r.error_code(), "invalid_key", "deleted key unknown at once");
+}
+
+// ---- forwarding rules (the store backend does not matter here) ----
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let req = gw
+        .request(Method::GET, "/hop", Some(&secret))
+        .header("connection", "keep-alive, X-Drop-Me")
+        .header("x-drop-me", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic eA==")
+        .header("x-stay", "1")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for gone in ["x-drop-me", "keep-alive", "te", "proxy-authorization"] {
+        assert_eq!(r.upstream_header(gone), None, "{gone} reached the upstream");
+    }
+    assert_eq!(r.upstream_header("x-stay").as_deref(), Some("1"));
+    assert!(
+        r.headers.get("x-upstream-hop").is_none(),
+        "named by the upstream's Connection"
+    );
+    assert!(r.headers.get("keep-alive").is_none());
+    assert_eq!(r.headers["x-upstream-end"], "kept");
+}
+
+#[tokio::test]
+async fn upstream_refusal_is_502_and_slowness_504() {
+    let closed = support::upstream::closed_port().await;
+    let overlay = format!(
+        "upstreams: {{ down: {{ url: \"http://{closed}\" }} }}\n\
+         routes:\n  - {{ match: {{ path_prefix: /down }}, upstream: down, public: true }}\n  \
+         - {{ match: {{ path_prefix: /slow }}, upstream: app, public: true }}\n"
+    );
+    let mut gw = TestGateway::start(Backend::Embedded, &overlay).await;
+    let r = gw.get("/down/x", None).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.error_code(), "upstream_unavailable");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&closed.to_string()),
+        "no internals"
+    );
+
+    drop(gw.shutdown());
+    let overlay = format!("{overlay}upstreams: {{ app: {{ timeout: 300ms }} }}\n");
+    let gw = TestGateway::start(Backend::Embedded, &overlay).await;
+    let started = Instant::now();
+    let r = gw.get("/slow?ms=5000", None).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.error_code(), "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions/h2", Some(&secret))
+        .body(Full::default())
+        .unwrap();
+    let response = client.request(req).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["headers"]["x-keygate-key-id"][0], key.id.as_str());
+    assert_eq!(echo["path"], "/api/v1/sessions/h2");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let mut request = format!("ws://{}/ws/echo", gw.proxy)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", secret.expose()).parse().unwrap(),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text(format!("hello {i}")));
+    }
+    ws.close(None).await.unwrap();
+
+    // Without a key the upgrade is refused like any request.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/echo", gw.proxy))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    let overlay = "routes:\n  - { match: { path_prefix: /slow }, upstream: app, public: true }\n";
+    let mut gw = TestGateway::start(Backend::Embedded, overlay).await;
+    let url = gw.url("/slow?ms=500");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let in_flight = tokio::spawn(async move {
+        let r = client.get(url.parse().unwrap()).await.unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let serving = gw.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // New connections are no longer accepted once draining starts.
+    assert!(
+        tokio::net::TcpStream::connect(gw.proxy).await.is_err()
+            || tokio::time::timeout(Duration::from_millis(300), gw.get("/slow?ms=1", None))
+                .await
+                .is_err(),
+        "new requests must not be served while draining"
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"slow done");
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("drained well before shutdown_timeout")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_and_readiness_probes() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let r = gw.admin_get("/healthz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+    let r = gw.admin_get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["store"], "ok");
+    // The proxy listener does not serve the admin endpoints.
+    assert_eq!(gw.get("/readyz", None).await.error_code(), "no_route");
+}

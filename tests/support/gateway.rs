@@ -1,0 +1,328 @@
+//! The gateway under test, in this process, on 127.0.0.1:0, over a real store (a redb file in a
+//! temp dir, or a `redis-server` the harness started), plus an HTTP client whose helpers read
+//! like the scenario: `gw.get("/path", Some(&secret))`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keygate::config::Config;
+use keygate::control::NewKey;
+use keygate::keys::{KeyRecord, Secret};
+use keygate::{App, Listeners};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::redis::RedisServer;
+use super::upstream::TestUpstream;
+
+/// Which store backs the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// The base config; tests overlay YAML on it (mappings merge, everything else replaces).
+pub const BASE_CONFIG: &str = r#"
+secrets: { pepper: test-pepper-0123456789abcdef }
+auth: { extra_headers: [X-API-Key] }
+roles:
+  viewer: [sessions:read]
+  operator: [sessions:read, sessions:write]
+  full_access: ["*"]
+workspaces:
+  acme: { max_active_keys: 1000 }
+  other: {}
+routes:
+  - match: { path_prefix: /health }
+    upstream: app
+    public: true
+  - match: { path_prefix: /api/v1/sessions, methods: [GET, HEAD] }
+    upstream: app
+    scopes: [sessions:read]
+  - match: { path_prefix: /api/v1/sessions }
+    upstream: app
+    scopes: [sessions:write]
+  - match: { path_prefix: /api/v1/resources }
+    upstream: app
+    any_scopes: [resources:read, resources:write]
+  - match: { path_prefix: /api/v1/admin }
+    upstream: app
+    scopes: [admin]
+  - match: { path_prefix: /stream }
+    upstream: app
+    scopes: [sessions:read]
+  - match: { path_prefix: /ws }
+    upstream: app
+    scopes: [sessions:read]
+  - match: { path_prefix: /slow }
+    upstream: app
+    scopes: [sessions:read]
+  - match: { path_prefix: /hop }
+    upstream: app
+    scopes: [sessions:read]
+log: { format: text, level: warn, access: false }
+shutdown_timeout: 5s
+"#;
+
+/// Deep-merges `overlay` into `base`: mappings merge key by key, other values replace.
+pub fn merge(base: &mut serde_yaml::Value, overlay: serde_yaml::Value) {
+    match (base, overlay) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// A running gateway and everything it needs; stops (and stops its redis-server) when dropped.
+pub struct TestGateway {
+    pub app: Arc<App>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: TestUpstream,
+    pub redis: Option<RedisServer>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestGateway {
+    /// A gateway on `backend` with the base config plus `overlay` (YAML, may be empty).
+    pub async fn start(backend: Backend, overlay: &str) -> TestGateway {
+        let upstream = TestUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let redis = match backend {
+            Backend::Redis => Some(RedisServer::start().await),
+            Backend::Embedded => None,
+        };
+        let store = match &redis {
+            Some(r) => format!(
+                "store: {{ backend: redis, redis: {{ url: \"{}\", timeout: 200ms }} }}",
+                r.url()
+            ),
+            None => format!(
+                "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
+                dir.path().join("keygate.redb").display()
+            ),
+        };
+        let upstreams = format!(
+            "upstreams: {{ app: {{ url: \"{}\", connect_timeout: 1s, timeout: 5s }} }}",
+            upstream.url()
+        );
+        let config = config_from(&[BASE_CONFIG, &store, &upstreams, overlay]);
+        Self::start_with(config, upstream, redis, dir).await
+    }
+
+    async fn start_with(
+        config: Config,
+        upstream: TestUpstream,
+        redis: Option<RedisServer>,
+        dir: tempfile::TempDir,
+    ) -> TestGateway {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let (proxy_addr, admin_addr) = (
+            proxy.local_addr().expect("proxy addr"),
+            admin.local_addr().expect("admin addr"),
+        );
+        let app = Arc::new(App::new(config).await.expect("gateway starts"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let serving = app.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve(Listeners { proxy, admin }, async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("serve");
+        });
+        TestGateway {
+            app,
+            proxy: proxy_addr,
+            admin: admin_addr,
+            upstream,
+            redis,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Triggers a graceful shutdown and returns the serving task, to await the drain.
+    pub fn shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("shut down once")
+    }
+
+    /// Creates a key in workspace `acme` with `scopes`.
+    pub async fn create_key(&self, scopes: &[&str]) -> (KeyRecord, Secret) {
+        self.create(NewKey {
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..new_key("acme")
+        })
+        .await
+    }
+
+    /// Creates a key as described.
+    pub async fn create(&self, new: NewKey) -> (KeyRecord, Secret) {
+        self.app.keys().create(new, None).await.expect("create key")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// A request to the proxy listener, with `Authorization: Bearer <secret>` when given.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        secret: Option<&Secret>,
+    ) -> http::request::Builder {
+        let b = Request::builder().method(method).uri(self.url(path));
+        match secret {
+            Some(s) => b.header("authorization", format!("Bearer {}", s.expose())),
+            None => b,
+        }
+    }
+
+    pub async fn get(&self, path: &str, secret: Option<&Secret>) -> Reply {
+        self.send(
+            self.request(Method::GET, path, secret)
+                .body(Full::default())
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        let response = self
+            .client
+            .request(req)
+            .await
+            .expect("response from gateway");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let req = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::default())
+            .expect("request");
+        self.send(req).await
+    }
+
+    /// Store lookups made so far (cache misses).
+    pub fn store_lookups(&self) -> u64 {
+        self.app
+            .gateway()
+            .keys()
+            .stats()
+            .misses
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A config from the base text and overlays, parsed by the real parser.
+pub fn config_from(parts: &[&str]) -> Config {
+    let mut value = serde_yaml::Value::Mapping(Default::default());
+    for part in parts {
+        let overlay: serde_yaml::Value = serde_yaml::from_str(part).expect("overlay is YAML");
+        if !overlay.is_null() {
+            merge(&mut value, overlay);
+        }
+    }
+    let text = serde_yaml::to_string(&value).expect("serialize");
+    Config::parse("test", &text, |_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The fields of a new key in `workspace`, named after the test.
+pub fn new_key(workspace: &str) -> NewKey {
+    NewKey {
+        workspace: workspace.into(),
+        name: "test key".into(),
+        created_by: "tests".into(),
+        ..NewKey::default()
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The documented error code, asserting the body has the documented shape and its
+    /// `request_id` matches the `X-Request-Id` header.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let error = &v["error"];
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        assert_eq!(
+            error["request_id"].as_str(),
+            self.headers
+                .get("x-request-id")
+                .and_then(|h| h.to_str().ok()),
+            "request_id matches X-Request-Id"
+        );
+        error["code"].as_str().expect("code").to_owned()
+    }
+
+    /// The upstream's echo: the headers it received (values of one name joined by `, `).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        let v = self.json();
+        v["headers"][name].as_array().map(|vals| {
+            vals.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+}
