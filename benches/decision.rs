@@ -4,7 +4,10 @@
 //! Run: `cargo bench --bench decision`. The parts are measured on their own too, to show where
 //! the time goes.
 
-#![allow(missing_docs, reason = "criterion_group! generates an undocumented function")]
+#![allow(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
 
 use std::net::IpAddr;
 

@@ -1,0 +1,202 @@
+//! The hot cache against a real embedded store: concurrent misses coalesce into one store call,
+//! and a fill that races an invalidation cannot put the old record back.
+//!
+//! The store is wrapped (not replaced) so the test can count lookups and hold one lookup between
+//! its read and its return, which is exactly where the race lives.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keygate::config::{CacheConfig, EmbeddedConfig};
+use keygate::keys::{KeyId, KeyRecord, SecretHash, SecretHasher};
+use keygate::store::cache::KeyCache;
+use keygate::store::embedded::EmbeddedStore;
+use keygate::store::{KeyPage, KeyStore, ListQuery, RequestLogEntry, StoreError, UsageDelta};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, oneshot};
+
+/// A real store whose `get_by_hash` is counted and can be held after it has read.
+struct Instrumented {
+    inner: EmbeddedStore,
+    lookups: AtomicU64,
+    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+}
+
+impl KeyStore for Instrumented {
+    async fn create(
+        &self,
+        r: &KeyRecord,
+        max: Option<u32>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.inner.create(r, max, now).await
+    }
+    async fn get_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let found = self.inner.get_by_hash(hash).await;
+        let hold = self.hold.lock().await.take();
+        if let Some((read_done, release)) = hold {
+            let _ = read_done.send(());
+            let _ = release.await;
+        }
+        found
+    }
+    async fn get(&self, ws: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(ws, id).await
+    }
+    async fn update(&self, r: &KeyRecord) -> Result<(), StoreError> {
+        self.inner.update(r).await
+    }
+    async fn delete(&self, ws: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.delete(ws, id).await
+    }
+    async fn list(
+        &self,
+        ws: &str,
+        q: &ListQuery,
+        now: OffsetDateTime,
+    ) -> Result<KeyPage, StoreError> {
+        self.inner.list(ws, q, now).await
+    }
+    async fn add_usage(&self, d: &[UsageDelta]) -> Result<(), StoreError> {
+        self.inner.add_usage(d).await
+    }
+    async fn append_request_logs(
+        &self,
+        ws: &str,
+        id: &KeyId,
+        e: &[RequestLogEntry],
+        max: usize,
+    ) -> Result<(), StoreError> {
+        self.inner.append_request_logs(ws, id, e, max).await
+    }
+    async fn request_logs(
+        &self,
+        ws: &str,
+        id: &KeyId,
+        limit: usize,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
+        self.inner.request_logs(ws, id, limit).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+struct Fixture {
+    store: Arc<Instrumented>,
+    cache: Arc<KeyCache<Instrumented>>,
+    record: KeyRecord,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = EmbeddedStore::open(&EmbeddedConfig {
+        path: dir.path().join("cache.redb"),
+    })
+    .unwrap();
+    let store = Arc::new(Instrumented {
+        inner,
+        lookups: AtomicU64::new(0),
+        hold: Mutex::new(None),
+    });
+    let now = keygate::control::now_ms();
+    let record = KeyRecord {
+        id: KeyId::generate(),
+        workspace: "acme".into(),
+        name: "race".into(),
+        description: None,
+        prefix: "kg_live_abcd".into(),
+        hash: SecretHasher::new("cache-test-pepper-0123").hash("kg_live_secret"),
+        scopes: vec!["sessions:read".into()],
+        role: None,
+        ip_allowlist: vec![],
+        expires_at: None,
+        rate_limit: None,
+        quota: None,
+        owner: None,
+        metadata: None,
+        created_at: now,
+        created_by: "tests".into(),
+        updated_at: now,
+        revoked_at: None,
+        last_used_at: None,
+        usage_count: 0,
+    };
+    store.create(&record, None, now).await.unwrap();
+    let cache = Arc::new(KeyCache::new(store.clone(), &CacheConfig::default()));
+    Fixture {
+        store,
+        cache,
+        record,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_make_one_store_call() {
+    let f = fixture().await;
+    let hash = f.record.hash;
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let cache = f.cache.clone();
+            tokio::spawn(async move { cache.get(&hash).await.unwrap().unwrap().id.clone() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), f.record.id);
+    }
+    assert_eq!(f.store.lookups.load(Ordering::SeqCst), 1);
+    // And hits stay hits.
+    f.cache.get(&hash).await.unwrap().unwrap();
+    assert_eq!(f.store.lookups.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_racing_an_invalidation_cannot_restore_the_old_record() {
+    let f = fixture().await;
+    let hash = f.record.hash;
+    let (read_done_tx, read_done_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    *f.store.hold.lock().await = Some((read_done_tx, release_rx));
+
+    // A lookup reads the active record, and is held before it returns to the cache.
+    let racing = {
+        let cache = f.cache.clone();
+        tokio::spawn(async move { cache.get(&hash).await.unwrap().unwrap() })
+    };
+    read_done_rx.await.unwrap();
+
+    // Meanwhile the key is revoked: store write, then invalidation.
+    let mut revoked = f.record.clone();
+    revoked.revoked_at = Some(OffsetDateTime::now_utc());
+    f.store.update(&revoked).await.unwrap();
+    f.cache.invalidate(&hash).await;
+
+    release_tx.send(()).unwrap();
+    let seen_by_racer = racing.await.unwrap();
+    assert!(
+        seen_by_racer.revoked_at.is_some(),
+        "the racing lookup noticed the invalidation and re-read"
+    );
+    for _ in 0..3 {
+        let now = f.cache.get(&hash).await.unwrap().unwrap();
+        assert!(
+            now.revoked_at.is_some(),
+            "the old record came back into the cache"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_hashes_are_cached_negatively() {
+    let f = fixture().await;
+    let unknown = SecretHasher::new("cache-test-pepper-0123").hash("kg_live_nobody");
+    for _ in 0..5 {
+        assert!(f.cache.get(&unknown).await.unwrap().is_none());
+    }
+    assert_eq!(f.store.lookups.load(Ordering::SeqCst), 1);
+}
