@@ -53,7 +53,7 @@ async fn cached_keys_survive_an_outage_and_uncached_keys_get_503() {
 
     // Redis is back (empty: the harness runs it without persistence). The gateway reconnects by
     // itself: the store answers again, and a key it no longer knows is invalid, not a 503.
-    gw.redis.as_mut().unwrap().start_again().await;
+    gw.redis.as_mut().unwrap().start_again();
     let deadline = Instant::now() + Duration::from_secs(10);
     while gw.admin_get("/readyz").await.status != StatusCode::OK {
         assert!(

@@ -1,57 +1,557 @@
-//! Placeholder until the backend lands (temporary; replaced before merge).
-#![allow(missing_docs, unreachable_pub, clippy::all)]
-use super::*;
-pub struct EmbeddedStore;
+//! The embedded key index: one redb file for a single gateway node. Owns the file layout below
+//! and nothing else; callers reach it through [`KeyStore`].
+//!
+//! redb is synchronous, so every call runs in `tokio::task::spawn_blocking` and is bounded by
+//! [`CALL_TIMEOUT`]. redb admits one write transaction at a time, which is what makes the
+//! `max_active` check in [`KeyStore::create`] exact: the count and the insert share one write
+//! transaction.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `records_v1` | `(workspace, id)` | `KeyRecord` JSON, usage fields zeroed |
+//! | `by_hash_v1` | secret hash (32 bytes) | `(workspace, id)` |
+//! | `by_created_v1` | `(workspace, created_at unix ms, id)` | `()`; read backwards: newest first |
+//! | `active_v1` | `(workspace, id)` | `expires_at` unix ns, `i128::MAX` for never; revoked keys are absent |
+//! | `usage_v1` | `(workspace, id)` | `(usage_count, last_used_at unix ms)` |
+//! | `logs_v1` | `(workspace, id, seq)` | `RequestLogEntry` JSON; `seq` grows, so the last is the newest |
+//!
+//! Usage lives apart from the record so that an edit never overwrites counts the usage flusher
+//! wrote meanwhile; `last_used_at` is kept at millisecond precision, as in the Redis backend.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use time::OffsetDateTime;
+
+use super::{KeyPage, KeyStore, ListQuery, RequestLogEntry, StoreError, UsageDelta};
+use crate::config::EmbeddedConfig;
+use crate::keys::{KeyId, KeyRecord, SecretHash};
+
+/// Longest a call may take before it reports [`StoreError::Unavailable`]. `store.embedded` has no
+/// timeout setting; this only guards the request path against a wedged disk (a write waits for
+/// fsync). The blocking task itself runs to completion.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records_v1");
+const BY_HASH: TableDefinition<&[u8; 32], (&str, &str)> = TableDefinition::new("by_hash_v1");
+const BY_CREATED: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("by_created_v1");
+const ACTIVE: TableDefinition<(&str, &str), i128> = TableDefinition::new("active_v1");
+const USAGE: TableDefinition<(&str, &str), (u64, Option<i64>)> = TableDefinition::new("usage_v1");
+const LOGS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("logs_v1");
+
+/// Sorts after every key id (ids are ASCII), so `(ws, i64::MAX, ID_MAX)` bounds a workspace.
+const ID_MAX: &str = "\u{10FFFF}";
+/// `active_v1` value of a key that never expires.
+const NEVER: i128 = i128::MAX;
+
+/// The redb-backed store. Cheap to share: the database is behind an `Arc`.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
 impl EmbeddedStore {
-    pub fn open(_: &crate::config::EmbeddedConfig) -> Result<Self, StoreError> {
-        Ok(Self)
+    /// Opens the store file, creating it and its parent directories if missing.
+    pub fn open(config: &EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
+        let path = config.path.as_path();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| open_error(path, e))?;
+        // Create every table once, so read transactions never meet a missing table.
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(RECORDS).map_err(db_err)?;
+            txn.open_table(BY_HASH).map_err(db_err)?;
+            txn.open_table(BY_CREATED).map_err(db_err)?;
+            txn.open_table(ACTIVE).map_err(db_err)?;
+            txn.open_table(USAGE).map_err(db_err)?;
+            txn.open_table(LOGS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// Runs `op` on the blocking pool, bounded by [`CALL_TIMEOUT`].
+    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        let task = tokio::task::spawn_blocking(move || op(&db));
+        match tokio::time::timeout(CALL_TIMEOUT, task).await {
+            Ok(Ok(result)) => result,
+            // The panic message is not forwarded: it could quote data.
+            Ok(Err(e)) if e.is_panic() => Err(StoreError::Unavailable(
+                "embedded store task panicked".into(),
+            )),
+            Ok(Err(_)) => Err(StoreError::Unavailable(
+                "embedded store task was cancelled".into(),
+            )),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "embedded store did not answer within {} ms",
+                CALL_TIMEOUT.as_millis()
+            ))),
+        }
     }
 }
+
 impl KeyStore for EmbeddedStore {
     async fn create(
         &self,
-        _: &KeyRecord,
-        _: Option<u32>,
-        _: OffsetDateTime,
+        record: &KeyRecord,
+        max_active: Option<u32>,
+        now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        Err(StoreError::NotFound)
+        let record = record.clone();
+        let json = encode_record(&record)?;
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let ws = record.workspace.as_str();
+            let id = record.id.as_str();
+            {
+                let mut records = txn.open_table(RECORDS).map_err(db_err)?;
+                let mut by_hash = txn.open_table(BY_HASH).map_err(db_err)?;
+                if records.get((ws, id)).map_err(db_err)?.is_some()
+                    || by_hash.get(&record.hash.0).map_err(db_err)?.is_some()
+                {
+                    return Err(StoreError::Conflict);
+                }
+                let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+                let is_active = record.status_at(now) == crate::keys::KeyStatus::Active;
+                // A key that is born revoked or expired takes no slot, so the limit does not
+                // apply to it.
+                if let (Some(max), true) = (max_active, is_active) {
+                    let live = count_active(&mut active, ws, now)?;
+                    if live >= u64::from(max) {
+                        return Err(StoreError::LimitReached);
+                    }
+                }
+                records.insert((ws, id), json.as_slice()).map_err(db_err)?;
+                by_hash.insert(&record.hash.0, (ws, id)).map_err(db_err)?;
+                txn.open_table(BY_CREATED)
+                    .map_err(db_err)?
+                    .insert((ws, unix_ms(record.created_at), id), ())
+                    .map_err(db_err)?;
+                if is_active {
+                    active
+                        .insert((ws, id), expiry_ns(&record))
+                        .map_err(db_err)?;
+                }
+                let last_used = record.last_used_at.map(unix_ms);
+                if record.usage_count > 0 || last_used.is_some() {
+                    txn.open_table(USAGE)
+                        .map_err(db_err)?
+                        .insert((ws, id), (record.usage_count, last_used))
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
     }
-    async fn get_by_hash(&self, _: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::NotFound)
+
+    async fn get_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = hash.0;
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_hash = txn.open_table(BY_HASH).map_err(db_err)?;
+            let Some(entry) = by_hash.get(&hash).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let (ws, id) = entry.value();
+            read_record(&txn, ws, id)
+        })
+        .await
     }
-    async fn get(&self, _: &str, _: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::NotFound)
+
+    async fn get(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let (ws, id) = (workspace.to_owned(), id.clone());
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            read_record(&txn, &ws, id.as_str())
+        })
+        .await
     }
-    async fn update(&self, _: &KeyRecord) -> Result<(), StoreError> {
-        Err(StoreError::NotFound)
+
+    async fn update(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        let json = encode_record(&record)?;
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let ws = record.workspace.as_str();
+            let id = record.id.as_str();
+            {
+                let mut records = txn.open_table(RECORDS).map_err(db_err)?;
+                let old = match records.get((ws, id)).map_err(db_err)? {
+                    Some(bytes) => decode_record(bytes.value(), id)?,
+                    None => return Err(StoreError::NotFound),
+                };
+                // The hash is the key's identity on the request path; a new secret is a new key
+                // (rotate), never an edit.
+                if old.hash != record.hash {
+                    return Err(StoreError::Conflict);
+                }
+                records.insert((ws, id), json.as_slice()).map_err(db_err)?;
+                let (old_ms, new_ms) = (unix_ms(old.created_at), unix_ms(record.created_at));
+                if old_ms != new_ms {
+                    let mut by_created = txn.open_table(BY_CREATED).map_err(db_err)?;
+                    by_created.remove((ws, old_ms, id)).map_err(db_err)?;
+                    by_created.insert((ws, new_ms, id), ()).map_err(db_err)?;
+                }
+                let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+                if record.revoked_at.is_some() {
+                    active.remove((ws, id)).map_err(db_err)?;
+                } else {
+                    active
+                        .insert((ws, id), expiry_ns(&record))
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
     }
-    async fn delete(&self, _: &str, _: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::NotFound)
+
+    async fn delete(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let (ws, id) = (workspace.to_owned(), id.clone());
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let (ws, id) = (ws.as_str(), id.as_str());
+            let mut record = {
+                let mut records = txn.open_table(RECORDS).map_err(db_err)?;
+                let removed = records.remove((ws, id)).map_err(db_err)?;
+                match removed {
+                    Some(bytes) => decode_record(bytes.value(), id)?,
+                    None => return Ok(None),
+                }
+            };
+            {
+                txn.open_table(BY_HASH)
+                    .map_err(db_err)?
+                    .remove(&record.hash.0)
+                    .map_err(db_err)?;
+                txn.open_table(BY_CREATED)
+                    .map_err(db_err)?
+                    .remove((ws, unix_ms(record.created_at), id))
+                    .map_err(db_err)?;
+                txn.open_table(ACTIVE)
+                    .map_err(db_err)?
+                    .remove((ws, id))
+                    .map_err(db_err)?;
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                if let Some(u) = usage.remove((ws, id)).map_err(db_err)? {
+                    apply_usage(&mut record, u.value());
+                }
+                let mut logs = txn.open_table(LOGS).map_err(db_err)?;
+                logs.retain_in((ws, id, 0)..=(ws, id, u64::MAX), |_, _| false)
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(Some(record))
+        })
+        .await
     }
-    async fn list(&self, _: &str, _: &ListQuery, _: OffsetDateTime) -> Result<KeyPage, StoreError> {
-        Err(StoreError::NotFound)
+
+    async fn list(
+        &self,
+        workspace: &str,
+        query: &ListQuery,
+        now: OffsetDateTime,
+    ) -> Result<KeyPage, StoreError> {
+        let ws = workspace.to_owned();
+        let query = query.clone();
+        let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
+        let limit = query.limit.max(1);
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_created = txn.open_table(BY_CREATED).map_err(db_err)?;
+            let ws = ws.as_str();
+            let lower = Bound::Included((ws, i64::MIN, ""));
+            let upper = match &after {
+                Some((ms, id)) => Bound::Excluded((ws, *ms, id.as_str())),
+                None => Bound::Included((ws, i64::MAX, ID_MAX)),
+            };
+            let mut keys = Vec::new();
+            let mut next_cursor = None;
+            for entry in by_created.range((lower, upper)).map_err(db_err)?.rev() {
+                let (key, _) = entry.map_err(db_err)?;
+                let (_, _, id) = key.value();
+                let Some(record) = read_record(&txn, ws, id)? else {
+                    continue;
+                };
+                if !matches_query(&record, &query, now) {
+                    continue;
+                }
+                if keys.len() == limit {
+                    // One more match exists: the page is full and a next one is worth asking for.
+                    next_cursor = keys.last().map(|r: &KeyRecord| cursor_of(r));
+                    break;
+                }
+                keys.push(record);
+            }
+            Ok(KeyPage { keys, next_cursor })
+        })
+        .await
     }
-    async fn add_usage(&self, _: &[UsageDelta]) -> Result<(), StoreError> {
-        Err(StoreError::NotFound)
+
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let deltas = deltas.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let records = txn.open_table(RECORDS).map_err(db_err)?;
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                for d in &deltas {
+                    let key = (d.workspace.as_str(), d.id.as_str());
+                    // Never start counting for a key that was deleted meanwhile.
+                    if records.get(key).map_err(db_err)?.is_none() {
+                        continue;
+                    }
+                    let (count, last) = usage
+                        .get(key)
+                        .map_err(db_err)?
+                        .map_or((0, None), |g| g.value());
+                    let seen = unix_ms(d.last_used_at);
+                    let last = Some(last.map_or(seen, |l| l.max(seen)));
+                    usage
+                        .insert(key, (count.saturating_add(d.count), last))
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
     }
+
     async fn append_request_logs(
         &self,
-        _: &str,
-        _: &KeyId,
-        _: &[RequestLogEntry],
-        _: usize,
+        workspace: &str,
+        id: &KeyId,
+        entries: &[RequestLogEntry],
+        max_per_key: usize,
     ) -> Result<(), StoreError> {
-        Err(StoreError::NotFound)
+        let encoded = entries
+            .iter()
+            .map(|e| {
+                serde_json::to_vec(e)
+                    .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ws, id) = (workspace.to_owned(), id.clone());
+        let keep = u64::try_from(max_per_key).unwrap_or(u64::MAX);
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let (ws, id) = (ws.as_str(), id.as_str());
+            {
+                // Logs of a deleted key would never be read or removed again.
+                if txn
+                    .open_table(RECORDS)
+                    .map_err(db_err)?
+                    .get((ws, id))
+                    .map_err(db_err)?
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                let mut logs = txn.open_table(LOGS).map_err(db_err)?;
+                let all = (ws, id, 0)..=(ws, id, u64::MAX);
+                // Sequence numbers are contiguous: appends take the next one and trimming only
+                // removes the oldest, so first and last give the length.
+                let bounds = |logs: &redb::Table<(&str, &str, u64), &[u8]>| {
+                    let mut range = logs.range(all.clone()).map_err(db_err)?;
+                    let first = range.next().transpose().map_err(db_err)?;
+                    let last = range.next_back().transpose().map_err(db_err)?;
+                    let first = first.map(|(k, _)| k.value().2);
+                    let last = last.map(|(k, _)| k.value().2).or(first);
+                    Ok::<_, StoreError>(first.zip(last))
+                };
+                let next = bounds(&logs)?.map_or(0, |(_, last)| last + 1);
+                for (seq, entry) in (next..).zip(&encoded) {
+                    logs.insert((ws, id, seq), entry.as_slice())
+                        .map_err(db_err)?;
+                }
+                if let Some((first, last)) = bounds(&logs)? {
+                    let len = last - first + 1;
+                    if len > keep {
+                        let cut = first + (len - keep);
+                        logs.retain_in((ws, id, first)..(ws, id, cut), |_, _| false)
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
     }
+
     async fn request_logs(
         &self,
-        _: &str,
-        _: &KeyId,
-        _: usize,
+        workspace: &str,
+        id: &KeyId,
+        limit: usize,
     ) -> Result<Vec<RequestLogEntry>, StoreError> {
-        Err(StoreError::NotFound)
+        let (ws, id) = (workspace.to_owned(), id.clone());
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let logs = txn.open_table(LOGS).map_err(db_err)?;
+            let (ws, id) = (ws.as_str(), id.as_str());
+            let mut out = Vec::new();
+            for entry in logs
+                .range((ws, id, 0)..=(ws, id, u64::MAX))
+                .map_err(db_err)?
+                .rev()
+                .take(limit)
+            {
+                let (_, value) = entry.map_err(db_err)?;
+                out.push(serde_json::from_slice(value.value()).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "request log of {id}: undecodable entry (column {})",
+                        e.column()
+                    ))
+                })?);
+            }
+            Ok(out)
+        })
+        .await
     }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        Err(StoreError::NotFound)
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            txn.open_table(RECORDS).map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Active keys of `ws` at `now`, dropping the entries of keys that have expired since.
+fn count_active(
+    active: &mut redb::Table<(&str, &str), i128>,
+    ws: &str,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let now = now.unix_timestamp_nanos();
+    let mut live = 0;
+    // Mirrors `KeyRecord::status_at`: a key whose expiry is at or before `now` is expired.
+    active
+        .retain_in((ws, "")..=(ws, ID_MAX), |_, expires| {
+            let keep = expires > now;
+            live += u64::from(keep);
+            keep
+        })
+        .map_err(db_err)?;
+    Ok(live)
+}
+
+fn read_record(
+    txn: &redb::ReadTransaction,
+    ws: &str,
+    id: &str,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let records = txn.open_table(RECORDS).map_err(db_err)?;
+    let Some(bytes) = records.get((ws, id)).map_err(db_err)? else {
+        return Ok(None);
+    };
+    let mut record = decode_record(bytes.value(), id)?;
+    let usage = txn.open_table(USAGE).map_err(db_err)?;
+    if let Some(u) = usage.get((ws, id)).map_err(db_err)? {
+        apply_usage(&mut record, u.value());
+    }
+    Ok(Some(record))
+}
+
+fn apply_usage(record: &mut KeyRecord, (count, last_ms): (u64, Option<i64>)) {
+    record.usage_count = count;
+    record.last_used_at = last_ms.and_then(from_unix_ms);
+}
+
+fn matches_query(record: &KeyRecord, query: &ListQuery, now: OffsetDateTime) -> bool {
+    query.status.is_none_or(|s| record.status_at(now) == s)
+        && query
+            .owner
+            .as_deref()
+            .is_none_or(|o| record.owner.as_deref() == Some(o))
+}
+
+/// The record as stored: usage fields zeroed, since they live in `usage_v1`.
+fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
+    let mut stored = record.clone();
+    stored.usage_count = 0;
+    stored.last_used_at = None;
+    serde_json::to_vec(&stored)
+        .map_err(|_| StoreError::Corrupt(format!("record of {} cannot be encoded", record.id)))
+}
+
+fn decode_record(bytes: &[u8], id: &str) -> Result<KeyRecord, StoreError> {
+    // Only the position: serde's message could quote a stored value.
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "record of {id}: undecodable (column {})",
+            e.column()
+        ))
+    })
+}
+
+/// Cursor of the page that follows `record`: `<created_at unix ms>:<id>`.
+fn cursor_of(record: &KeyRecord) -> String {
+    format!("{}:{}", unix_ms(record.created_at), record.id)
+}
+
+/// Reads a cursor made by [`cursor_of`]. The trait has no "bad request" error, so a cursor this
+/// store did not make reads as [`StoreError::NotFound`].
+fn parse_cursor(cursor: &str) -> Result<(i64, KeyId), StoreError> {
+    let (ms, id) = cursor.split_once(':').ok_or(StoreError::NotFound)?;
+    let ms = ms.parse().map_err(|_| StoreError::NotFound)?;
+    let id = KeyId::parse(id).ok_or(StoreError::NotFound)?;
+    Ok((ms, id))
+}
+
+fn expiry_ns(record: &KeyRecord) -> i128 {
+    record
+        .expires_at
+        .map_or(NEVER, OffsetDateTime::unix_timestamp_nanos)
+}
+
+/// Unix milliseconds, rounded down.
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    // i64 milliseconds cover ±292 million years; `OffsetDateTime` covers ±9999 years.
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+        .expect("an OffsetDateTime in milliseconds fits in i64")
+}
+
+fn from_unix_ms(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+            "{} is already open (another keygate process?)",
+            path.display()
+        )),
+        other => match db_err(other) {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("{}: {m}", path.display()))
+            }
+            err => err,
+        },
+    }
+}
+
+/// redb's messages name tables, types and sizes, never stored values.
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(m) => StoreError::Corrupt(format!("embedded store file: {m}")),
+        other => StoreError::Unavailable(format!("embedded store: {other}")),
     }
 }

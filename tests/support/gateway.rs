@@ -108,7 +108,7 @@ impl TestGateway {
         let upstream = TestUpstream::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let redis = match backend {
-            Backend::Redis => Some(RedisServer::start().await),
+            Backend::Redis => Some(RedisServer::start()),
             Backend::Embedded => None,
         };
         let store = match &redis {

@@ -1,68 +1,146 @@
-//! Temporary stand-in; replaced by the store branch's harness.
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+//! A real `redis-server` per test: on a free loopback port, in its own temporary directory,
+//! without persistence, stopped (and restartable on the same port) on demand and killed on drop.
+//! Tests never touch a system Redis or a fixed port.
 
-pub struct RedisServer {
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a fresh server has to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at finding a port that is still free when the server binds it.
+const PORT_ATTEMPTS: usize = 5;
+
+/// A `redis-server` process this test started.
+pub(crate) struct RedisServer {
     port: u16,
-    child: Option<Child>,
     dir: tempfile::TempDir,
+    child: Option<Child>,
 }
 
 impl RedisServer {
-    pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = RedisServer {
-            port,
+    /// Starts a server on a free port and waits until it answers `PING`.
+    pub(crate) fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+        let mut server = RedisServer {
+            port: 0,
+            dir,
             child: None,
-            dir: tempfile::tempdir().unwrap(),
         };
-        s.start_again().await;
-        s
-    }
-    pub async fn start_again(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_port();
+            // Another process may take the port between our probe and redis-server's bind:
+            // then the server exits and we try another port.
+            if server.spawn_and_wait().is_ok() {
+                return server;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("redis-server did not start");
+        panic!(
+            "redis-server did not start after {PORT_ATTEMPTS} attempts; its log:\n{}",
+            server.log()
+        );
     }
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (the process this harness started) and waits for it to exit. Data is
+    /// lost: there is no persistence.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Already exited is fine: the point is that it is not running.
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+
+    /// Starts the server again on the same port, for outage tests.
+    pub(crate) fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again needs a stopped server");
+        if let Err(why) = self.spawn_and_wait() {
+            panic!(
+                "redis-server did not restart on port {}: {why}; its log:\n{}",
+                self.port,
+                self.log()
+            );
+        }
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--logfile", "redis.log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}); install it, e.g. `apt-get install redis-server`"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if answers_ping(self.port) {
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("spawned above");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(format!("redis-server exited with {status}"));
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(format!("no PONG within {READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        let path: PathBuf = self.dir.path().join("redis.log");
+        std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 }
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn answers_ping(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
