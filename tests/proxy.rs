@@ -505,7 +505,10 @@ async fn upstream_refusal_is_502_and_slowness_504() {
     );
 
     drop(gw.shutdown());
-    let overlay = format!("{overlay}upstreams: {{ app: {{ timeout: 300ms }} }}\n");
+    let overlay = format!(
+        "upstreams: {{ down: {{ url: \"http://{closed}\" }}, app: {{ timeout: 300ms }} }}\n\
+         routes:\n  - {{ match: {{ path_prefix: /slow }}, upstream: app, public: true }}\n"
+    );
     let gw = TestGateway::start(Backend::Embedded, &overlay).await;
     let started = Instant::now();
     let r = gw.get("/slow?ms=5000", None).await;
