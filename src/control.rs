@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 use crate::config::{QuotaSpec, RateLimitSpec};
-use crate::keys::{KeyId, KeyRecord, Secret, SecretFormat, SecretHasher};
+use crate::keys::{HashScheme, KeyId, KeyRecord, Secret, SecretFormat, SecretHasher};
 use crate::store::cache::KeyCache;
 use crate::store::{KeyStore, Store, StoreError};
 
@@ -89,6 +89,7 @@ impl KeyManager {
             description: new.description,
             prefix,
             hash: self.hasher.hash(secret.expose()),
+            hash_scheme: HashScheme::KeyedBlake3,
             scopes: new.scopes,
             role: new.role,
             ip_allowlist: new.ip_allowlist,

@@ -311,6 +311,25 @@ impl TryFrom<String> for KeyId {
     }
 }
 
+/// How [`KeyRecord::hash`] was computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashScheme {
+    /// Keyed BLAKE3 with the pepper: every key keygate issued, and imported plaintext secrets.
+    #[default]
+    KeyedBlake3,
+    /// Plain SHA-256 of the secret, from an import out of a system that kept only that. The
+    /// store indexes it apart, and it is replaced by keyed BLAKE3 on the key's first successful
+    /// use.
+    Sha256,
+}
+
+impl HashScheme {
+    fn is_default(&self) -> bool {
+        *self == HashScheme::KeyedBlake3
+    }
+}
+
 /// A key's derived status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -351,8 +370,11 @@ pub struct KeyRecord {
     pub description: Option<String>,
     /// Displayed start of the secret, e.g. `kg_live_7Hq2`.
     pub prefix: String,
-    /// Keyed BLAKE3 hash of the secret.
+    /// Hash of the secret: keyed BLAKE3, or SHA-256 for a not yet used `sha256` import.
     pub hash: SecretHash,
+    /// How `hash` was computed.
+    #[serde(default, skip_serializing_if = "HashScheme::is_default")]
+    pub hash_scheme: HashScheme,
     /// Explicitly granted scopes.
     #[serde(default)]
     pub scopes: Vec<String>,

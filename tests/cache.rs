@@ -111,6 +111,7 @@ async fn fixture() -> Fixture {
         description: None,
         prefix: "kg_live_abcd".into(),
         hash: SecretHasher::new("cache-test-pepper-0123").hash("kg_live_secret"),
+        hash_scheme: keygate::keys::HashScheme::KeyedBlake3,
         scopes: vec!["sessions:read".into()],
         role: None,
         ip_allowlist: vec![],

@@ -42,6 +42,7 @@ fn record(ws: &str, name: &str) -> KeyRecord {
         description: None,
         prefix: "kg_test_abcd".into(),
         hash: SecretHasher::new("test-pepper-0123456789").hash(secret.expose()),
+        hash_scheme: keygate::keys::HashScheme::KeyedBlake3,
         scopes: vec!["sessions:read".into()],
         role: None,
         ip_allowlist: Vec::new(),
