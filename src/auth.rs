@@ -91,7 +91,7 @@ impl CredentialSources {
 }
 
 /// `Bearer <secret>` or `ApiKey <secret>`: scheme case-insensitive, one space or more.
-fn parse_authorization(value: &str) -> Result<&str, Reject> {
+pub fn parse_authorization(value: &str) -> Result<&str, Reject> {
     let value = value.trim();
     let (scheme, rest) = value
         .split_once([' ', '\t'])

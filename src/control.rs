@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 use crate::config::{QuotaSpec, RateLimitSpec};
-use crate::keys::{HashScheme, KeyId, KeyRecord, Secret, SecretFormat, SecretHasher};
+use crate::keys::{
+    self, HashScheme, KeyId, KeyRecord, Secret, SecretFormat, SecretHash, SecretHasher, Shape,
+};
 use crate::store::cache::KeyCache;
 use crate::store::{KeyStore, Store, StoreError};
 
@@ -39,6 +41,41 @@ pub struct NewKey {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Who creates it.
     pub created_by: String,
+}
+
+impl NewKey {
+    /// A key with the same settings as `record` (rotation), created by `created_by`.
+    pub fn like(record: &KeyRecord, created_by: &str) -> NewKey {
+        NewKey {
+            workspace: record.workspace.clone(),
+            name: record.name.clone(),
+            description: record.description.clone(),
+            scopes: record.scopes.clone(),
+            role: record.role.clone(),
+            ip_allowlist: record.ip_allowlist.clone(),
+            expires_at: record.expires_at,
+            rate_limit: record.rate_limit,
+            quota: record.quota,
+            owner: record.owner.clone(),
+            metadata: record.metadata.clone(),
+            created_by: created_by.to_owned(),
+        }
+    }
+}
+
+/// The secret of an imported key, as its previous system can give it.
+#[derive(Debug)]
+pub enum ImportedSecret {
+    /// The plaintext: hashed with the pepper at once, never stored.
+    Plaintext(Secret),
+    /// Only the secret's SHA-256 (with the displayed prefix, if known): the key works at once and
+    /// is re-hashed with the pepper on its first successful use.
+    Sha256 {
+        /// Raw SHA-256 digest of the secret.
+        digest: SecretHash,
+        /// Displayed start of the secret.
+        prefix: String,
+    },
 }
 
 /// Key lifecycle over a store and its cache.
@@ -78,6 +115,35 @@ impl KeyManager {
         // A negative entry may exist if this secret was ever tried (practically never, but free).
         self.cache.invalidate(&record.hash).await;
         Ok((record, secret))
+    }
+
+    /// Imports a key that already exists elsewhere; its clients keep their secret.
+    pub async fn import(
+        &self,
+        new: NewKey,
+        secret: ImportedSecret,
+        max_active: Option<u32>,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = match secret {
+            ImportedSecret::Plaintext(secret) => {
+                let prefix = match self.format.shape(secret.expose()) {
+                    Shape::Native => self.format.display_prefix(&secret),
+                    Shape::Foreign | Shape::Malformed => keys::foreign_display_prefix(&secret),
+                };
+                self.record(new, &secret, prefix)
+            }
+            ImportedSecret::Sha256 { digest, prefix } => {
+                let mut record = self.record(new, &Secret::new(String::new()), prefix);
+                record.hash = digest;
+                record.hash_scheme = HashScheme::Sha256;
+                record
+            }
+        };
+        self.store()
+            .create(&record, max_active, OffsetDateTime::now_utc())
+            .await?;
+        self.cache.invalidate(&record.hash).await;
+        Ok(record)
     }
 
     fn record(&self, new: NewKey, secret: &Secret, prefix: String) -> KeyRecord {

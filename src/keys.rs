@@ -66,6 +66,20 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// `n` random base62 characters from the OS CSPRNG (for ids of audit entries and the like).
+pub fn random_base62(n: usize) -> String {
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        for b in random_bytes::<32>() {
+            // 248 = 4 × 62: rejecting the rest keeps every character equally likely.
+            if b < 248 && out.len() < n {
+                out.push(BASE62[usize::from(b % 62)] as char);
+            }
+        }
+    }
+    out
+}
+
 /// A plaintext secret. It cannot be printed: `Debug` shows a placeholder and there is no
 /// `Display`, so it cannot reach a log or a panic message by accident.
 #[derive(Clone, PartialEq, Eq)]

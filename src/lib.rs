@@ -16,7 +16,7 @@
 //! - [`keys`] — secret format, ids, keyed hashing, key records.
 //! - [`store`] — the key index (`KeyStore`: embedded redb or Redis) and its hot cache.
 //! - [`control`] — key lifecycle operations (write the store, then invalidate the cache).
-//! - [`admin`] — the admin listener (health and readiness).
+//! - [`admin`] — the admin listener: admin API, OpenAPI document, health and readiness.
 //! - [`telemetry`] — logging.
 //!
 
@@ -85,7 +85,7 @@ pub enum StartError {
 
 /// A started gateway: the store, the cache, the data plane and the key operations.
 pub struct App {
-    config: Config,
+    config: Arc<Config>,
     store: Arc<Store>,
     gateway: Arc<Gateway>,
     keys: KeyManager,
@@ -99,7 +99,7 @@ impl App {
         let gateway = Arc::new(Gateway::new(&config, cache.clone()));
         let keys = KeyManager::new(cache, gateway.format().clone(), gateway.hasher().clone());
         Ok(App {
-            config,
+            config: Arc::new(config),
             store,
             gateway,
             keys,
@@ -146,13 +146,18 @@ impl App {
             stop_rx.clone(),
             &graceful,
         );
-        let admin_handler = admin::Admin::new(self.store.clone());
+        let admin_handler = admin::Admin::new(
+            self.config.clone(),
+            self.store.clone(),
+            self.keys.clone(),
+            self.gateway.clone(),
+        );
         let admin = server::accept_loop(
             listeners.admin,
             None,
-            move |req, _conn| {
+            move |req, conn| {
                 let admin = admin_handler.clone();
-                async move { admin.handle(req).await }
+                async move { admin.handle(req, conn).await }
             },
             stop_rx,
             &graceful,

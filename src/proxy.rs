@@ -18,14 +18,15 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::auth::{self, CredentialSources};
 use crate::config::Config;
 use crate::error::Reject;
-use crate::keys::{KeyRecord, SecretFormat, SecretHasher, Shape};
+use crate::keys::{KeyRecord, SecretFormat, SecretHash, SecretHasher, Shape};
 use crate::route::{CompiledRoute, Router};
-use crate::store::Store;
+use crate::store::{KeyStore, Store, StoreError};
 use crate::store::cache::KeyCache;
 use upstream::{Forwarding, Upstream};
 
@@ -214,10 +215,8 @@ impl Gateway {
         if self.format.shape(&credential.secret) == Shape::Malformed {
             return Err(Reject::InvalidKey("malformed secret or bad checksum"));
         }
-        let hash = self.hasher.hash(&credential.secret);
         let key = self
-            .keys
-            .get(&hash)
+            .lookup(&credential.secret)
             .await
             .map_err(|e| Reject::StoreUnavailable(e.to_string()))?
             .ok_or(Reject::InvalidKey("unknown secret"))?;
@@ -247,6 +246,30 @@ impl Gateway {
             credential_headers: credential.header_mask,
             credential_in_query: credential.in_query,
         })
+    }
+
+    /// The key of a presented secret: the hot cache, then the store. A secret in a foreign
+    /// format may belong to a key imported by its SHA-256 alone: such a key is found by that
+    /// digest and re-hashed with the pepper on this, its first successful use.
+    pub async fn lookup(&self, secret: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let hash = self.hasher.hash(secret);
+        if let Some(key) = self.keys.get(&hash).await? {
+            return Ok(Some(key));
+        }
+        if self.format.shape(secret) != Shape::Foreign {
+            return Ok(None);
+        }
+        let store = self.keys.store();
+        let digest = SecretHash(Sha256::digest(secret.as_bytes()).into());
+        let Some(legacy) = store.get_by_sha256(&digest).await? else {
+            return Ok(None);
+        };
+        let upgraded = store
+            .upgrade_hash(&legacy.workspace, &legacy.id, &hash)
+            .await?;
+        // The miss above cached this hash as unknown.
+        self.keys.invalidate(&hash).await;
+        Ok(Some(Arc::new(upgraded)))
     }
 
     fn role_scopes(&self, key: &KeyRecord) -> &[String] {
@@ -295,14 +318,15 @@ fn log_access(
 
 /// Request ids: the client's when it sent a usable one, otherwise a new one that is unique per
 /// process and reveals nothing (a keyed permutation of a counter; no syscall per request).
-struct RequestIds {
+pub struct RequestIds {
     seed: u64,
     instance: u64,
     counter: AtomicU64,
 }
 
 impl RequestIds {
-    fn new() -> Self {
+    /// A generator with a fresh random seed.
+    pub fn new() -> Self {
         let mut seed = [0u8; 16];
         getrandom::fill(&mut seed).expect("the OS random number generator is available");
         RequestIds {
@@ -312,7 +336,8 @@ impl RequestIds {
         }
     }
 
-    fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+    /// The client's id if usable, else a new one.
+    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
         if let Some(v) = headers.get(X_REQUEST_ID)
             && is_usable_request_id(v.as_bytes())
         {

@@ -70,7 +70,22 @@ routes:
     scopes: [sessions:read]
 log: { format: text, level: warn, access: false }
 shutdown_timeout: 5s
+admin:
+  tokens:
+    - name: ops
+      token: ops-token-0123456789abcdef
+      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete]
+      workspaces: ["*"]
+    - name: viewer
+      token: viewer-token-0123456789abcdef
+      permissions: [api.key.view]
+      workspaces: [acme]
 "#;
+
+/// The admin token with every permission on every workspace.
+pub const OPS_TOKEN: &str = "ops-token-0123456789abcdef";
+/// An admin token that may only view `acme`.
+pub const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef";
 
 /// Deep-merges `overlay` into `base`: mappings merge key by key, other values replace.
 pub fn merge(base: &mut serde_yaml::Value, overlay: serde_yaml::Value) {
@@ -227,6 +242,39 @@ impl TestGateway {
             headers: parts.headers,
             body,
         }
+    }
+
+    /// An admin API call with `Authorization: Bearer <token>` and an optional JSON body.
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Full::new(Bytes::from(v.to_string()))
+            }
+            None => Full::default(),
+        };
+        self.send(req.body(body).expect("request")).await
+    }
+
+    /// `POST /v1/workspaces/{ws}/keys` as the ops token; asserts 201 and returns the body.
+    pub async fn admin_create(&self, ws: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .admin(Method::POST, &format!("/v1/workspaces/{ws}/keys"), Some(OPS_TOKEN), Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
     }
 
     /// GET on the admin listener.

@@ -1,0 +1,497 @@
+//! The admin API's endpoints. Each one checks, in this order: the workspace exists → the caller
+//! holds the permission there → the workspace has API access (for new secrets) → the body →
+//! the key; then acts through [`crate::control::KeyManager`] and writes the audit log.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use sha2::Digest;
+use time::OffsetDateTime;
+
+use super::caller::{CREATE, DELETE, UPDATE, VIEW};
+use super::fields::{KeyFields, Patch, Purpose, Valid, key_json, known_scopes, parse_json};
+use super::{AdminError, Call, json_response, read_body};
+use crate::auth::query_pairs;
+use crate::config::{Workspace, duration_text};
+use crate::control::{ImportedSecret, NewKey};
+use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
+use crate::store::{KeyStore, ListQuery, StoreError};
+
+/// Default page size of list calls.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Largest page size of list calls.
+pub const MAX_LIMIT: usize = 100;
+
+type Reply = Result<Response<Full<Bytes>>, AdminError>;
+
+/// Routes a `/v1/…` call to its endpoint.
+pub async fn dispatch<B>(call: &Call<'_>, method: &Method, segments: &[&str], req: Request<B>) -> Reply
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    let is = |m: &Method| method == m || (m == Method::GET && method == Method::HEAD);
+    match segments {
+        ["v1", "audit"] if is(&Method::GET) => audit_log(call, query).await,
+        ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "workspaces", ws, "keys"] => {
+            if is(&Method::GET) {
+                list(call, ws, query).await
+            } else if method == Method::POST {
+                create(call, ws, &read_body(req.into_body()).await?).await
+            } else {
+                Err(AdminError::MethodNotAllowed("GET, HEAD, POST"))
+            }
+        }
+        ["v1", "workspaces", ws, "keys", "import"] => {
+            if method == Method::POST {
+                import(call, ws, &read_body(req.into_body()).await?).await
+            } else {
+                Err(AdminError::MethodNotAllowed("POST"))
+            }
+        }
+        ["v1", "workspaces", ws, "keys", id] => {
+            if is(&Method::GET) {
+                show(call, ws, id).await
+            } else if method == Method::PATCH {
+                update(call, ws, id, &read_body(req.into_body()).await?).await
+            } else if method == Method::DELETE {
+                delete(call, ws, id).await
+            } else {
+                Err(AdminError::MethodNotAllowed("GET, HEAD, PATCH, DELETE"))
+            }
+        }
+        ["v1", "workspaces", ws, "keys", id, "rotate"] if method == Method::POST => {
+            rotate(call, ws, id, &read_body(req.into_body()).await?).await
+        }
+        ["v1", "workspaces", ws, "keys", id, "revoke"] if method == Method::POST => {
+            revoke(call, ws, id).await
+        }
+        ["v1", "workspaces", ws, "keys", id, "logs"] if is(&Method::GET) => {
+            logs(call, ws, id, query).await
+        }
+        ["v1", "workspaces", _, "keys", _, "rotate" | "revoke"] => {
+            Err(AdminError::MethodNotAllowed("POST"))
+        }
+        ["v1", "workspaces", _, "keys", _, "logs"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        _ => Err(AdminError::NotFound("admin endpoint")),
+    }
+}
+
+/// The workspace's config, after checking the caller's permission there.
+fn workspace<'a>(call: &Call<'a>, ws: &str, permission: &str) -> Result<&'a Workspace, AdminError> {
+    if !call.caller.may(permission, ws) {
+        return Err(AdminError::Forbidden(format!(
+            "this caller lacks `{permission}` on workspace `{ws}`"
+        )));
+    }
+    call.state
+        .config
+        .workspaces
+        .get(ws)
+        .ok_or(AdminError::NotFound("workspace"))
+}
+
+fn key_id(id: &str) -> Result<KeyId, AdminError> {
+    KeyId::parse(id).ok_or(AdminError::NotFound("key"))
+}
+
+async fn existing(call: &Call<'_>, ws: &str, id: &KeyId) -> Result<KeyRecord, AdminError> {
+    call.state
+        .store
+        .get(ws, id)
+        .await?
+        .ok_or(AdminError::NotFound("key"))
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// The scopes a key would hold with `scopes` and `role`, for the escalation check.
+fn granted<'a>(call: &'a Call<'_>, scopes: &'a [String], role: Option<&'a str>) -> Vec<&'a str> {
+    let role_scopes = role
+        .and_then(|r| call.state.config.roles.get(r))
+        .map_or(&[][..], Vec::as_slice);
+    scopes.iter().chain(role_scopes).map(String::as_str).collect()
+}
+
+fn validate(call: &Call<'_>, fields: KeyFields, purpose: Purpose) -> Result<Valid, AdminError> {
+    let known = known_scopes(&call.state.config);
+    fields.validate(purpose, &call.state.config, &known, now())
+}
+
+fn new_key(ws: &str, valid: Valid, created_by: &str) -> NewKey {
+    NewKey {
+        workspace: ws.to_owned(),
+        name: valid.name.value().unwrap_or_default(),
+        description: valid.description.value(),
+        scopes: valid.scopes.value().unwrap_or_default(),
+        role: valid.role.value(),
+        ip_allowlist: valid.ip_allowlist.value().unwrap_or_default(),
+        expires_at: valid.expires_at.value(),
+        rate_limit: valid.rate_limit.value(),
+        quota: valid.quota.value(),
+        owner: valid.owner.value(),
+        metadata: valid.metadata.value(),
+        created_by: created_by.to_owned(),
+    }
+}
+
+fn limit_error(e: StoreError, ws: &Workspace) -> AdminError {
+    match e {
+        StoreError::LimitReached => AdminError::KeyLimitReached(ws.max_active_keys),
+        other => other.into(),
+    }
+}
+
+async fn create(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
+    let workspace = workspace(call, ws, CREATE)?;
+    if !workspace.api_access {
+        return Err(AdminError::UpgradeRequired);
+    }
+    let valid = validate(call, parse_json(body)?, Purpose::Create)?;
+    let new = new_key(ws, valid, &call.caller.actor);
+    call.caller
+        .may_grant(&granted(call, &new.scopes, new.role.as_deref()))?;
+    let (record, secret) = call
+        .state
+        .keys
+        .create(new, Some(workspace.max_active_keys))
+        .await
+        .map_err(|e| limit_error(e, workspace))?;
+    call.audit(
+        "key.create",
+        ws,
+        Some(&record.id),
+        "ok",
+        serde_json::json!({"name": record.name, "scopes": record.scopes, "role": record.role}),
+    )
+    .await;
+    Ok(with_secret(StatusCode::CREATED, &record, &secret))
+}
+
+fn with_secret(status: StatusCode, record: &KeyRecord, secret: &Secret) -> Response<Full<Bytes>> {
+    let mut body = key_json(record, now());
+    body["secret"] = serde_json::Value::String(secret.expose().to_owned());
+    json_response(status, &body)
+}
+
+struct ListParams {
+    status: Option<String>,
+    owner: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    workspace: Option<String>,
+}
+
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminError> {
+    let mut p = ListParams {
+        status: None,
+        owner: None,
+        limit: None,
+        cursor: None,
+        workspace: None,
+    };
+    for (name, value) in query.map(query_pairs).into_iter().flatten() {
+        let slot = match name {
+            "status" if allowed.contains(&name) => &mut p.status,
+            "owner" if allowed.contains(&name) => &mut p.owner,
+            "limit" if allowed.contains(&name) => &mut p.limit,
+            "cursor" if allowed.contains(&name) => &mut p.cursor,
+            "workspace" if allowed.contains(&name) => &mut p.workspace,
+            _ => {
+                return Err(AdminError::field(
+                    name,
+                    format!("unknown query parameter `{name}`"),
+                ));
+            }
+        };
+        *slot = Some(value.into_owned());
+    }
+    Ok(p)
+}
+
+fn page_limit(limit: Option<&str>) -> Result<usize, AdminError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| AdminError::field("limit", format!("limit must be 1–{MAX_LIMIT}"))),
+    }
+}
+
+async fn list(call: &Call<'_>, ws: &str, query: Option<&str>) -> Reply {
+    workspace(call, ws, VIEW)?;
+    let p = params(query, &["status", "owner", "limit", "cursor"])?;
+    let status = match p.status.as_deref() {
+        None => None,
+        Some("active") => Some(KeyStatus::Active),
+        Some("expired") => Some(KeyStatus::Expired),
+        Some("revoked") => Some(KeyStatus::Revoked),
+        Some(_) => {
+            return Err(AdminError::field("status", "status is active, expired or revoked"));
+        }
+    };
+    let query = ListQuery {
+        status,
+        owner: p.owner,
+        limit: page_limit(p.limit.as_deref())?,
+        cursor: p.cursor,
+    };
+    let now = now();
+    let page = call.state.store.list(ws, &query, now).await?;
+    let keys: Vec<_> = page.keys.iter().map(|k| key_json(k, now)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"keys": keys, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn show(call: &Call<'_>, ws: &str, id: &str) -> Reply {
+    workspace(call, ws, VIEW)?;
+    let record = existing(call, ws, &key_id(id)?).await?;
+    Ok(json_response(StatusCode::OK, &key_json(&record, now())))
+}
+
+async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
+    workspace(call, ws, UPDATE)?;
+    let id = key_id(id)?;
+    let valid = validate(call, parse_json(body)?, Purpose::Update)?;
+    let mut record = existing(call, ws, &id).await?;
+    if record.revoked_at.is_some() {
+        return Err(AdminError::KeyRevoked);
+    }
+    let changes_access = valid.changes_access();
+    let changed = changed_fields(&valid);
+    valid.apply_to(&mut record);
+    if changes_access {
+        call.caller
+            .may_grant(&granted(call, &record.scopes, record.role.as_deref()))?;
+    }
+    let record = call.state.keys.update(record).await?;
+    call.audit("key.update", ws, Some(&record.id), "ok", serde_json::json!({"fields": changed}))
+        .await;
+    Ok(json_response(StatusCode::OK, &key_json(&record, now())))
+}
+
+fn changed_fields(v: &Valid) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut note = |name: &'static str, present: bool| {
+        if present {
+            out.push(name);
+        }
+    };
+    note("name", v.name != Patch::Absent);
+    note("description", v.description != Patch::Absent);
+    note("scopes", v.scopes != Patch::Absent);
+    note("role", v.role != Patch::Absent);
+    note("expires_at", v.expires_at != Patch::Absent);
+    note("ip_allowlist", v.ip_allowlist != Patch::Absent);
+    note("rate_limit", v.rate_limit != Patch::Absent);
+    note("quota", v.quota != Patch::Absent);
+    note("owner", v.owner != Patch::Absent);
+    note("metadata", v.metadata != Patch::Absent);
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    grace_period: Option<String>,
+}
+
+async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
+    let workspace = workspace(call, ws, CREATE)?;
+    if !workspace.api_access {
+        return Err(AdminError::UpgradeRequired);
+    }
+    let id = key_id(id)?;
+    let grace = if body.iter().all(u8::is_ascii_whitespace) {
+        Duration::ZERO
+    } else {
+        match parse_json::<RotateBody>(body)?.grace_period {
+            None => Duration::ZERO,
+            Some(text) => duration_text::parse(&text)
+                .map_err(|m| AdminError::field("grace_period", m))?,
+        }
+    };
+    let grace = time::Duration::try_from(grace)
+        .map_err(|_| AdminError::field("grace_period", "grace_period is too long"))?;
+    let mut old = existing(call, ws, &id).await?;
+    let now = now();
+    match old.status_at(now) {
+        KeyStatus::Revoked => return Err(AdminError::KeyRevoked),
+        KeyStatus::Expired => return Err(AdminError::KeyExpired),
+        KeyStatus::Active => {}
+    }
+    call.caller
+        .may_grant(&granted(call, &old.scopes, old.role.as_deref()))?;
+    let (new, secret) = call
+        .state
+        .keys
+        .create(NewKey::like(&old, &call.caller.actor), None)
+        .await?;
+    let stop = now.checked_add(grace).unwrap_or(now);
+    old.expires_at = Some(old.expires_at.map_or(stop, |e| e.min(stop)));
+    let old = call.state.keys.update(old).await?;
+    call.audit(
+        "key.rotate",
+        ws,
+        Some(&old.id),
+        "ok",
+        serde_json::json!({"new_key_id": new.id, "grace_period": grace.whole_seconds()}),
+    )
+    .await;
+    let mut key = key_json(&new, now);
+    key["secret"] = serde_json::Value::String(secret.expose().to_owned());
+    Ok(json_response(
+        StatusCode::CREATED,
+        &serde_json::json!({"key": key, "previous": key_json(&old, now)}),
+    ))
+}
+
+async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
+    workspace(call, ws, DELETE)?;
+    let id = key_id(id)?;
+    let was_revoked = existing(call, ws, &id).await?.revoked_at.is_some();
+    let record = call.state.keys.revoke(ws, &id).await?;
+    if !was_revoked {
+        call.audit("key.revoke", ws, Some(&id), "ok", serde_json::Value::Null)
+            .await;
+    }
+    Ok(json_response(StatusCode::OK, &key_json(&record, now())))
+}
+
+async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
+    workspace(call, ws, DELETE)?;
+    let id = key_id(id)?;
+    let record = call.state.keys.delete(ws, &id).await?;
+    call.audit(
+        "key.delete",
+        ws,
+        Some(&id),
+        "ok",
+        serde_json::json!({"name": record.name}),
+    )
+    .await;
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {
+    workspace(call, ws, VIEW)?;
+    let id = key_id(id)?;
+    let p = params(query, &["limit"])?;
+    let limit = page_limit(p.limit.as_deref())?;
+    existing(call, ws, &id).await?;
+    let entries = call.state.store.request_logs(ws, &id, limit).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({"entries": entries})))
+}
+
+async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
+    let p = params(query, &["workspace", "limit", "cursor"])?;
+    match p.workspace.as_deref() {
+        Some(ws) => {
+            workspace(call, ws, VIEW)?;
+        }
+        None if !call.caller.may_everywhere(VIEW) => {
+            return Err(AdminError::Forbidden(
+                "the audit log of every workspace needs `api.key.view` on `*`; pass `workspace`"
+                    .into(),
+            ));
+        }
+        None => {}
+    }
+    let limit = page_limit(p.limit.as_deref())?;
+    let page = call
+        .state
+        .store
+        .list_audit(p.workspace.as_deref(), limit, p.cursor.as_deref())
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"entries": page.entries, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
+    let workspace = workspace(call, ws, CREATE)?;
+    if !workspace.api_access {
+        return Err(AdminError::UpgradeRequired);
+    }
+    let mut fields: KeyFields = parse_json(body)?;
+    let secret = std::mem::take(&mut fields.secret).value();
+    let sha256 = std::mem::take(&mut fields.sha256).value();
+    let prefix = std::mem::take(&mut fields.prefix).value();
+    let imported = match (secret, sha256) {
+        (Some(secret), None) => {
+            let format = call.state.gateway.format();
+            if format.shape(&secret) == Shape::Malformed {
+                return Err(AdminError::field(
+                    "secret",
+                    "secret must be 16–256 printable characters without spaces \
+                     (or a keygate secret with a valid checksum)",
+                ));
+            }
+            if prefix.is_some() {
+                return Err(AdminError::field("prefix", "prefix is derived from `secret`"));
+            }
+            let secret = Secret::new(secret);
+            let digest = SecretHash(sha2::Sha256::digest(secret.expose().as_bytes()).into());
+            if call.state.store.get_by_sha256(&digest).await?.is_some() {
+                return Err(AdminError::KeyExists);
+            }
+            ImportedSecret::Plaintext(secret)
+        }
+        (None, Some(hex)) => {
+            let digest = SecretHash::from_hex(&hex.to_ascii_lowercase())
+                .ok_or_else(|| AdminError::field("sha256", "sha256 is 64 hex digits"))?;
+            let prefix = match prefix {
+                Some(p) if p.len() > 32 || !p.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return Err(AdminError::field("prefix", "prefix is 1–32 printable characters"));
+                }
+                Some(p) => p,
+                None => String::new(),
+            };
+            ImportedSecret::Sha256 { digest, prefix }
+        }
+        (Some(_), Some(_)) => {
+            return Err(AdminError::field("sha256", "send either `secret` or `sha256`, not both"));
+        }
+        (None, None) => {
+            return Err(AdminError::field("secret", "send `secret` or `sha256`"));
+        }
+    };
+    let valid = validate(call, fields, Purpose::Import)?;
+    let new = new_key(ws, valid, &call.caller.actor);
+    call.caller
+        .may_grant(&granted(call, &new.scopes, new.role.as_deref()))?;
+    let record = call
+        .state
+        .keys
+        .import(new, imported, Some(workspace.max_active_keys))
+        .await
+        .map_err(|e| limit_error(e, workspace))?;
+    call.audit(
+        "key.import",
+        ws,
+        Some(&record.id),
+        "ok",
+        serde_json::json!({"name": record.name, "from": match record.hash_scheme {
+            keys::HashScheme::Sha256 => "sha256",
+            keys::HashScheme::KeyedBlake3 => "secret",
+        }}),
+    )
+    .await;
+    Ok(json_response(StatusCode::CREATED, &key_json(&record, now())))
+}

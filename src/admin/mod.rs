@@ -1,0 +1,445 @@
+//! The admin listener: the admin API under `/v1` (see `docs/admin-api.md`), its OpenAPI
+//! document, and the liveness and readiness probes. Never reachable through the proxy listener.
+//!
+//! Every call runs: request id → probes and the OpenAPI document (no caller needed) → caller
+//! authentication ([`caller`]) → route → the handler in [`handlers`], which checks the
+//! workspace, the permission and the body, acts through [`KeyManager`], and writes the audit
+//! log. Refusals are [`AdminError`]s, turned into the documented JSON in one place.
+
+pub mod caller;
+pub mod fields;
+pub mod handlers;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::control::KeyManager;
+use crate::error::error_response;
+use crate::keys::{KeyId, random_base62};
+use crate::proxy::{ConnInfo, Gateway, RequestIds, X_REQUEST_ID};
+use crate::store::{AuditEntry, KeyStore, Store, StoreError};
+use caller::{Caller, TokenEntry};
+
+/// Largest request body the admin API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The OpenAPI 3 document of the admin API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Why an admin call was refused. One variant per documented code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    /// Bad body, query or value; `field` names it.
+    #[error("invalid_request: {message}")]
+    InvalidRequest {
+        /// The offending field (dotted path), if one is to blame.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// No valid admin credential.
+    #[error("unauthorized")]
+    Unauthorized(&'static str),
+    /// The caller may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The workspace has no API access.
+    #[error("upgrade_required")]
+    UpgradeRequired,
+    /// Unknown workspace, key or path.
+    #[error("not_found: {0}")]
+    NotFound(&'static str),
+    /// Known path, other method.
+    #[error("method_not_allowed")]
+    MethodNotAllowed(&'static str),
+    /// `max_active_keys` reached.
+    #[error("key_limit_reached")]
+    KeyLimitReached(u32),
+    /// The imported secret is a key already.
+    #[error("key_exists")]
+    KeyExists,
+    /// The key is revoked.
+    #[error("key_revoked")]
+    KeyRevoked,
+    /// The key has expired.
+    #[error("key_expired")]
+    KeyExpired,
+    /// Body over [`MAX_BODY_BYTES`].
+    #[error("payload_too_large")]
+    PayloadTooLarge,
+    /// The store cannot be reached.
+    #[error("store_unavailable")]
+    StoreUnavailable,
+}
+
+impl AdminError {
+    /// An `invalid_request` naming `field`.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AdminError::InvalidRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden(_) | AdminError::UpgradeRequired => StatusCode::FORBIDDEN,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::KeyLimitReached(_)
+            | AdminError::KeyExists
+            | AdminError::KeyRevoked
+            | AdminError::KeyExpired => StatusCode::CONFLICT,
+            AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::InvalidRequest { .. } => "invalid_request",
+            AdminError::Unauthorized(_) => "unauthorized",
+            AdminError::Forbidden(_) => "forbidden",
+            AdminError::UpgradeRequired => "upgrade_required",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::MethodNotAllowed(_) => "method_not_allowed",
+            AdminError::KeyLimitReached(_) => "key_limit_reached",
+            AdminError::KeyExists => "key_exists",
+            AdminError::KeyRevoked => "key_revoked",
+            AdminError::KeyExpired => "key_expired",
+            AdminError::PayloadTooLarge => "payload_too_large",
+            AdminError::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            AdminError::InvalidRequest { message, .. } => message.clone(),
+            AdminError::Unauthorized(m) => (*m).to_owned(),
+            AdminError::Forbidden(m) => m.clone(),
+            AdminError::UpgradeRequired => {
+                "API access is not included in this workspace's plan. Upgrade required.".into()
+            }
+            AdminError::NotFound(what) => format!("No such {what}."),
+            AdminError::MethodNotAllowed(allow) => format!("Use one of: {allow}."),
+            AdminError::KeyLimitReached(max) => format!(
+                "This workspace already has {max} active keys, its limit. Revoke one first."
+            ),
+            AdminError::KeyExists => "A key with this secret exists already.".into(),
+            AdminError::KeyRevoked => "The key is revoked; revocation cannot be undone.".into(),
+            AdminError::KeyExpired => "The key has expired; create a new one instead.".into(),
+            AdminError::PayloadTooLarge => {
+                format!("The body is larger than {MAX_BODY_BYTES} bytes.")
+            }
+            AdminError::StoreUnavailable => {
+                "The key store is unavailable. Retry shortly.".into()
+            }
+        }
+    }
+
+    fn into_response(self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        let rid = request_id.to_str().unwrap_or("");
+        let mut response = match &self {
+            AdminError::InvalidRequest {
+                field: Some(field), ..
+            } => {
+                let body = serde_json::json!({"error": {
+                    "code": self.code(), "message": self.message(),
+                    "request_id": rid, "field": field,
+                }});
+                json_response(StatusCode::BAD_REQUEST, &body)
+            }
+            _ => error_response(self.status(), self.code(), &self.message(), rid),
+        };
+        match self {
+            AdminError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate-admin\""),
+                );
+            }
+            AdminError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LimitReached => AdminError::KeyLimitReached(0),
+            StoreError::NotFound => AdminError::NotFound("key"),
+            StoreError::Conflict => AdminError::KeyExists,
+            StoreError::InvalidCursor => AdminError::field("cursor", "not a cursor this API made"),
+            StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
+                tracing::warn!(error = %e, "admin call failed in the store");
+                AdminError::StoreUnavailable
+            }
+        }
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Everything the admin handlers share.
+pub struct AdminState {
+    /// The running config.
+    pub config: Arc<Config>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// Key lifecycle operations.
+    pub keys: KeyManager,
+    /// The data plane (secret format, hashing, cached lookups).
+    pub gateway: Arc<Gateway>,
+    tokens: Vec<TokenEntry>,
+    ids: RequestIds,
+}
+
+/// The admin listener's handler.
+#[derive(Clone)]
+pub struct Admin {
+    state: Arc<AdminState>,
+}
+
+/// One admin request, as the handlers see it.
+pub struct Call<'a> {
+    /// Shared state.
+    pub state: &'a AdminState,
+    /// The authenticated caller.
+    pub caller: Caller,
+    /// Client address.
+    pub client_ip: IpAddr,
+}
+
+impl Call<'_> {
+    /// Appends to the audit log. A failed write is logged, not returned: the change it
+    /// describes has happened already.
+    pub async fn audit(
+        &self,
+        action: &str,
+        workspace: &str,
+        key_id: Option<&KeyId>,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) {
+        audit(
+            self.state,
+            &self.caller.actor,
+            self.client_ip,
+            action,
+            Some(workspace),
+            key_id,
+            outcome,
+            detail,
+        )
+        .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "one flat audit record")]
+async fn audit(
+    state: &AdminState,
+    actor: &str,
+    client_ip: IpAddr,
+    action: &str,
+    workspace: Option<&str>,
+    key_id: Option<&KeyId>,
+    outcome: &str,
+    detail: serde_json::Value,
+) {
+    let now = OffsetDateTime::now_utc();
+    let entry = AuditEntry {
+        id: format!(
+            "aud_{:013}_{}",
+            now.unix_timestamp_nanos() / 1_000_000,
+            random_base62(8)
+        ),
+        time: now,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        workspace: workspace.map(str::to_owned),
+        key_id: key_id.cloned(),
+        outcome: outcome.to_owned(),
+        detail,
+        client_ip: Some(client_ip),
+    };
+    if let Err(e) = state.store.append_audit(&entry).await {
+        tracing::error!(error = %e, action, "audit entry could not be written");
+    }
+}
+
+impl Admin {
+    /// The admin API over the running store, data plane and key operations.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        keys: KeyManager,
+        gateway: Arc<Gateway>,
+    ) -> Self {
+        let tokens = TokenEntry::from_config(&config.admin.tokens);
+        Admin {
+            state: Arc::new(AdminState {
+                config,
+                store,
+                keys,
+                gateway,
+                tokens,
+                ids: RequestIds::new(),
+            }),
+        }
+    }
+
+    /// Serves one admin request.
+    pub async fn handle<B>(&self, req: Request<B>, conn: ConnInfo) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let request_id = self.state.ids.for_request(req.headers());
+        let mut response = match self.route(req, conn).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(&request_id),
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id);
+        response
+    }
+
+    async fn route<B>(&self, req: Request<B>, conn: ConnInfo) -> Result<Response<Full<Bytes>>, AdminError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let state = &*self.state;
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = req.method().clone();
+        let get_only = |m: &Method| {
+            if m == Method::GET || m == Method::HEAD {
+                Ok(())
+            } else {
+                Err(AdminError::MethodNotAllowed("GET, HEAD"))
+            }
+        };
+        match segments.as_slice() {
+            ["healthz"] => {
+                get_only(&method)?;
+                return Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+            }
+            ["readyz"] => {
+                get_only(&method)?;
+                return Ok(self.readiness().await);
+            }
+            ["v1", "openapi.json"] => {
+                get_only(&method)?;
+                let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return Ok(r);
+            }
+            ["v1", ..] => {}
+            _ => return Err(AdminError::NotFound("admin endpoint")),
+        }
+
+        let client_ip =
+            crate::auth::client_ip(conn.peer.ip(), req.headers(), &state.config.trusted_proxies);
+        let caller = match caller::authenticate(
+            &state.tokens,
+            &state.gateway,
+            &state.config,
+            req.headers(),
+            conn.peer.ip(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let detail = serde_json::json!({"method": method.as_str(), "path": path});
+                audit(state, "anonymous", client_ip, "admin.refused", None, None, e.code(), detail)
+                    .await;
+                return Err(e);
+            }
+        };
+        let call = Call {
+            state,
+            caller,
+            client_ip,
+        };
+        let result = handlers::dispatch(&call, &method, &segments, req).await;
+        if let Err(e @ (AdminError::Forbidden(_) | AdminError::UpgradeRequired)) = &result {
+            let workspace = match segments.as_slice() {
+                ["v1", "workspaces", ws, ..] => Some(*ws),
+                _ => None,
+            };
+            let detail = serde_json::json!({"method": method.as_str(), "path": path});
+            audit(
+                state,
+                &call.caller.actor,
+                client_ip,
+                "admin.refused",
+                workspace,
+                None,
+                e.code(),
+                detail,
+            )
+            .await;
+        }
+        result
+    }
+
+    async fn readiness(&self) -> Response<Full<Bytes>> {
+        match self.state.store.ping().await {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready", "store": "ok"}),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: store unreachable");
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "degraded", "store": "unavailable"}),
+                )
+            }
+        }
+    }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`].
+pub async fn read_body<B>(body: B) -> Result<Bytes, AdminError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AdminError::PayloadTooLarge),
+        Err(_) => Err(AdminError::InvalidRequest {
+            field: None,
+            message: "the request body could not be read".into(),
+        }),
+    }
+}
