@@ -1,4 +1,7 @@
-//! The `keygate` command: parses arguments, loads the config, installs logging and runs.
+//! The `keygate` command: parses arguments, loads the config, installs logging and runs; or, for
+//! `keygate keys …`, hands over to [`cli`], the admin API client.
+
+mod cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +39,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage API keys through the admin API: create, list, show, update, rotate, revoke,
+    /// delete, import.
+    Keys(Box<cli::KeysArgs>),
 }
 
 #[derive(Subcommand)]
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(&config),
+        Command::Keys(args) => cli::run(*args),
     }
 }
 

@@ -1,0 +1,516 @@
+//! How the CLI shows keys to people: the key table, the one-key view, the one-time secret.
+//! Everything here is a pure function from JSON to text, so it is tested without a server.
+//!
+//! Text from the API (names, messages) goes through [`sanitize`] first: a key name is chosen by
+//! whoever created the key, and must not be able to move the cursor or recolour the terminal of
+//! whoever lists it.
+
+use serde::Deserialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+use super::Failure;
+
+/// Longest NAME shown in a table; `show` and `--json` have the whole name.
+const NAME_WIDTH: usize = 32;
+/// Longest SCOPES/ROLE shown in a table.
+const SCOPES_WIDTH: usize = 40;
+
+/// The key object as the CLI reads it. Every field is optional and unknown fields are ignored,
+/// so a newer server's answers still render.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct KeyView {
+    id: Option<String>,
+    workspace: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    prefix: Option<String>,
+    scopes: Option<Vec<String>>,
+    role: Option<String>,
+    ip_allowlist: Option<Vec<String>>,
+    expires_at: Option<String>,
+    rate_limit: Option<Value>,
+    quota: Option<Value>,
+    owner: Option<String>,
+    metadata: Option<Value>,
+    created_at: Option<String>,
+    created_by: Option<String>,
+    updated_at: Option<String>,
+    revoked_at: Option<String>,
+    last_used_at: Option<String>,
+    usage_count: Option<u64>,
+    status: Option<String>,
+}
+
+impl KeyView {
+    /// Reads a key object.
+    pub(super) fn from_value(v: &Value) -> Result<KeyView, Failure> {
+        KeyView::deserialize(v)
+            .map_err(|e| Failure::Unexpected(format!("an answer that is not a key object: {e}")))
+    }
+
+    fn id(&self) -> String {
+        text_or(self.id.as_deref(), "-")
+    }
+}
+
+/// The keys of a list page (`{"keys": [...]}`).
+pub(super) fn keys_of_page(page: &Value) -> Result<Vec<KeyView>, Failure> {
+    match page.get("keys") {
+        Some(Value::Array(keys)) => keys.iter().map(KeyView::from_value).collect(),
+        _ => Err(Failure::Unexpected(
+            "a list answer without a `keys` array".into(),
+        )),
+    }
+}
+
+/// Pretty JSON for `--json`, one document per command (bulk import prints compact lines).
+pub(super) fn json(v: &Value) -> String {
+    // Serializing a `Value` to a `String` cannot fail (string keys, no I/O).
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
+/// The key table: ID, NAME, PREFIX, SCOPES/ROLE, STATUS, CREATED, LAST USED, USES, EXPIRES.
+pub(super) fn list(keys: &[KeyView]) -> String {
+    if keys.is_empty() {
+        return "No keys.\n".into();
+    }
+    const HEADERS: [&str; 9] = [
+        "ID",
+        "NAME",
+        "PREFIX",
+        "SCOPES/ROLE",
+        "STATUS",
+        "CREATED",
+        "LAST USED",
+        "USES",
+        "EXPIRES",
+    ];
+    /// USES is a number: right-aligned.
+    const RIGHT: usize = 7;
+    let rows: Vec<[String; 9]> = keys
+        .iter()
+        .map(|k| {
+            [
+                k.id(),
+                clip(&text_or(k.name.as_deref(), "-"), NAME_WIDTH),
+                prefix(k.prefix.as_deref()),
+                clip(&scopes_and_role(k), SCOPES_WIDTH),
+                text_or(k.status.as_deref(), "-"),
+                when(k.created_at.as_deref(), "-"),
+                when(k.last_used_at.as_deref(), "never"),
+                k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
+                when(k.expires_at.as_deref(), "never"),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADERS.map(String::from);
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = " ".repeat(width - cell.chars().count());
+            if i == RIGHT {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Everything about one key, a field per line (`keys show`).
+pub(super) fn detail(k: &KeyView) -> String {
+    let list_or = |l: &Option<Vec<String>>, none: &str| match l.as_deref() {
+        Some(items) if !items.is_empty() => sanitize(&items.join(", ")),
+        _ => none.into(),
+    };
+    let created = match &k.created_by {
+        Some(by) => format!(
+            "{} by {}",
+            when_utc(k.created_at.as_deref(), "-"),
+            sanitize(by)
+        ),
+        None => when_utc(k.created_at.as_deref(), "-"),
+    };
+    let fields = [
+        ("ID", k.id()),
+        ("Workspace", text_or(k.workspace.as_deref(), "-")),
+        ("Name", text_or(k.name.as_deref(), "-")),
+        ("Description", text_or(k.description.as_deref(), "-")),
+        ("Prefix", prefix(k.prefix.as_deref())),
+        ("Status", text_or(k.status.as_deref(), "-")),
+        ("Scopes", list_or(&k.scopes, "-")),
+        ("Role", text_or(k.role.as_deref(), "-")),
+        ("IP allowlist", list_or(&k.ip_allowlist, "any address")),
+        ("Rate limit", rate_limit(k.rate_limit.as_ref())),
+        ("Quota", quota(k.quota.as_ref())),
+        ("Owner", text_or(k.owner.as_deref(), "-")),
+        ("Metadata", compact(k.metadata.as_ref())),
+        ("Created", created),
+        ("Updated", when_utc(k.updated_at.as_deref(), "-")),
+        ("Expires", when_utc(k.expires_at.as_deref(), "never")),
+        ("Revoked", when_utc(k.revoked_at.as_deref(), "-")),
+        ("Last used", when_utc(k.last_used_at.as_deref(), "never")),
+        (
+            "Uses",
+            k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
+        ),
+    ];
+    let width = fields.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(label, value)| format!("{label:<width$}  {value}\n"))
+        .collect()
+}
+
+/// The answer to create: the key's row, then the secret, set apart so it is not missed.
+pub(super) fn created(answer: &Value) -> Result<String, Failure> {
+    let mut out = list(&[KeyView::from_value(answer)?]);
+    out.push_str(&secret_block(answer)?);
+    Ok(out)
+}
+
+/// The answer to rotate (`{"key": new + secret, "previous": old}`): the new key's row, its
+/// secret, and until when the old one works.
+pub(super) fn rotated(answer: &Value) -> Result<String, Failure> {
+    let new = answer
+        .get("key")
+        .ok_or_else(|| Failure::Unexpected("a rotate answer without `key`".into()))?;
+    let mut out = list(&[KeyView::from_value(new)?]);
+    out.push_str(&secret_block(new)?);
+    if let Some(previous) = answer.get("previous") {
+        let old = KeyView::from_value(previous)?;
+        out.push_str(&format!(
+            "Previous key {} ({}) expires: {}\n",
+            old.id(),
+            text_or(old.status.as_deref(), "-"),
+            when_utc(old.expires_at.as_deref(), "never")
+        ));
+    }
+    Ok(out)
+}
+
+/// The one place a secret is printed.
+fn secret_block(key: &Value) -> Result<String, Failure> {
+    match key.get("secret") {
+        // Printed as received: sanitizing could change it, and the API only issues printable ones.
+        Some(Value::String(secret)) => {
+            Ok(format!("\nSecret (shown once, store it now): {secret}\n\n"))
+        }
+        _ => Err(Failure::Unexpected(
+            "the answer has no `secret`; the key exists, but its secret was not shown: \
+             revoke it and create another"
+                .into(),
+        )),
+    }
+}
+
+/// `role:viewer sessions:read,sessions:write`, or `-`.
+fn scopes_and_role(k: &KeyView) -> String {
+    let mut parts = Vec::new();
+    if let Some(role) = &k.role {
+        parts.push(format!("role:{role}"));
+    }
+    if let Some(scopes) = k.scopes.as_deref().filter(|s| !s.is_empty()) {
+        parts.push(scopes.join(","));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        sanitize(&parts.join(" "))
+    }
+}
+
+/// The displayed start of the secret, marked as a start: `kg_live_7Hq2…`.
+fn prefix(p: Option<&str>) -> String {
+    match p {
+        Some(p) if !p.is_empty() => format!("{}…", sanitize(p)),
+        _ => "-".into(),
+    }
+}
+
+/// `100/1s (burst 200)`, or `default`.
+fn rate_limit(v: Option<&Value>) -> String {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return "default".into();
+    };
+    match (v.get("requests"), v.get("period").and_then(Value::as_str)) {
+        (Some(r), Some(p)) => {
+            let mut s = format!("{r}/{}", sanitize(p));
+            if let Some(b) = v.get("burst").filter(|b| !b.is_null()) {
+                s.push_str(&format!(" (burst {b})"));
+            }
+            s
+        }
+        _ => compact(Some(v)),
+    }
+}
+
+/// `10000, refill monthly (day 1)`, or `none`.
+fn quota(v: Option<&Value>) -> String {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return "none".into();
+    };
+    match (v.get("limit"), v.get("refill").and_then(Value::as_str)) {
+        (Some(l), Some(r)) => {
+            let mut s = format!("{l}, refill {}", sanitize(r));
+            if let Some(d) = v.get("refill_day").filter(|d| !d.is_null()) {
+                s.push_str(&format!(" (day {d})"));
+            }
+            s
+        }
+        _ => compact(Some(v)),
+    }
+}
+
+fn compact(v: Option<&Value>) -> String {
+    match v {
+        Some(v) if !v.is_null() => sanitize(&v.to_string()),
+        _ => "-".into(),
+    }
+}
+
+fn text_or(s: Option<&str>, none: &str) -> String {
+    s.map_or_else(|| none.into(), sanitize)
+}
+
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM` UTC; `none` for null; as received (sanitized) if the
+/// API sent something else.
+pub(super) fn when(t: Option<&str>, none: &str) -> String {
+    let Some(t) = t else {
+        return none.into();
+    };
+    OffsetDateTime::parse(t, &Rfc3339)
+        .ok()
+        .and_then(|at| {
+            at.to_offset(time::UtcOffset::UTC)
+                .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+                .ok()
+        })
+        .unwrap_or_else(|| sanitize(t))
+}
+
+/// [`when`] with ` UTC` after a time, for the one-key view where there is room to say it.
+fn when_utc(t: Option<&str>, none: &str) -> String {
+    match t {
+        Some(_) => format!("{} UTC", when(t, none)),
+        None => none.into(),
+    }
+}
+
+/// Cuts to `max` characters, marking the cut with `…`.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.into();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Replaces control characters (escape sequences, newlines, tabs) with `�`, so text from the API
+/// stays on its line and cannot drive the terminal.
+pub(super) fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(id: &str, name: &str) -> Value {
+        json!({
+            "id": id,
+            "workspace": "acme",
+            "name": name,
+            "description": null,
+            "prefix": "kg_live_7Hq2",
+            "scopes": ["sessions:read"],
+            "role": "viewer",
+            "ip_allowlist": [],
+            "expires_at": "2027-01-01T00:00:00Z",
+            "rate_limit": null,
+            "quota": null,
+            "owner": null,
+            "metadata": null,
+            "created_at": "2026-11-23T12:00:59.999Z",
+            "created_by": "token:ops",
+            "updated_at": "2026-11-23T12:00:00Z",
+            "revoked_at": null,
+            "last_used_at": null,
+            "usage_count": 0,
+            "status": "active"
+        })
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_says_never_for_null_times() {
+        let mut used = key("key_3fJ9x0mQ2kLw8ZrT5vYb1c", "Production server");
+        used["last_used_at"] = json!("2026-11-24T08:15:00+02:00");
+        used["usage_count"] = json!(12345);
+        used["expires_at"] = json!(null);
+        used["role"] = json!(null);
+        let keys = [used, key("key_000000000000000000000b", "ci")];
+        let views: Vec<KeyView> = keys
+            .iter()
+            .map(|k| KeyView::from_value(k).unwrap())
+            .collect();
+        let table = list(&views);
+        let expected = "\
+ID                          NAME               PREFIX         SCOPES/ROLE                STATUS  CREATED           LAST USED          USES  EXPIRES
+key_3fJ9x0mQ2kLw8ZrT5vYb1c  Production server  kg_live_7Hq2…  sessions:read              active  2026-11-23 12:00  2026-11-24 06:15  12345  never
+key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sessions:read  active  2026-11-23 12:00  never                 0  2027-01-01 00:00
+";
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn an_empty_list_says_so() {
+        assert_eq!(list(&[]), "No keys.\n");
+        assert_eq!(
+            keys_of_page(&json!({"keys": [], "next_cursor": null}))
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            keys_of_page(&json!({"items": []})).unwrap_err().exit_code(),
+            6
+        );
+    }
+
+    #[test]
+    fn long_names_are_clipped_and_control_characters_replaced() {
+        let k = key("key_a", &format!("evil\u{1b}[2J{}", "x".repeat(60)));
+        let table = list(&[KeyView::from_value(&k).unwrap()]);
+        assert!(!table.contains('\u{1b}'), "{table:?}");
+        let row = table.lines().nth(1).unwrap();
+        let name = row.split("  ").nth(1).unwrap();
+        assert_eq!(name.chars().count(), NAME_WIDTH);
+        assert!(
+            name.starts_with("evil\u{FFFD}[2J") && name.ends_with('…'),
+            "{name}"
+        );
+        assert_eq!(table.lines().count(), 2, "a name cannot add lines");
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_fields_still_render() {
+        let v = json!({"id": "key_a", "brand_new_field": {"x": 1}});
+        let table = list(&[KeyView::from_value(&v).unwrap()]);
+        let cells: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["key_a", "-", "-", "-", "-", "-", "never", "-", "never"],
+            "{table}"
+        );
+        assert_eq!(KeyView::from_value(&json!([1])).unwrap_err().exit_code(), 6);
+    }
+
+    #[test]
+    fn times_are_utc_minutes_or_the_text_received() {
+        assert_eq!(
+            when(Some("2026-11-23T23:59:59-01:00"), "-"),
+            "2026-11-24 00:59"
+        );
+        assert_eq!(when(None, "never"), "never");
+        assert_eq!(when(Some("yesterday"), "-"), "yesterday");
+        assert_eq!(
+            when_utc(Some("2026-11-23T12:00:00Z"), "-"),
+            "2026-11-23 12:00 UTC"
+        );
+        assert_eq!(when_utc(None, "never"), "never");
+    }
+
+    #[test]
+    fn create_shows_the_row_and_the_secret_once() {
+        let mut v = key("key_a", "n");
+        v["secret"] = json!("kg_live_SECRET");
+        let out = created(&v).unwrap();
+        assert!(out.starts_with("ID "), "{out}");
+        assert_eq!(out.matches("kg_live_SECRET").count(), 1, "{out}");
+        assert!(
+            out.contains("\nSecret (shown once, store it now): kg_live_SECRET\n"),
+            "{out}"
+        );
+        let e = created(&key("key_a", "n")).unwrap_err();
+        assert_eq!(e.exit_code(), 6);
+    }
+
+    #[test]
+    fn rotate_shows_the_new_secret_and_the_old_keys_expiry() {
+        let mut new = key("key_new", "n");
+        new["secret"] = json!("kg_live_NEW");
+        let mut old = key("key_old", "n");
+        old["expires_at"] = json!("2026-11-24T12:00:00Z");
+        let out = rotated(&json!({"key": new, "previous": old})).unwrap();
+        assert!(out.contains("key_new"), "{out}");
+        assert!(
+            out.contains("Secret (shown once, store it now): kg_live_NEW"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("Previous key key_old (active) expires: 2026-11-24 12:00 UTC\n"),
+            "{out}"
+        );
+        assert_eq!(rotated(&json!({})).unwrap_err().exit_code(), 6);
+    }
+
+    #[test]
+    fn the_detail_view_shows_every_field() {
+        let mut v = key("key_a", "Production server");
+        v["ip_allowlist"] = json!(["203.0.113.7", "10.0.0.0/8"]);
+        v["rate_limit"] = json!({"requests": 100, "period": "1s", "burst": 200});
+        v["quota"] = json!({"limit": 10000, "refill": "monthly", "refill_day": 1});
+        v["metadata"] = json!({"team": "payments"});
+        v["owner"] = json!("cust_42");
+        let out = detail(&KeyView::from_value(&v).unwrap());
+        for line in [
+            "ID            key_a\n",
+            "Name          Production server\n",
+            "Prefix        kg_live_7Hq2…\n",
+            "Scopes        sessions:read\n",
+            "Role          viewer\n",
+            "IP allowlist  203.0.113.7, 10.0.0.0/8\n",
+            "Rate limit    100/1s (burst 200)\n",
+            "Quota         10000, refill monthly (day 1)\n",
+            "Owner         cust_42\n",
+            "Metadata      {\"team\":\"payments\"}\n",
+            "Created       2026-11-23 12:00 UTC by token:ops\n",
+            "Expires       2027-01-01 00:00 UTC\n",
+            "Revoked       -\n",
+            "Last used     never\n",
+            "Uses          0\n",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        let bare = detail(&KeyView::from_value(&key("key_b", "b")).unwrap());
+        assert!(bare.contains("IP allowlist  any address\n"), "{bare}");
+        assert!(bare.contains("Rate limit    default\n"), "{bare}");
+        assert!(bare.contains("Quota         none\n"), "{bare}");
+    }
+}
