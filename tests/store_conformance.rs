@@ -1,7 +1,8 @@
 //! One behaviour contract for every `KeyStore` backend: each scenario below is generic over the
 //! store and runs against a fresh embedded store (redb file in a temporary directory) and a
-//! fresh Redis store (its own `redis-server`). Backend-specific tests (restart of the file,
-//! Redis outage, Redis key layout) follow the shared ones.
+//! fresh Redis store (its own `redis-server`), each behind the `Store` enum the gateway uses, so
+//! its dispatch is checked too. Backend-specific tests (restart of the file, Redis outage, Redis
+//! key layout, an upgrade cut short) follow the shared ones.
 
 mod support;
 
@@ -10,10 +11,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use keygate::config::{EmbeddedConfig, RedisConfig};
-use keygate::keys::{KeyId, KeyRecord, KeyStatus, SecretFormat, SecretHasher};
+use keygate::keys::{
+    HashScheme, KeyId, KeyRecord, KeyStatus, SecretFormat, SecretHash, SecretHasher,
+};
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
-use keygate::store::{KeyStore, ListQuery, RequestLogEntry, StoreError, UsageDelta};
+use keygate::store::{
+    AuditEntry, AuditPage, KeyStore, ListQuery, RequestLogEntry, Store, StoreError, UsageDelta,
+};
 use support::redis::RedisServer;
 use time::OffsetDateTime;
 
@@ -41,7 +46,7 @@ fn record(ws: &str, name: &str) -> KeyRecord {
         name: name.into(),
         description: None,
         prefix: "kg_test_abcd".into(),
-        hash: SecretHasher::new("test-pepper-0123456789").hash(secret.expose()),
+        hash: hasher().hash(secret.expose()),
         hash_scheme: keygate::keys::HashScheme::KeyedBlake3,
         scopes: vec!["sessions:read".into()],
         role: None,
@@ -57,6 +62,38 @@ fn record(ws: &str, name: &str) -> KeyRecord {
         revoked_at: None,
         last_used_at: None,
         usage_count: 0,
+    }
+}
+
+/// The pepper every test hashes with.
+fn hasher() -> SecretHasher {
+    SecretHasher::new("test-pepper-0123456789")
+}
+
+/// A key imported with only a digest of its secret, and the keyed hash the gateway computes on
+/// its first use. The store never computes either: unkeyed BLAKE3 stands in for SHA-256 here.
+fn sha256_import(ws: &str, name: &str) -> (KeyRecord, SecretHash) {
+    let secret = format!("edsk_live_{}", KeyId::generate().as_str());
+    let mut r = record(ws, name);
+    r.prefix = "edsk_live_abcd".into();
+    r.hash = SecretHash(*blake3::hash(secret.as_bytes()).as_bytes());
+    r.hash_scheme = HashScheme::Sha256;
+    (r, hasher().hash(&secret))
+}
+
+/// `r` as it reads after `upgrade_hash(…, new_hash)`, with this usage.
+fn upgraded(
+    r: &KeyRecord,
+    new_hash: SecretHash,
+    count: u64,
+    last: Option<OffsetDateTime>,
+) -> KeyRecord {
+    KeyRecord {
+        hash: new_hash,
+        hash_scheme: HashScheme::KeyedBlake3,
+        usage_count: count,
+        last_used_at: last,
+        ..r.clone()
     }
 }
 
@@ -479,8 +516,20 @@ async fn list_is_newest_first_filtered_and_paginated<S: KeyStore>(store: &S) {
     };
     assert!(matches!(
         store.list("acme", &bad, now).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::InvalidCursor)
     ));
+    for garbage in ["", ":", "12:not-a-key-id", "x:key_0000000000000000000000"] {
+        let bad = ListQuery {
+            cursor: Some(garbage.into()),
+            limit: 3,
+            ..ListQuery::default()
+        };
+        let got = store.list("acme", &bad, now).await;
+        assert!(
+            matches!(got, Err(StoreError::InvalidCursor)),
+            "{garbage:?}: {got:?}"
+        );
+    }
     assert!(
         store
             .list("nobody", &query(5), now)
@@ -704,10 +753,572 @@ async fn request_logs_keep_the_newest_entries_newest_first<S: KeyStore>(store: &
     );
 }
 
+async fn sha256_imports_are_indexed_apart_until_upgraded<S: KeyStore>(store: &S) {
+    let (mut r, new_hash) = sha256_import("acme", "imported");
+    // Older than `native`, so the listing order is known.
+    r.created_at -= time::Duration::seconds(1);
+    store.create(&r, Some(5), now_ms()).await.expect("create");
+    let native = record("acme", "native");
+    store
+        .create(&native, Some(5), now_ms())
+        .await
+        .expect("create");
+
+    // Only the SHA-256 index finds it, and only it.
+    assert_eq!(store.get_by_hash(&r.hash).await.expect("by hash"), None);
+    assert_eq!(store.get_by_hash(&new_hash).await.expect("by hash"), None);
+    assert_eq!(
+        store.get_by_sha256(&r.hash).await.expect("by sha256"),
+        Some(r.clone())
+    );
+    assert_eq!(
+        store.get_by_sha256(&native.hash).await.expect("by sha256"),
+        None,
+        "a keyed hash is not a SHA-256 digest"
+    );
+    assert_eq!(
+        store.get("acme", &r.id).await.expect("get"),
+        Some(r.clone())
+    );
+    // The two namespaces are apart: the same 32 bytes may index one key in each.
+    let mut twin = record("acme", "keyed twin");
+    twin.hash = r.hash;
+    store
+        .create(&twin, None, now_ms())
+        .await
+        .expect("other namespace");
+    assert_eq!(
+        store.get_by_hash(&r.hash).await.expect("by hash"),
+        Some(twin.clone())
+    );
+    assert_eq!(
+        store.get_by_sha256(&r.hash).await.expect("by sha256"),
+        Some(r.clone())
+    );
+    store.delete("acme", &twin.id).await.expect("delete twin");
+    // Within its namespace a digest is taken once.
+    let mut dup = sha256_import("globex", "same digest").0;
+    dup.hash = r.hash;
+    assert!(matches!(
+        store.create(&dup, None, now_ms()).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // Before the upgrade: usage, edits and listing work as for any key.
+    let t = now_ms();
+    store.add_usage(&[usage(&r, 3, t)]).await.expect("usage");
+    let mut edited = r.clone();
+    edited.name = "imported, renamed".into();
+    edited.updated_at = t + ms(1);
+    store.update(&edited).await.expect("update");
+    let before = KeyRecord {
+        usage_count: 3,
+        last_used_at: Some(t),
+        ..edited.clone()
+    };
+    assert_eq!(
+        store.get_by_sha256(&r.hash).await.expect("by sha256"),
+        Some(before.clone())
+    );
+    let listed = store
+        .list("acme", &query(10), now_ms())
+        .await
+        .expect("list");
+    assert_eq!(listed.keys, vec![native.clone(), before.clone()]);
+    // The scheme is part of the key's identity, like the hash.
+    let mut wrong_scheme = edited.clone();
+    wrong_scheme.hash_scheme = HashScheme::KeyedBlake3;
+    assert!(matches!(
+        store.update(&wrong_scheme).await,
+        Err(StoreError::Conflict)
+    ));
+
+    let want = upgraded(&edited, new_hash, 3, Some(t));
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &r.id, &new_hash)
+            .await
+            .expect("upgrade"),
+        want
+    );
+    assert_eq!(
+        store.get_by_hash(&new_hash).await.expect("by hash"),
+        Some(want.clone())
+    );
+    assert_eq!(store.get_by_sha256(&r.hash).await.expect("by sha256"), None);
+    assert_eq!(
+        store.get("acme", &r.id).await.expect("get"),
+        Some(want.clone())
+    );
+    let listed = store
+        .list("acme", &query(10), now_ms())
+        .await
+        .expect("list");
+    assert_eq!(listed.keys, vec![native.clone(), want.clone()]);
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &r.id, &new_hash)
+            .await
+            .expect("again"),
+        want,
+        "upgrading twice changes nothing"
+    );
+    let elsewhere = record("acme", "x").hash;
+    assert!(matches!(
+        store.upgrade_hash("acme", &r.id, &elsewhere).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        store.upgrade_hash("globex", &r.id, &new_hash).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // After: a record read before the upgrade is stale; the upgraded one edits fine, and usage
+    // goes on adding up.
+    assert!(matches!(
+        store.update(&edited).await,
+        Err(StoreError::Conflict)
+    ));
+    let mut renamed = want.clone();
+    renamed.name = "upgraded".into();
+    store.update(&renamed).await.expect("update upgraded");
+    store
+        .add_usage(&[usage(&r, 2, t + ms(5))])
+        .await
+        .expect("usage");
+    let after = KeyRecord {
+        usage_count: 5,
+        last_used_at: Some(t + ms(5)),
+        ..renamed.clone()
+    };
+    assert_eq!(
+        store.get_by_hash(&new_hash).await.expect("by hash"),
+        Some(after.clone())
+    );
+    assert_eq!(
+        store.delete("acme", &r.id).await.expect("delete"),
+        Some(after)
+    );
+    assert_eq!(store.get_by_hash(&new_hash).await.expect("by hash"), None);
+    assert_eq!(store.get_by_sha256(&r.hash).await.expect("by sha256"), None);
+    assert_eq!(store.get("acme", &r.id).await.expect("get"), None);
+    let listed = store
+        .list("acme", &query(10), now_ms())
+        .await
+        .expect("list");
+    assert_eq!(ids(&listed.keys), vec![native.id.clone()]);
+    assert!(matches!(
+        store.upgrade_hash("acme", &r.id, &new_hash).await,
+        Err(StoreError::NotFound)
+    ));
+    // Both hashes are free again.
+    let mut reborn = record("acme", "same secret, new key");
+    reborn.hash = new_hash;
+    store
+        .create(&reborn, None, now_ms())
+        .await
+        .expect("keyed hash is free");
+    store
+        .create(&r, None, now_ms())
+        .await
+        .expect("digest is free");
+}
+
+async fn a_sha256_import_deletes_and_refuses_a_taken_hash<S: KeyStore>(store: &S) {
+    let (r, new_hash) = sha256_import("acme", "imported");
+    store.create(&r, None, now_ms()).await.expect("create");
+    let t = now_ms();
+    store
+        .append_request_logs("acme", &r.id, &[log_entry(t, "/a")], 10)
+        .await
+        .expect("logs");
+
+    // Upgrading to a hash another key has fails and leaves the import as it was.
+    let mut holder = record("acme", "holds the hash");
+    holder.hash = new_hash;
+    store.create(&holder, None, t).await.expect("create");
+    assert!(matches!(
+        store.upgrade_hash("acme", &r.id, &new_hash).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.get_by_sha256(&r.hash).await.expect("by sha256"),
+        Some(r.clone())
+    );
+    assert_eq!(
+        store.get("acme", &r.id).await.expect("get"),
+        Some(r.clone())
+    );
+    assert_eq!(
+        store.get_by_hash(&new_hash).await.expect("by hash"),
+        Some(holder.clone())
+    );
+    let mut renamed = r.clone();
+    renamed.name = "still a sha256 import".into();
+    store.update(&renamed).await.expect("update");
+    // Refused, it is still a plain import: another, free hash upgrades it.
+    let (other, other_new) = sha256_import("acme", "other import");
+    store.create(&other, None, t).await.expect("create");
+    assert!(matches!(
+        store.upgrade_hash("acme", &other.id, &new_hash).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &other.id, &other_new)
+            .await
+            .expect("a free hash"),
+        upgraded(&other, other_new, 0, None)
+    );
+    store.delete("acme", &other.id).await.expect("delete");
+    // A native key is keyed already: the same hash is a no-op, another one a conflict.
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &holder.id, &new_hash)
+            .await
+            .expect("native key"),
+        holder
+    );
+    assert!(matches!(
+        store.upgrade_hash("acme", &holder.id, &r.hash).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // Deleted before any upgrade: nothing is left to find or to upgrade.
+    assert_eq!(
+        store.delete("acme", &r.id).await.expect("delete"),
+        Some(renamed)
+    );
+    assert_eq!(store.get_by_sha256(&r.hash).await.expect("by sha256"), None);
+    assert_eq!(store.get("acme", &r.id).await.expect("get"), None);
+    assert!(
+        store
+            .request_logs("acme", &r.id, 10)
+            .await
+            .expect("logs")
+            .is_empty()
+    );
+    assert!(matches!(
+        store.upgrade_hash("acme", &r.id, &new_hash).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .upgrade_hash("acme", &KeyId::generate(), &new_hash)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let listed = store
+        .list("acme", &query(10), now_ms())
+        .await
+        .expect("list");
+    assert_eq!(ids(&listed.keys), vec![holder.id.clone()]);
+    store
+        .create(&r, None, now_ms())
+        .await
+        .expect("digest is free again");
+}
+
+async fn concurrent_upgrades_agree_and_keep_usage<S: KeyStore>(store: &S) {
+    let (r, new_hash) = sha256_import("acme", "popular");
+    store.create(&r, None, now_ms()).await.expect("create");
+    let t = now_ms();
+    store.add_usage(&[usage(&r, 10, t)]).await.expect("usage");
+
+    // Several gateway instances see the key's first use at once, while usage keeps flowing.
+    let upgrades = join_all((0..4).map(|_| store.upgrade_hash("acme", &r.id, &new_hash)));
+    let deltas: Vec<[UsageDelta; 1]> = (1..=4).map(|i| [usage(&r, 1, t + ms(i))]).collect();
+    let flushes = join_all(deltas.iter().map(|d| store.add_usage(d)));
+    let (upgrades, flushes) = tokio::join!(upgrades, flushes);
+    for f in flushes {
+        f.expect("usage");
+    }
+    for u in &upgrades {
+        let got = u.as_ref().expect("every upgrade succeeds");
+        assert_eq!(
+            (&got.hash, got.hash_scheme),
+            (&new_hash, HashScheme::KeyedBlake3)
+        );
+    }
+    let got = store
+        .get_by_hash(&new_hash)
+        .await
+        .expect("by hash")
+        .expect("upgraded");
+    assert_eq!(got, upgraded(&r, new_hash, 14, Some(t + ms(4))));
+    assert_eq!(store.get_by_sha256(&r.hash).await.expect("by sha256"), None);
+}
+
+async fn sha256_imports_count_against_max_active<S: KeyStore>(store: &S) {
+    let now = now_ms();
+    let native = record("acme", "native");
+    let (imported, new_hash) = sha256_import("acme", "imported");
+    store.create(&native, Some(2), now).await.expect("1st");
+    store.create(&imported, Some(2), now).await.expect("2nd");
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 2);
+    assert!(matches!(
+        store.create(&record("acme", "3rd"), Some(2), now).await,
+        Err(StoreError::LimitReached)
+    ));
+    assert!(matches!(
+        store
+            .create(&sha256_import("acme", "3rd import").0, Some(2), now)
+            .await,
+        Err(StoreError::LimitReached)
+    ));
+    // Upgrading neither frees nor takes a slot.
+    store
+        .upgrade_hash("acme", &imported.id, &new_hash)
+        .await
+        .expect("upgrade");
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 2);
+    assert!(matches!(
+        store.create(&record("acme", "3rd"), Some(2), now).await,
+        Err(StoreError::LimitReached)
+    ));
+    // A revoked import gives its slot back.
+    let (other, _) = sha256_import("globex", "revoked import");
+    store.create(&other, Some(1), now).await.expect("globex");
+    let mut revoked = other.clone();
+    revoked.revoked_at = Some(now);
+    store.update(&revoked).await.expect("revoke");
+    assert_eq!(store.count_active("globex", now).await.expect("count"), 0);
+    store
+        .create(&record("globex", "next"), Some(1), now)
+        .await
+        .expect("slot free");
+}
+
+async fn count_active_counts_what_create_limits<S: KeyStore>(store: &S) {
+    let now = now_ms();
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 0);
+    let plain = record("acme", "plain");
+    let mut expiring = record("acme", "expiring");
+    expiring.expires_at = Some(now + ms(10_000));
+    let mut expired = record("acme", "expired");
+    expired.expires_at = Some(now);
+    let mut born_revoked = record("acme", "born revoked");
+    born_revoked.revoked_at = Some(now);
+    let mut to_revoke = record("acme", "to revoke");
+    for r in [&plain, &expiring, &expired, &born_revoked, &to_revoke] {
+        store.create(r, None, now).await.expect("create");
+    }
+    store
+        .create(&record("globex", "elsewhere"), None, now)
+        .await
+        .expect("create");
+
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 3);
+    to_revoke.revoked_at = Some(now);
+    store.update(&to_revoke).await.expect("revoke");
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 2);
+    // At its expiry instant a key no longer counts (`expires_at <= now` is expired).
+    let later = now + ms(10_000);
+    assert_eq!(store.count_active("acme", later).await.expect("count"), 1);
+    assert_eq!(store.count_active("globex", now).await.expect("count"), 1);
+    assert_eq!(store.count_active("nobody", now).await.expect("count"), 0);
+    // The same number `create` holds against the limit.
+    assert!(matches!(
+        store.create(&record("acme", "n"), Some(2), now).await,
+        Err(StoreError::LimitReached)
+    ));
+    store
+        .create(&record("acme", "n+1"), Some(3), now)
+        .await
+        .expect("room under 3");
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 3);
+    // Counting changes nothing: the expired key is still listed as expired.
+    let q = ListQuery {
+        status: Some(KeyStatus::Expired),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    let got = store.list("acme", &q, later).await.expect("list");
+    assert_eq!(got.keys.len(), 2, "{got:?}");
+}
+
+/// An audit entry with a realistic id: `aud_` + 13-digit ms + `_` + 8 base62.
+fn audit(ws: Option<&str>, at: OffsetDateTime, action: &str) -> AuditEntry {
+    let ms = at.unix_timestamp_nanos() / 1_000_000;
+    let key_id = KeyId::generate();
+    let random = &key_id.as_str()[4..12];
+    AuditEntry {
+        id: format!("aud_{ms:013}_{random}"),
+        time: at,
+        actor: "token:ci".into(),
+        action: action.into(),
+        workspace: ws.map(str::to_owned),
+        key_id: Some(KeyId::generate()),
+        outcome: "ok".into(),
+        detail: serde_json::json!({"fields": ["name"], "name": "renamed"}),
+        client_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+    }
+}
+
+/// Newest first: by time to the millisecond, then id, descending.
+fn newest_first(entries: &[AuditEntry]) -> Vec<AuditEntry> {
+    let mut sorted = entries.to_vec();
+    sorted.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+    sorted
+}
+
+/// Every page of an audit log, following cursors; panics if it does not end.
+async fn audit_pages<S: KeyStore>(
+    store: &S,
+    ws: Option<&str>,
+    limit: usize,
+) -> Vec<Vec<AuditEntry>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let page: AuditPage = store
+            .list_audit(ws, limit, cursor.as_deref())
+            .await
+            .expect("list audit");
+        pages.push(page.entries);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return pages,
+        }
+    }
+    panic!("audit listing did not end after 100 pages");
+}
+
+async fn audit_log_pages_newest_first_per_workspace_and_globally<S: KeyStore>(store: &S) {
+    let base = now_ms() - time::Duration::hours(1);
+    // Seven for acme, appended out of order; three of them share a millisecond (the id breaks
+    // the tie), and one is plain, without a key, an IP or a detail.
+    let mut acme: Vec<AuditEntry> = [5, 0, 3, 3, 6, 3, 1]
+        .iter()
+        .map(|&s| audit(Some("acme"), base + ms(1000 * s), "key.update"))
+        .collect();
+    acme[6].key_id = None;
+    acme[6].client_ip = None;
+    acme[6].detail = serde_json::Value::Null;
+    acme[6].action = "admin.refused".into();
+    acme[6].outcome = "forbidden".into();
+    let globex: Vec<AuditEntry> = (0..2)
+        .map(|s| audit(Some("globex"), base + ms(500 + 1000 * s), "key.create"))
+        .collect();
+    let global_only = audit(None, base + ms(4000), "admin.refused");
+    for e in acme.iter().chain(&globex).chain([&global_only]) {
+        store.append_audit(e).await.expect("append");
+    }
+    // A retried append keeps one copy.
+    store.append_audit(&acme[1]).await.expect("append again");
+
+    let pages = audit_pages(store, Some("acme"), 3).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![3, 3, 1]);
+    assert_eq!(pages.concat(), newest_first(&acme), "no gap, no duplicate");
+
+    let everything: Vec<AuditEntry> = acme
+        .iter()
+        .chain(&globex)
+        .chain([&global_only])
+        .cloned()
+        .collect();
+    let pages = audit_pages(store, None, 4).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![4, 4, 2]);
+    assert_eq!(pages.concat(), newest_first(&everything));
+
+    assert_eq!(
+        audit_pages(store, Some("globex"), 10).await,
+        vec![newest_first(&globex)]
+    );
+    let nobody = store
+        .list_audit(Some("nobody"), 5, None)
+        .await
+        .expect("list");
+    assert!(nobody.entries.is_empty() && nobody.next_cursor.is_none());
+    let one = store.list_audit(Some("acme"), 0, None).await.expect("list");
+    assert_eq!(one.entries.len(), 1, "limit 0 reads as 1");
+    let all = store.list_audit(Some("acme"), 7, None).await.expect("list");
+    assert_eq!(all.next_cursor, None, "no cursor when nothing follows");
+
+    // Entries appended after the first page was read, newer or older, shift nothing: the next
+    // page starts right after the last entry seen.
+    let first = store.list_audit(Some("acme"), 3, None).await.expect("list");
+    let seen_last = first.entries.last().expect("three entries").clone();
+    assert_eq!(
+        seen_last.time,
+        base + ms(3000),
+        "the page ends inside the tie"
+    );
+    let newer = audit(Some("acme"), base + ms(9000), "key.delete");
+    // Same millisecond as the last entry seen, and an id just below its own: the very next.
+    let mut older = audit(Some("acme"), seen_last.time, "key.revoke");
+    older.id = seen_last.id[..seen_last.id.len() - 1].to_owned();
+    store.append_audit(&newer).await.expect("append");
+    store.append_audit(&older).await.expect("append");
+    let rest = store
+        .list_audit(Some("acme"), 10, first.next_cursor.as_deref())
+        .await
+        .expect("list");
+    let want: Vec<AuditEntry> = newest_first(&[acme.clone(), vec![older.clone()]].concat())
+        .into_iter()
+        .filter(|e| (e.time, &e.id) < (seen_last.time, &seen_last.id))
+        .collect();
+    assert_eq!(rest.entries.first(), Some(&older));
+    assert_eq!(rest.entries, want);
+    assert_eq!(rest.next_cursor, None);
+
+    for garbage in ["not a cursor", "", "x:aud_1", "12.5:aud_1"] {
+        for ws in [None, Some("acme")] {
+            let got = store.list_audit(ws, 3, Some(garbage)).await;
+            assert!(
+                matches!(got, Err(StoreError::InvalidCursor)),
+                "{garbage:?} on {ws:?}: {got:?}"
+            );
+        }
+    }
+}
+
+/// Shared by the two backend tests below: a log capped at 5 keeps the newest 5.
+async fn audit_logs_keep_their_newest_entries<S: KeyStore>(store: &S) {
+    let base = now_ms();
+    let acme: Vec<AuditEntry> = (0..8)
+        .map(|i| audit(Some("acme"), base + ms(i), "key.update"))
+        .collect();
+    // Oldest of all: appended last, it is trimmed at once.
+    let stale = audit(Some("acme"), base - ms(1000), "key.update");
+    let globex: Vec<AuditEntry> = (0..3)
+        .map(|i| audit(Some("globex"), base + ms(100 + i), "key.create"))
+        .collect();
+    for e in acme.iter().chain([&stale]).chain(&globex) {
+        store.append_audit(e).await.expect("append");
+    }
+    let got = store
+        .list_audit(Some("acme"), 100, None)
+        .await
+        .expect("list");
+    assert_eq!(got.entries, newest_first(&acme[3..]));
+    // The global log is capped on its own: globex's entries pushed acme's out of it, but not
+    // out of acme's log.
+    let got = store.list_audit(None, 100, None).await.expect("list");
+    let mut want = globex.clone();
+    want.extend_from_slice(&acme[6..]);
+    assert_eq!(got.entries, newest_first(&want));
+    let got = store
+        .list_audit(Some("globex"), 100, None)
+        .await
+        .expect("list");
+    assert_eq!(got.entries, newest_first(&globex));
+    // Paging over a trimmed log still ends cleanly.
+    let pages = audit_pages(store, Some("acme"), 2).await;
+    assert_eq!(pages.concat(), newest_first(&acme[3..]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backends
 
-fn embedded_store() -> (EmbeddedStore, tempfile::TempDir) {
+fn embedded_store() -> (Store, tempfile::TempDir) {
+    let (store, dir) = embedded_backend();
+    (Store::Embedded(store), dir)
+}
+
+fn embedded_backend() -> (EmbeddedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = EmbeddedConfig {
         path: dir.path().join("nested/dir/keygate.redb"),
@@ -726,7 +1337,12 @@ fn redis_config(server: &RedisServer, timeout: Duration) -> RedisConfig {
     }
 }
 
-async fn redis_store() -> (RedisStore, RedisServer) {
+async fn redis_store() -> (Store, RedisServer) {
+    let (store, server) = redis_backend().await;
+    (Store::Redis(store), server)
+}
+
+async fn redis_backend() -> (RedisStore, RedisServer) {
     let server = RedisServer::start();
     // Generous: tests share two cores; outage tests set their own.
     let config = redis_config(&server, Duration::from_secs(2));
@@ -769,6 +1385,12 @@ conformance!(
     expired_and_revoked_keys_do_not_count,
     add_usage_adds_counts_and_only_moves_last_use_forward,
     request_logs_keep_the_newest_entries_newest_first,
+    sha256_imports_are_indexed_apart_until_upgraded,
+    a_sha256_import_deletes_and_refuses_a_taken_hash,
+    concurrent_upgrades_agree_and_keep_usage,
+    sha256_imports_count_against_max_active,
+    count_active_counts_what_create_limits,
+    audit_log_pages_newest_first_per_workspace_and_globally,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -781,10 +1403,17 @@ async fn embedded_data_survives_closing_and_reopening_the_file() {
         path: dir.path().join("keygate.redb"),
     };
     let r = record("acme", "durable");
+    let (imported, _) = sha256_import("acme", "imported");
+    let entry = audit(Some("acme"), now_ms(), "key.import");
     let used_at = now_ms();
     {
         let store = EmbeddedStore::open(&config).expect("open");
         store.create(&r, Some(1), now_ms()).await.expect("create");
+        store
+            .create(&imported, None, now_ms())
+            .await
+            .expect("import");
+        store.append_audit(&entry).await.expect("audit");
         store
             .add_usage(&[usage(&r, 4, used_at)])
             .await
@@ -815,7 +1444,25 @@ async fn embedded_data_survives_closing_and_reopening_the_file() {
             .len(),
         1
     );
-    // The active count survived too.
+    assert_eq!(
+        store
+            .get_by_sha256(&imported.hash)
+            .await
+            .expect("by sha256"),
+        Some(imported)
+    );
+    let log = store
+        .list_audit(Some("acme"), 10, None)
+        .await
+        .expect("audit");
+    assert_eq!(log.entries, vec![entry.clone()]);
+    let log = store.list_audit(None, 10, None).await.expect("audit");
+    assert_eq!(log.entries, vec![entry]);
+    // The active count survived too (the import counts).
+    assert_eq!(
+        store.count_active("acme", now_ms()).await.expect("count"),
+        2
+    );
     let next = record("acme", "next");
     assert!(matches!(
         store.create(&next, Some(1), now_ms()).await,
@@ -1008,4 +1655,429 @@ async fn redis_key_layout_matches_the_documented_one() {
         .await
         .expect("KEYS");
     assert!(left.is_empty(), "delete leaves nothing behind: {left:?}");
+}
+
+#[tokio::test]
+async fn embedded_audit_logs_keep_their_newest_entries() {
+    let (store, _dir) = embedded_backend();
+    audit_logs_keep_their_newest_entries(&store.with_audit_max_entries(5)).await;
+}
+
+#[tokio::test]
+async fn redis_audit_logs_keep_their_newest_entries() {
+    let (store, server) = redis_backend().await;
+    audit_logs_keep_their_newest_entries(&store.with_audit_max_entries(5)).await;
+    // Trimmed ids take their JSON with them.
+    let mut conn = raw_connection(&server).await;
+    let prefix = RedisConfig::default().key_prefix;
+    for log in ["{audit}", "{ws:acme}:audit", "{ws:globex}:audit"] {
+        let log = format!("{prefix}{log}");
+        let (ids, jsons): (u64, u64) = ::redis::pipe()
+            .cmd("ZCARD")
+            .arg(&log)
+            .cmd("HLEN")
+            .arg(format!("{log}:entries"))
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD, HLEN");
+        assert_eq!((ids, jsons), (ids.min(5), ids), "{log}");
+    }
+}
+
+/// A plain connection to the test's server, to look at and arrange the raw layout.
+async fn raw_connection(server: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+async fn raw_keys(conn: &mut ::redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(conn)
+        .await
+        .expect("KEYS");
+    keys.sort();
+    keys
+}
+
+async fn raw_hash(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    key: &str,
+) -> std::collections::HashMap<String, String> {
+    ::redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("HGETALL")
+}
+
+#[tokio::test]
+async fn redis_layout_of_imports_upgrades_and_audit() {
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        key_prefix: "kgtest:".into(),
+        ..redis_config(&server, Duration::from_secs(2))
+    };
+    let store = RedisStore::connect(&config).await.expect("connect");
+    let mut conn = raw_connection(&server).await;
+    let (r, new_hash) = sha256_import("acme", "imported");
+    store.create(&r, Some(5), now_ms()).await.expect("create");
+    store
+        .add_usage(&[usage(&r, 2, now_ms())])
+        .await
+        .expect("usage");
+    let (sha, new) = (r.hash.to_hex(), new_hash.to_hex());
+
+    let mut want = vec![
+        format!("kgtest:{{s:{sha}}}"),
+        "kgtest:{ws:acme}:keys".to_owned(),
+        "kgtest:{ws:acme}:created".to_owned(),
+        "kgtest:{ws:acme}:active".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(raw_keys(&mut conn).await, want);
+    let fields = raw_hash(&mut conn, &format!("kgtest:{{s:{sha}}}")).await;
+    assert_eq!(fields.get("uc").map(String::as_str), Some("2"));
+    assert!(fields.contains_key("lu") && fields.contains_key("rec"));
+    let index = raw_hash(&mut conn, "kgtest:{ws:acme}:keys").await;
+    assert_eq!(index.get(r.id.as_str()), Some(&format!("s:{sha}")));
+
+    store
+        .upgrade_hash("acme", &r.id, &new_hash)
+        .await
+        .expect("upgrade");
+    let mut want = vec![
+        format!("kgtest:{{h:{new}}}"),
+        "kgtest:{ws:acme}:keys".to_owned(),
+        "kgtest:{ws:acme}:created".to_owned(),
+        "kgtest:{ws:acme}:active".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(raw_keys(&mut conn).await, want);
+    let fields = raw_hash(&mut conn, &format!("kgtest:{{h:{new}}}")).await;
+    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["lu", "rec", "uc"], "no upgrade bookkeeping left");
+    assert_eq!(fields.get("uc").map(String::as_str), Some("2"));
+    let index = raw_hash(&mut conn, "kgtest:{ws:acme}:keys").await;
+    assert_eq!(index.get(r.id.as_str()), Some(&new));
+
+    let entry = audit(Some("acme"), now_ms(), "key.import");
+    store.append_audit(&entry).await.expect("append");
+    store
+        .append_audit(&audit(None, now_ms(), "admin.refused"))
+        .await
+        .expect("append");
+    let keys = raw_keys(&mut conn).await;
+    for key in [
+        "kgtest:{audit}",
+        "kgtest:{audit}:entries",
+        "kgtest:{ws:acme}:audit",
+        "kgtest:{ws:acme}:audit:entries",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+    }
+    let score: f64 = ::redis::cmd("ZSCORE")
+        .arg("kgtest:{ws:acme}:audit")
+        .arg(&entry.id)
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE");
+    assert_eq!(score as i128, entry.time.unix_timestamp_nanos() / 1_000_000);
+    let json: String = ::redis::cmd("HGET")
+        .arg("kgtest:{ws:acme}:audit:entries")
+        .arg(&entry.id)
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(
+        serde_json::from_str::<AuditEntry>(&json).expect("an AuditEntry"),
+        entry
+    );
+    let global: u64 = ::redis::cmd("ZCARD")
+        .arg("kgtest:{audit}")
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD");
+    assert_eq!(global, 2);
+
+    // Deleting the key leaves its audit entries, and nothing else of it.
+    store.delete("acme", &r.id).await.expect("delete");
+    let mut left = raw_keys(&mut conn).await;
+    left.retain(|k| !k.contains("audit"));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Arranges the raw state an upgrade of `r` to `new_hash` leaves when cut short: after step 1
+/// (`copy` false, `repointed` false), step 2 (`copy` true) or step 3 (`repointed` true too).
+async fn cut_upgrade_short(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    r: &KeyRecord,
+    new_hash: SecretHash,
+    copy: bool,
+    repointed: bool,
+) {
+    let prefix = RedisConfig::default().key_prefix;
+    let (sha, new) = (r.hash.to_hex(), new_hash.to_hex());
+    let old = raw_hash(conn, &format!("{prefix}{{s:{sha}}}")).await;
+    if copy {
+        let json = serde_json::to_string(&upgraded(r, new_hash, 0, None)).expect("json");
+        let uc = old.get("uc").cloned().unwrap_or_else(|| "0".into());
+        let mut cmd = ::redis::cmd("HSET");
+        cmd.arg(format!("{prefix}{{h:{new}}}"))
+            .arg("rec")
+            .arg(json)
+            .arg("uc")
+            .arg(&uc)
+            .arg("mv")
+            .arg(&uc)
+            .arg("from")
+            .arg(&sha);
+        if let Some(lu) = old.get("lu") {
+            cmd.arg("lu").arg(lu);
+        }
+        let _: i64 = cmd.query_async(conn).await.expect("HSET copy");
+    }
+    let entry = if repointed {
+        new
+    } else {
+        format!("u:{sha}:{new}")
+    };
+    let _: i64 = ::redis::cmd("HSET")
+        .arg(format!("{prefix}{{ws:{}}}:keys", r.workspace))
+        .arg(r.id.as_str())
+        .arg(entry)
+        .query_async(conn)
+        .await
+        .expect("HSET index");
+}
+
+#[tokio::test]
+async fn redis_upgrade_cut_short_stays_consistent_and_resumes() {
+    let (store, server) = redis_backend().await;
+    let mut conn = raw_connection(&server).await;
+    let prefix = RedisConfig::default().key_prefix;
+    let t = now_ms();
+
+    // After step 1: still the import, and the next upgrade finishes the job.
+    let (a, a_new) = sha256_import("acme", "a");
+    store.create(&a, None, t).await.expect("create");
+    cut_upgrade_short(&mut conn, &a, a_new, false, false).await;
+    assert_eq!(store.get_by_hash(&a_new).await.expect("by hash"), None);
+    assert_eq!(
+        store.get_by_sha256(&a.hash).await.expect("by sha256"),
+        Some(a.clone())
+    );
+    store.add_usage(&[usage(&a, 2, t)]).await.expect("usage");
+    let listed = store.list("acme", &query(10), t).await.expect("list");
+    assert_eq!(ids(&listed.keys), vec![a.id.clone()]);
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &a.id, &a_new)
+            .await
+            .expect("resume"),
+        upgraded(&a, a_new, 2, Some(t))
+    );
+    assert_eq!(store.get_by_sha256(&a.hash).await.expect("by sha256"), None);
+
+    // After step 2 the copy answers by the new hash: a revoke must reach it, and usage counted
+    // meanwhile must not be lost.
+    let (b, b_new) = sha256_import("acme", "b");
+    store.create(&b, None, t).await.expect("create");
+    store.add_usage(&[usage(&b, 1, t)]).await.expect("usage");
+    cut_upgrade_short(&mut conn, &b, b_new, true, false).await;
+    assert_eq!(
+        store.get_by_hash(&b_new).await.expect("by hash"),
+        Some(upgraded(&b, b_new, 1, Some(t)))
+    );
+    let mut revoked = b.clone();
+    revoked.revoked_at = Some(t);
+    store.update(&revoked).await.expect("revoke");
+    let copy = store
+        .get_by_hash(&b_new)
+        .await
+        .expect("by hash")
+        .expect("copy");
+    assert_eq!(
+        copy.status_at(t),
+        KeyStatus::Revoked,
+        "the copy was revoked too"
+    );
+    store
+        .add_usage(&[usage(&b, 4, t + ms(1))])
+        .await
+        .expect("usage");
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &b.id, &b_new)
+            .await
+            .expect("resume"),
+        upgraded(&revoked, b_new, 5, Some(t + ms(1)))
+    );
+
+    // After step 2, then deleted: neither record survives.
+    let (c, c_new) = sha256_import("acme", "c");
+    store.create(&c, None, t).await.expect("create");
+    cut_upgrade_short(&mut conn, &c, c_new, true, false).await;
+    assert_eq!(
+        store.delete("acme", &c.id).await.expect("delete"),
+        Some(c.clone())
+    );
+    assert_eq!(store.get_by_hash(&c_new).await.expect("by hash"), None);
+    assert_eq!(store.get_by_sha256(&c.hash).await.expect("by sha256"), None);
+
+    // After step 3 the copy is the record. Usage and an edit that reached the old one after
+    // the copy (from instances that read the index before step 1) are carried over when the
+    // upgrade is resumed.
+    let (d, d_new) = sha256_import("acme", "d");
+    store.create(&d, None, t).await.expect("create");
+    store.add_usage(&[usage(&d, 3, t)]).await.expect("usage");
+    cut_upgrade_short(&mut conn, &d, d_new, true, true).await;
+    let mut late_edit = d.clone();
+    late_edit.name = "edited during the upgrade".into();
+    let _: () = ::redis::pipe()
+        .cmd("HINCRBY")
+        .arg(format!("{prefix}{{s:{}}}", d.hash.to_hex()))
+        .arg("uc")
+        .arg(2)
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}{{s:{}}}", d.hash.to_hex()))
+        .arg("rec")
+        .arg(serde_json::to_string(&late_edit).expect("json"))
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("late usage and edit");
+    assert_eq!(
+        store.get("acme", &d.id).await.expect("get"),
+        Some(upgraded(&d, d_new, 3, Some(t)))
+    );
+    assert_eq!(
+        store
+            .upgrade_hash("acme", &d.id, &d_new)
+            .await
+            .expect("resume"),
+        upgraded(&late_edit, d_new, 5, Some(t))
+    );
+
+    // After step 3, then deleted: the SHA-256 record left behind goes with the key.
+    let (e, e_new) = sha256_import("acme", "e");
+    store.create(&e, None, t).await.expect("create");
+    cut_upgrade_short(&mut conn, &e, e_new, true, true).await;
+    store.delete("acme", &e.id).await.expect("delete");
+    assert_eq!(store.get_by_sha256(&e.hash).await.expect("by sha256"), None);
+    assert_eq!(store.get_by_hash(&e_new).await.expect("by hash"), None);
+
+    // What is left are exactly the three finished upgrades.
+    let mut want = vec![
+        format!("{prefix}{{h:{}}}", a_new.to_hex()),
+        format!("{prefix}{{h:{}}}", b_new.to_hex()),
+        format!("{prefix}{{h:{}}}", d_new.to_hex()),
+        format!("{prefix}{{ws:acme}}:keys"),
+        format!("{prefix}{{ws:acme}}:created"),
+        format!("{prefix}{{ws:acme}}:active"),
+    ];
+    want.sort();
+    assert_eq!(raw_keys(&mut conn).await, want);
+    for hash in [a_new, b_new, d_new] {
+        let fields = raw_hash(&mut conn, &format!("{prefix}{{h:{}}}", hash.to_hex())).await;
+        assert!(
+            !fields.contains_key("from") && !fields.contains_key("mv"),
+            "{fields:?}"
+        );
+    }
+}
+
+/// Gateway instances, each with its own connection, use a key while another upgrades it: one
+/// flushes usage without pause, one reads it by id, one lists it, one edits it. Whatever read the
+/// key's place before the upgrade moved it and acts after must follow the key: no increment
+/// dropped, no read or listing that misses it, no edit answered `NotFound` (a stale record is a
+/// `Conflict`). The window is a round trip wide, so many keys go through it.
+#[tokio::test]
+async fn redis_instances_using_a_key_while_another_upgrades_it_miss_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (flushing, server) = redis_backend().await;
+    let config = redis_config(&server, Duration::from_secs(2));
+    let upgrading = RedisStore::connect(&config).await.expect("connect");
+    let reading = RedisStore::connect(&config).await.expect("connect");
+    let listing = RedisStore::connect(&config).await.expect("connect");
+    let editing = RedisStore::connect(&config).await.expect("connect");
+    let (mut lost, mut misses) = (0, Vec::new());
+    for round in 0..150 {
+        let (r, new_hash) = sha256_import(&format!("ws{round}"), "popular");
+        let ws = r.workspace.as_str();
+        flushing.create(&r, None, now_ms()).await.expect("create");
+        let t = now_ms();
+        let (flushed, upgraded) = (AtomicU64::new(0), AtomicBool::new(false));
+        let flusher = async {
+            while !upgraded.load(Ordering::SeqCst) {
+                flushing.add_usage(&[usage(&r, 1, t)]).await.expect("usage");
+                flushed.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let reader = async {
+            let mut missed = Vec::new();
+            while !upgraded.load(Ordering::SeqCst) {
+                if reading.get(ws, &r.id).await.expect("get").is_none() {
+                    missed.push("get");
+                }
+            }
+            missed
+        };
+        let lister = async {
+            let mut missed = Vec::new();
+            while !upgraded.load(Ordering::SeqCst) {
+                let page = listing.list(ws, &query(5), t).await.expect("list");
+                if page.keys.len() != 1 {
+                    missed.push("list");
+                }
+            }
+            missed
+        };
+        let editor = async {
+            let mut renamed = r.clone();
+            renamed.name = "renamed".into();
+            loop {
+                match editing.update(&renamed).await {
+                    Ok(()) if !upgraded.load(Ordering::SeqCst) => {}
+                    Ok(()) => return None,
+                    Err(StoreError::Conflict) => return None,
+                    Err(other) => return Some(other),
+                }
+            }
+        };
+        let upgrader = async {
+            // Start at different points of the others' cycles.
+            for _ in 0..round % 5 {
+                tokio::task::yield_now().await;
+            }
+            upgrading
+                .upgrade_hash(ws, &r.id, &new_hash)
+                .await
+                .expect("upgrade");
+            upgraded.store(true, Ordering::SeqCst);
+        };
+        let ((), read_misses, list_misses, edit_error, ()) =
+            tokio::join!(flusher, reader, lister, editor, upgrader);
+        misses.extend(read_misses.into_iter().chain(list_misses));
+        if let Some(e) = edit_error {
+            misses.push(if matches!(e, StoreError::NotFound) {
+                "update: not found"
+            } else {
+                "update"
+            });
+        }
+        let stored = upgrading
+            .get_by_hash(&new_hash)
+            .await
+            .expect("by hash")
+            .expect("upgraded");
+        lost += flushed.load(Ordering::SeqCst) - stored.usage_count;
+    }
+    assert_eq!(lost, 0, "increments lost over 150 upgrades");
+    assert!(misses.is_empty(), "{misses:?}");
 }

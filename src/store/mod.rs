@@ -33,6 +33,53 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A malformed pagination cursor (not one a listing handed out, or truncated). A bad
+    /// request, not a missing key.
+    #[error("invalid pagination cursor")]
+    InvalidCursor,
+}
+
+/// Entries each audit log keeps (the global one and every workspace's): appending to a full log
+/// drops its oldest entry.
+pub const AUDIT_MAX_ENTRIES: usize = 100_000;
+
+/// One entry of the audit log: who did what to which key, when. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unique, sortable id (`aud_` + 13-digit ms timestamp + `_` + 8 random base62 chars),
+    /// assigned by the caller. Appending the same entry again (a retry) keeps one copy.
+    pub id: String,
+    /// When it happened. Logs are ordered by this time (to the millisecond), then by `id`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Who: `token:<name>` or `key:<key id>`.
+    pub actor: String,
+    /// What: `key.create`, `key.update`, `key.rotate`, `key.revoke`, `key.delete`,
+    /// `key.import`, `admin.refused`.
+    pub action: String,
+    /// The workspace acted on, if any; the entry then also appears in that workspace's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// The key acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    /// `ok`, or the error code of a refused call.
+    pub outcome: String,
+    /// What changed (field names and non-secret values), or why it was refused.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+    /// Address of the caller, as the admin listener saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditPage {
+    /// The entries of this page, newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Cursor of the next (older) page, if there is one.
+    pub next_cursor: Option<String>,
 }
 
 /// Filters and page position for [`KeyStore::list`].
@@ -89,14 +136,30 @@ pub struct RequestLogEntry {
 }
 
 /// The key index. Implemented by [`embedded::EmbeddedStore`] and [`redis::RedisStore`]; both are
-/// checked by one conformance suite (`tests/store_conformance.rs`).
+/// checked by one conformance suite (`tests/store_conformance.rs`), run through [`Store`].
 ///
 /// Every call is bounded in time: a backend that cannot answer within its configured timeout
 /// returns [`StoreError::Unavailable`].
+///
+/// A key's record is indexed by the hash of its secret in one of two namespaces, chosen by
+/// [`KeyRecord::hash_scheme`]: keyed BLAKE3 ([`KeyStore::get_by_hash`], every key keygate issues)
+/// or plain SHA-256 ([`KeyStore::get_by_sha256`], keys imported with only that digest, until
+/// [`KeyStore::upgrade_hash`] moves them over). Everything addressed by workspace and id
+/// (`get`, `update`, `delete`, `list`, `add_usage`, request logs) works the same in both.
+///
+/// A key is *active* at `now` when it is not revoked and has no `expires_at` at or before `now`
+/// (as [`KeyRecord::status_at`]); that is what `max_active` and [`KeyStore::count_active`] count,
+/// whatever the hash scheme.
+///
+/// The control-plane methods (`get_by_sha256` … `count_active`) have default bodies that fail
+/// with [`StoreError::Unavailable`], so that test doubles wrapping a store for the request path
+/// need not forward them; both backends and [`Store`] implement them all.
 pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new key. With `max_active`, refuses with [`StoreError::LimitReached`] when the
-    /// workspace already has that many active keys (not revoked, not expired at `now`); the
-    /// check and the insert are one atomic step, exact under concurrent creates.
+    /// Stores a new key, indexed by `record.hash` in the namespace of `record.hash_scheme`. With
+    /// `max_active`, refuses with [`StoreError::LimitReached`] when the workspace already has
+    /// that many active keys; the check and the insert are one atomic step, exact under
+    /// concurrent creates. A key born revoked or expired takes no slot and is stored whatever
+    /// the count. [`StoreError::Conflict`] if the id, or the hash within its namespace, is taken.
     fn create(
         &self,
         record: &KeyRecord,
@@ -104,33 +167,38 @@ pub trait KeyStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The key whose secret has this hash, with its usage fields. The request path's one
-    /// store call: a single round trip.
+    /// The key whose secret has this keyed BLAKE3 hash, with its usage fields. Never a SHA-256
+    /// import that has not been upgraded. The request path's one store call: a single round trip.
     fn get_by_hash(
         &self,
         hash: &SecretHash,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// A key by id within a workspace (a key of another workspace is `None`).
+    /// A key by id within a workspace (a key of another workspace is `None`), in either scheme.
     fn get(
         &self,
         workspace: &str,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// Replaces a key's record (same id, workspace and hash). Leaves `usage_count` and
+    /// Replaces a key's record (same id and workspace). Leaves `usage_count` and
     /// `last_used_at` as stored, whatever the record says. [`StoreError::NotFound`] if the key is
-    /// gone.
+    /// gone; [`StoreError::Conflict`] if `hash` or `hash_scheme` differ from the stored ones (a
+    /// new secret is a new key; and a SHA-256 record read before [`KeyStore::upgrade_hash`]
+    /// moved the key is stale: read it again).
     fn update(&self, record: &KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Removes a key, its hash index entry and its request logs. Returns the removed record.
+    /// Removes a key, its hash index entry (whichever scheme) and its request logs. Returns the
+    /// removed record, `None` if there was none. Its audit entries stay.
     fn delete(
         &self,
         workspace: &str,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// A workspace's keys, newest first (by `created_at`, then id).
+    /// A workspace's keys, newest first (by `created_at` to the millisecond, then id). A
+    /// malformed cursor is [`StoreError::InvalidCursor`]; keys deleted between pages leave no
+    /// gap and no duplicate.
     fn list(
         &self,
         workspace: &str,
@@ -164,6 +232,95 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The key imported with this SHA-256 digest of its secret and not upgraded yet, with its
+    /// usage fields. The request path's fallback after a [`KeyStore::get_by_hash`] miss for a
+    /// foreign-format secret: a single round trip.
+    fn get_by_sha256(
+        &self,
+        digest: &SecretHash,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        let _ = digest;
+        async { Err(unsupported("get_by_sha256")) }
+    }
+
+    /// Moves a SHA-256 import to keyed BLAKE3 (on its first successful use): afterwards its
+    /// record has `hash = new_hash` and `hash_scheme = KeyedBlake3`, [`KeyStore::get_by_hash`]
+    /// finds it by `new_hash`, [`KeyStore::get_by_sha256`] no longer finds it, and usage,
+    /// `updated_at` and everything else are kept. Returns the upgraded record with its usage.
+    ///
+    /// Idempotent: a key already upgraded to `new_hash` is returned as it is, and an upgrade cut
+    /// short (crash, timeout) is completed by the next call. [`StoreError::NotFound`] if the key
+    /// is gone; [`StoreError::Conflict`] if it is keyed by another hash already, or if `new_hash`
+    /// indexes another key.
+    fn upgrade_hash(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        new_hash: &SecretHash,
+    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
+        let _ = (workspace, id, new_hash);
+        async { Err(unsupported("upgrade_hash")) }
+    }
+
+    /// Appends an audit entry to the global log and, if it names a workspace, to that
+    /// workspace's log. Each log keeps its newest [`AUDIT_MAX_ENTRIES`].
+    fn append_audit(
+        &self,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = entry;
+        async { Err(unsupported("append_audit")) }
+    }
+
+    /// A page of an audit log (`None`: the global one), newest first: by `time` to the
+    /// millisecond, then by id, descending. `limit` is clamped to 1..=[`AUDIT_MAX_ENTRIES`].
+    /// Pass the page's `next_cursor` to get the next one: entries appended meanwhile do not
+    /// shift pages (no gap, no duplicate). A malformed cursor is [`StoreError::InvalidCursor`].
+    fn list_audit(
+        &self,
+        workspace: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<AuditPage, StoreError>> + Send {
+        let _ = (workspace, limit, cursor);
+        async { Err(unsupported("list_audit")) }
+    }
+
+    /// The workspace's active keys at `now`, in either hash scheme: exactly what
+    /// [`KeyStore::create`] compares with `max_active`.
+    fn count_active(
+        &self,
+        workspace: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send {
+        let _ = (workspace, now);
+        async { Err(unsupported("count_active")) }
+    }
+}
+
+/// A listing position: the sort time in unix milliseconds and the id that breaks ties. Both
+/// backends write it as `<ms>:<id>`, for key listings and audit logs alike.
+fn cursor_at(ms: i64, id: &str) -> String {
+    format!("{ms}:{id}")
+}
+
+/// Reads a [`cursor_at`] cursor of a key listing.
+fn parse_key_cursor(cursor: &str) -> Result<(i64, KeyId), StoreError> {
+    let (ms, id) = parse_cursor(cursor)?;
+    Ok((ms, KeyId::parse(id).ok_or(StoreError::InvalidCursor)?))
+}
+
+/// Reads a [`cursor_at`] cursor. Any id is accepted after the first `:`, since audit ids are
+/// the caller's and every one of them must round-trip.
+fn parse_cursor(cursor: &str) -> Result<(i64, &str), StoreError> {
+    let (ms, id) = cursor.split_once(':').ok_or(StoreError::InvalidCursor)?;
+    Ok((ms.parse().map_err(|_| StoreError::InvalidCursor)?, id))
+}
+
+/// The error of a control-plane method a [`KeyStore`] does not implement.
+fn unsupported(method: &str) -> StoreError {
+    StoreError::Unavailable(format!("this store does not implement {method}"))
 }
 
 /// The backend chosen in config, dispatched statically (no boxing on the request path).
@@ -248,5 +405,30 @@ impl KeyStore for Store {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())
+    }
+    async fn get_by_sha256(&self, digest: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
+        dispatch!(self, s => s.get_by_sha256(digest))
+    }
+    async fn upgrade_hash(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        new_hash: &SecretHash,
+    ) -> Result<KeyRecord, StoreError> {
+        dispatch!(self, s => s.upgrade_hash(workspace, id, new_hash))
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        dispatch!(self, s => s.append_audit(entry))
+    }
+    async fn list_audit(
+        &self,
+        workspace: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<AuditPage, StoreError> {
+        dispatch!(self, s => s.list_audit(workspace, limit, cursor))
+    }
+    async fn count_active(&self, workspace: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
+        dispatch!(self, s => s.count_active(workspace, now))
     }
 }

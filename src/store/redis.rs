@@ -9,17 +9,51 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{h:<hash hex>}` | HASH | `rec`: `KeyRecord` JSON with usage fields zeroed; `uc`: usage count; `lu`: last use, unix ms. The request path reads it with one `HGETALL`. |
-//! | `P{ws:<workspace>}:keys` | HASH | key id → hash hex: finds a record by id |
+//! | `P{h:<hash hex>}` | HASH | a key by the keyed BLAKE3 hash of its secret. `rec`: `KeyRecord` JSON with usage fields zeroed; `uc`: usage count; `lu`: last use, unix ms. While an upgrade from SHA-256 is under way, also `from`: the SHA-256 digest hex, and `mv`: the usage count copied from there. The request path reads it with one `HGETALL`. |
+//! | `P{s:<sha256 hex>}` | HASH | a key imported with only the SHA-256 digest of its secret, until upgraded; the same fields as `P{h:…}`. Read by `get_by_sha256` only, never by `get_by_hash`. |
+//! | `P{ws:<workspace>}:keys` | HASH | key id → where its record is: `<hex>` for `P{h:<hex>}`; `s:<hex>` for `P{s:<hex>}`; `u:<sha256 hex>:<hex>` while an upgrade is under way (or was cut short): `P{s:…}` is still the record, `P{h:…}` a copy kept in step |
 //! | `P{ws:<workspace>}:created` | ZSET | key id scored by `created_at` unix ms: newest-first listing, ties by id |
-//! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`. |
+//! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`, and by `count_active`. |
 //! | `P{ws:<workspace>}:logs:<id>` | LIST | `RequestLogEntry` JSON, newest first, trimmed to `max_per_key` |
+//! | `P{ws:<workspace>}:audit` | ZSET | the workspace's audit log: entry id scored by its `time` in unix ms; newest first is descending score, ties by id descending; trimmed to the newest `AUDIT_MAX_ENTRIES` |
+//! | `P{ws:<workspace>}:audit:entries` | HASH | entry id → `AuditEntry` JSON, for the ids in `…:audit` |
+//! | `P{audit}`, `P{audit}:entries` | ZSET, HASH | the global audit log, laid out as a workspace's |
 //!
 //! # Ordering
 //!
 //! A key is written to its workspace index first and to its record hash second, so a crash never
 //! leaves a usable key that is not listed (at worst an index entry without a record, which lists
-//! nothing and is removed by `delete`). Deletion goes the other way: record first.
+//! nothing and is removed by `delete`). Deletion goes the other way: record first. An audit
+//! entry goes to its workspace's log and the global log in one pipeline (two slots, so two
+//! scripts, not one transaction).
+//!
+//! # Upgrading a SHA-256 import
+//!
+//! The record moves from `P{s:<old>}` to `P{h:<new>}` across three slots, in this order, so that
+//! at every point the key works (by one hash or both), is listed, and can be edited, revoked and
+//! deleted:
+//!
+//! 1. the index entry becomes `u:<old>:<new>`: from here `update` writes both records and
+//!    `delete` removes both;
+//! 2. `P{h:<new>}` is written: a copy of the record with the new hash, its usage, and `from`,
+//!    `mv`; the key now works by its new hash;
+//! 3. the index entry becomes `<new>`: `P{h:<new>}` is the record;
+//! 4. `P{s:<old>}` is removed, reading what it held last: usage counted after step 2 and an edit
+//!    that landed there are carried to `P{h:<new>}`, which then drops `from` and `mv`.
+//!
+//! Every step is idempotent and `upgrade_hash` resumes from the index entry, so concurrent
+//! upgrades of one key (its first use on several instances) and retries agree. A crash leaves:
+//!
+//! - after step 1: the import as it was, marked; the next use upgrades it;
+//! - after step 2: a key that works by both hashes and stays consistent, because step 1 makes
+//!   `update` keep the copy in step (a revoke reaches both) and `delete` remove both. The request
+//!   path finds the copy by the new hash and so never calls `upgrade_hash` again: the key stays
+//!   listed as a SHA-256 import, with usage counted there, until something resumes it;
+//! - after step 3: the upgraded key, with `P{s:<old>}` and `from`, `mv` left over (usage counted
+//!   between steps 2 and 4 is lost); `delete` removes the leftover `P{s:…}` with the key.
+//!
+//! The one window left: a crash between steps 2 and 3 of an upgrade racing a `delete` of the
+//! same key can leave an unlisted `P{h:…}` behind.
 //!
 //! # Connection
 //!
@@ -37,9 +71,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult, Script};
 use time::OffsetDateTime;
 
-use super::{KeyPage, KeyStore, ListQuery, RequestLogEntry, StoreError, UsageDelta};
+use super::{
+    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, RequestLogEntry,
+    StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
+};
 use crate::config::RedisConfig;
-use crate::keys::{KeyId, KeyRecord, KeyStatus, SecretHash};
+use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
 
 /// Shortest time one connection attempt gets, even with a smaller per-call timeout: the caller
 /// gives up after its own timeout anyway, and a too-short connect timeout would never succeed
@@ -53,9 +90,11 @@ const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Index entries read per round trip while listing.
 const LIST_BATCH_MAX: usize = 200;
+/// Reads of the index a lookup by id makes when an upgrade moves the record under it.
+const FOLLOW_ATTEMPTS: usize = 3;
 
 /// Adds a key to its workspace index, enforcing `max_active_keys` on the same slot.
-/// KEYS: keys, created, active. ARGV: id, hash hex, created ms, expiry score, now ms,
+/// KEYS: keys, created, active. ARGV: id, index entry, created ms, expiry score, now ms,
 /// max active (-1: no limit), add to active (1/0).
 const CREATE_INDEX: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'conflict' end
@@ -87,7 +126,7 @@ return 0
 ";
 
 /// Removes the index entries a failed create added. KEYS: keys, created, active.
-/// ARGV: id, hash hex.
+/// ARGV: id, index entry.
 const ROLLBACK_INDEX: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -123,22 +162,16 @@ redis.call('DEL', KEYS[1])
 return fields
 ";
 
-/// Removes a key's index entries and request log. KEYS: keys, created, active, logs. ARGV: id.
-const DELETE_INDEX: &str = r"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[4])
-return 1
-";
-
-/// One listing batch after a position, newest first, as flat `[id, score, hash hex | nil]`
-/// triples. KEYS: created, keys. ARGV: position score ('' for the start), position id, count.
+/// Lua: `rev_start(zset, score, member)`, the rank in descending order (score, then member
+/// bytewise) of the first element after the position `(score, member)`, whether or not that
+/// element is still there; `score == ''` is the very start.
 ///
-/// The position is the last key the previous batch returned. If that key is still there its
-/// rank is exact; if it was deleted, the keys that sort before the position are counted
-/// (members compared bytewise by hand: Lua's `<` follows the server's locale).
-const LIST_PAGE: &str = r"
+/// If the element is still there its rank is exact; if it was removed, the elements that sort
+/// before the position are counted (members compared bytewise by hand: Lua's `<` follows the
+/// server's locale).
+macro_rules! lua_rev_start {
+    () => {
+        r"
 local function after(a, b)
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -147,20 +180,31 @@ local function after(a, b)
   end
   return #a > #b
 end
-local created, count = KEYS[1], tonumber(ARGV[3])
-local start = 0
-if ARGV[1] ~= '' then
-  local score = redis.call('ZSCORE', created, ARGV[2])
-  if score and tonumber(score) == tonumber(ARGV[1]) then
-    start = redis.call('ZREVRANK', created, ARGV[2]) + 1
-  else
-    start = redis.call('ZCOUNT', created, '(' .. ARGV[1], '+inf')
-    for _, m in ipairs(redis.call('ZRANGE', created, ARGV[1], ARGV[1], 'BYSCORE')) do
-      if after(m, ARGV[2]) then start = start + 1 end
-    end
+local function rev_start(zset, score, member)
+  if score == '' then return 0 end
+  local found = redis.call('ZSCORE', zset, member)
+  if found and tonumber(found) == tonumber(score) then
+    return redis.call('ZREVRANK', zset, member) + 1
   end
+  local start = redis.call('ZCOUNT', zset, '(' .. score, '+inf')
+  for _, m in ipairs(redis.call('ZRANGE', zset, score, score, 'BYSCORE')) do
+    if after(m, member) then start = start + 1 end
+  end
+  return start
 end
-local page = redis.call('ZRANGE', created, start, start + count - 1, 'REV', 'WITHSCORES')
+"
+    };
+}
+
+/// One listing batch after a position, newest first, as flat `[id, score, index entry | nil]`
+/// triples. KEYS: created, keys. ARGV: position score ('' for the start), position id, count.
+/// The position is the last key the previous batch returned.
+const LIST_PAGE: &str = concat!(
+    lua_rev_start!(),
+    r"
+local start = rev_start(KEYS[1], ARGV[1], ARGV[2])
+local count = tonumber(ARGV[3])
+local page = redis.call('ZRANGE', KEYS[1], start, start + count - 1, 'REV', 'WITHSCORES')
 local out = {}
 for i = 1, #page, 2 do
   out[#out + 1] = page[i]
@@ -168,7 +212,8 @@ for i = 1, #page, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[2], page[i])
 end
 return out
-";
+"
+);
 
 /// Adds usage to a record hash that still exists; `lu` only moves forward. KEYS: record.
 /// ARGV: count, last used ms. Sent with EVAL inside a pipeline, so it survives a script flush.
@@ -191,6 +236,138 @@ redis.call('LTRIM', KEYS[2], 0, keep - 1)
 return 1
 ";
 
+/// Removes a key's index entries and request log, if its index entry is still the one the caller
+/// removed the record of. KEYS: keys, created, active, logs. ARGV: id, index entry.
+const DELETE_INDEX_IF: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+return 1
+";
+
+/// Removes a record hash if it holds the record of key ARGV[1]. KEYS: record. ARGV: id.
+const DELETE_IF_KEY: &str = r"
+local rec = redis.call('HGET', KEYS[1], 'rec')
+if not rec or cjson.decode(rec)['id'] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// Reads and removes a record hash if it holds the record of key ARGV[1]; `{}` otherwise.
+/// KEYS: record. ARGV: id.
+const TAKE_IF_KEY: &str = r"
+local rec = redis.call('HGET', KEYS[1], 'rec')
+if not rec or cjson.decode(rec)['id'] ~= ARGV[1] then return {} end
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return fields
+";
+
+/// Replaces `rec` of the copy an upgrade from `P{s:ARGV[2]}` wrote. KEYS: record.
+/// ARGV: JSON, SHA-256 hex.
+const UPDATE_COPY: &str = r"
+if redis.call('HGET', KEYS[1], 'from') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'rec', ARGV[1])
+return 1
+";
+
+/// Step 1 of an upgrade: marks the index entry `u:<old>:<new>`. KEYS: keys. ARGV: id, new hex.
+/// Returns `{'moving', old}` (also when resuming an upgrade to the same hash), `{'done'}` (keyed
+/// by the new hash already), `{'missing'}` or `{'conflict'}` (keyed by, or moving to, another).
+const BEGIN_UPGRADE: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return {'missing'} end
+if v == ARGV[2] then return {'done'} end
+local old = string.match(v, '^s:(%x+)$')
+if old then
+  redis.call('HSET', KEYS[1], ARGV[1], 'u:' .. old .. ':' .. ARGV[2])
+  return {'moving', old}
+end
+local moving, target = string.match(v, '^u:(%x+):(%x+)$')
+if moving and target == ARGV[2] then return {'moving', moving} end
+return {'conflict'}
+";
+
+/// Step 2 of an upgrade: writes the copy under the new hash, unless one is there already.
+/// KEYS: record. ARGV: JSON, usage count, last used ms ('' for never), SHA-256 hex.
+/// Returns `{'ok', rec}` with the `rec` now stored (ours, or one an earlier attempt wrote), or
+/// `{'taken'}` when the hash holds a record that no upgrade from this digest is writing.
+const WRITE_COPY: &str = r"
+local rec = redis.call('HGET', KEYS[1], 'rec')
+if not rec then
+  redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'uc', ARGV[2], 'mv', ARGV[2], 'from', ARGV[4])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'lu', ARGV[3]) end
+  return {'ok', ARGV[1]}
+end
+if redis.call('HGET', KEYS[1], 'from') == ARGV[4] then return {'ok', rec} end
+return {'taken'}
+";
+
+/// Replaces an index entry if it is still `ARGV[2]`; already `ARGV[3]` counts as done.
+/// KEYS: keys. ARGV: id, expected, replacement.
+const SWAP_INDEX: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v == ARGV[3] then return 1 end
+if v ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+";
+
+/// Step 4 of an upgrade, once the SHA-256 record is taken: carries what it held last into the
+/// new record. `rec` is replaced only if nothing wrote it since step 2; usage counted on the old
+/// record after the copy is added. KEYS: record. ARGV: `rec` as of step 2, last `rec` of the
+/// old record (converted; '' for none), its usage count, its last use ms (''), SHA-256 hex.
+const FINISH_UPGRADE: &str = r"
+if redis.call('HGET', KEYS[1], 'from') ~= ARGV[5] then return 0 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'rec') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'rec', ARGV[2])
+end
+local moved = tonumber(redis.call('HGET', KEYS[1], 'mv') or '0')
+local uc = tonumber(ARGV[3])
+if uc > moved then redis.call('HINCRBY', KEYS[1], 'uc', uc - moved) end
+if ARGV[4] ~= '' then
+  local lu = tonumber(redis.call('HGET', KEYS[1], 'lu') or '0')
+  if tonumber(ARGV[4]) > lu then redis.call('HSET', KEYS[1], 'lu', ARGV[4]) end
+end
+redis.call('HDEL', KEYS[1], 'mv', 'from')
+return 1
+";
+
+/// Adds an entry to one audit log and trims it to the newest ARGV[4]. KEYS: log ZSET, entries
+/// HASH. ARGV: id, time ms, JSON, max entries. Sent with EVAL inside a pipeline.
+const APPEND_AUDIT: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if excess > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+end
+return 1
+";
+
+/// One page of an audit log after a position, newest first, as flat `[id, score, JSON | nil]`
+/// triples. KEYS: log ZSET, entries HASH. ARGV: position score ('' for the start), position id,
+/// count.
+const AUDIT_PAGE: &str = concat!(
+    lua_rev_start!(),
+    r"
+local start = rev_start(KEYS[1], ARGV[1], ARGV[2])
+local page = redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'REV', 'WITHSCORES')
+local out = {}
+for i = 1, #page, 2 do
+  out[#out + 1] = page[i]
+  out[#out + 1] = page[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], page[i])
+end
+return out
+"
+);
+
 /// The scripts, hashed once (`EVALSHA`; the client loads a script again after `NOSCRIPT`, e.g.
 /// after a Redis restart).
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(Scripts::new);
@@ -203,8 +380,16 @@ struct Scripts {
     update_record: Script,
     sync_index: Script,
     delete_record: Script,
-    delete_index: Script,
+    delete_index_if: Script,
+    delete_if_key: Script,
+    take_if_key: Script,
+    update_copy: Script,
+    begin_upgrade: Script,
+    write_copy: Script,
+    swap_index: Script,
+    finish_upgrade: Script,
     list_page: Script,
+    audit_page: Script,
     append_logs: Script,
 }
 
@@ -218,8 +403,16 @@ impl Scripts {
             update_record: Script::new(UPDATE_RECORD),
             sync_index: Script::new(SYNC_INDEX),
             delete_record: Script::new(DELETE_RECORD),
-            delete_index: Script::new(DELETE_INDEX),
+            delete_index_if: Script::new(DELETE_INDEX_IF),
+            delete_if_key: Script::new(DELETE_IF_KEY),
+            take_if_key: Script::new(TAKE_IF_KEY),
+            update_copy: Script::new(UPDATE_COPY),
+            begin_upgrade: Script::new(BEGIN_UPGRADE),
+            write_copy: Script::new(WRITE_COPY),
+            swap_index: Script::new(SWAP_INDEX),
+            finish_upgrade: Script::new(FINISH_UPGRADE),
             list_page: Script::new(LIST_PAGE),
+            audit_page: Script::new(AUDIT_PAGE),
             append_logs: Script::new(APPEND_LOGS),
         }
     }
@@ -232,11 +425,77 @@ struct WorkspaceKeys {
     active: String,
 }
 
+/// Where a key's record is, as its workspace index (`P{ws:…}:keys`) says. The hex strings are
+/// 64 lowercase hex digits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum IndexEntry {
+    /// `<hex>`: keyed BLAKE3; the record is `P{h:<hex>}`.
+    Keyed(String),
+    /// `s:<hex>`: a SHA-256 import; the record is `P{s:<hex>}`.
+    Sha256(String),
+    /// `u:<sha256 hex>:<keyed hex>`: an upgrade under way or cut short. `P{s:…}` is still the
+    /// record; `P{h:…}` is a copy that `update` and `delete` keep in step.
+    Upgrading {
+        /// The SHA-256 digest the key was imported with.
+        sha256: String,
+        /// The keyed hash it is moving to.
+        keyed: String,
+    },
+}
+
+impl IndexEntry {
+    /// The entry of a record as it is created.
+    fn of(record: &KeyRecord) -> IndexEntry {
+        let hex = record.hash.to_hex();
+        match record.hash_scheme {
+            HashScheme::KeyedBlake3 => IndexEntry::Keyed(hex),
+            HashScheme::Sha256 => IndexEntry::Sha256(hex),
+        }
+    }
+
+    fn parse(value: &str) -> Result<IndexEntry, StoreError> {
+        let hex = |s: &str| {
+            (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+                .then(|| s.to_owned())
+        };
+        let entry = if let Some(rest) = value.strip_prefix("s:") {
+            hex(rest).map(IndexEntry::Sha256)
+        } else if let Some(rest) = value.strip_prefix("u:") {
+            rest.split_once(':')
+                .and_then(|(old, new)| Some((hex(old)?, hex(new)?)))
+                .map(|(sha256, keyed)| IndexEntry::Upgrading { sha256, keyed })
+        } else {
+            hex(value).map(IndexEntry::Keyed)
+        };
+        entry.ok_or_else(|| StoreError::Corrupt("unreadable entry in a workspace key index".into()))
+    }
+
+    /// The entry as stored.
+    fn value(&self) -> String {
+        match self {
+            IndexEntry::Keyed(hex) => hex.clone(),
+            IndexEntry::Sha256(hex) => format!("s:{hex}"),
+            IndexEntry::Upgrading { sha256, keyed } => format!("u:{sha256}:{keyed}"),
+        }
+    }
+
+    /// The scheme and hash hex of the record that counts.
+    fn stored_hash(&self) -> (HashScheme, &str) {
+        match self {
+            IndexEntry::Keyed(hex) => (HashScheme::KeyedBlake3, hex),
+            IndexEntry::Sha256(hex) | IndexEntry::Upgrading { sha256: hex, .. } => {
+                (HashScheme::Sha256, hex)
+            }
+        }
+    }
+}
+
 /// The Redis-backed store. Cheap to share: the connection manager multiplexes one connection.
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    audit_max: usize,
 }
 
 impl RedisStore {
@@ -271,11 +530,43 @@ impl RedisStore {
             conn,
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
+            audit_max: AUDIT_MAX_ENTRIES,
         })
     }
 
+    /// Keeps at most `max` entries per audit log instead of [`AUDIT_MAX_ENTRIES`] (at least 1),
+    /// so that tests can fill a log.
+    pub fn with_audit_max_entries(mut self, max: usize) -> Self {
+        self.audit_max = max.max(1);
+        self
+    }
+
+    /// `P{h:<hex>}`: a record by its keyed BLAKE3 hash.
     fn record_key(&self, hash_hex: &str) -> String {
         format!("{}{{h:{hash_hex}}}", self.prefix)
+    }
+
+    /// `P{s:<hex>}`: a record by the SHA-256 digest it was imported with.
+    fn sha256_key(&self, hex: &str) -> String {
+        format!("{}{{s:{hex}}}", self.prefix)
+    }
+
+    /// The record hash that counts for an index entry.
+    fn record_key_of(&self, entry: &IndexEntry) -> String {
+        match entry.stored_hash() {
+            (HashScheme::KeyedBlake3, hex) => self.record_key(hex),
+            (HashScheme::Sha256, hex) => self.sha256_key(hex),
+        }
+    }
+
+    /// `(log ZSET, entries HASH)` of a workspace's audit log, or of the global one.
+    fn audit_keys(&self, ws: Option<&str>) -> (String, String) {
+        let log = match ws {
+            Some(ws) => format!("{}{{ws:{ws}}}:audit", self.prefix),
+            None => format!("{}{{audit}}", self.prefix),
+        };
+        let entries = format!("{log}:entries");
+        (log, entries)
     }
 
     fn workspace_keys(&self, ws: &str) -> WorkspaceKeys {
@@ -305,29 +596,64 @@ impl RedisStore {
         }
     }
 
-    /// The hash hex the workspace index holds for `id`.
-    async fn hash_of(&self, ws: &str, id: &KeyId) -> Result<Option<String>, StoreError> {
+    /// What the workspace index holds for `id`.
+    async fn index_entry(&self, ws: &str, id: &KeyId) -> Result<Option<IndexEntry>, StoreError> {
         let mut conn = self.conn.clone();
         let keys = self.workspace_keys(ws).keys;
-        self.bounded(
-            redis::cmd("HGET")
-                .arg(&keys)
-                .arg(id.as_str())
-                .query_async(&mut conn),
-        )
-        .await
+        let value: Option<String> = self
+            .bounded(
+                redis::cmd("HGET")
+                    .arg(&keys)
+                    .arg(id.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        value.as_deref().map(IndexEntry::parse).transpose()
+    }
+
+    /// The fields of a record hash (empty if it does not exist).
+    async fn fields(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("HGETALL").arg(key).query_async(&mut conn))
+            .await
+    }
+
+    /// A key by id. A SHA-256 record that is gone by the time it is read may have been moved by
+    /// an upgrade: then the index is read again.
+    async fn record_by_id(&self, ws: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let mut previous = None;
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let Some(entry) = self.index_entry(ws, id).await? else {
+                return Ok(None);
+            };
+            if previous.as_ref() == Some(&entry) {
+                // An index entry without a record: a create in progress or one that failed
+                // half way.
+                return Ok(None);
+            }
+            let fields = self.fields(&self.record_key_of(&entry)).await?;
+            if let Some(record) = decode_record_hash(&fields)? {
+                let ours = record.id == *id && record.workspace == ws;
+                return Ok(ours.then_some(record));
+            }
+            if matches!(entry, IndexEntry::Keyed(_)) {
+                return Ok(None);
+            }
+            previous = Some(entry);
+        }
+        Ok(None)
     }
 
     /// Undoes the index entries of a create whose record write failed. Best effort: when the
     /// record's fate is unknown (Redis unreachable) the index entries stay, so a record that did
     /// land is still listed.
-    async fn roll_back_create(&self, record: &KeyRecord, hex: &str, json: &str) {
+    async fn roll_back_create(&self, record: &KeyRecord, entry: &IndexEntry, json: &str) {
         let mut conn = self.conn.clone();
         let record_gone = self
             .bounded(
                 SCRIPTS
                     .rollback_record
-                    .key(self.record_key(hex))
+                    .key(self.record_key_of(entry))
                     .arg(json)
                     .invoke_async::<i64>(&mut conn),
             )
@@ -344,7 +670,7 @@ impl RedisStore {
                     .key(&ws.created)
                     .key(&ws.active)
                     .arg(record.id.as_str())
-                    .arg(hex)
+                    .arg(entry.value())
                     .invoke_async::<i64>(&mut conn),
             )
             .await;
@@ -358,7 +684,7 @@ impl KeyStore for RedisStore {
         max_active: Option<u32>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let hex = record.hash.to_hex();
+        let entry = IndexEntry::of(record);
         let json = encode_record(record)?;
         let ws = self.workspace_keys(&record.workspace);
         let is_active = record.status_at(now) == KeyStatus::Active;
@@ -376,7 +702,7 @@ impl KeyStore for RedisStore {
                     .key(&ws.created)
                     .key(&ws.active)
                     .arg(record.id.as_str())
-                    .arg(&hex)
+                    .arg(entry.value())
                     .arg(unix_ms(record.created_at))
                     .arg(expiry_score(record))
                     .arg(unix_ms(now))
@@ -398,7 +724,7 @@ impl KeyStore for RedisStore {
             .bounded(
                 SCRIPTS
                     .create_record
-                    .key(self.record_key(&hex))
+                    .key(self.record_key_of(&entry))
                     .arg(&json)
                     .arg(clamp_count(record.usage_count))
                     .arg(last_used)
@@ -409,50 +735,32 @@ impl KeyStore for RedisStore {
             Ok(1) => Ok(()),
             Ok(_) => {
                 // Another key has this secret: the record is not ours to remove.
-                self.roll_back_create(record, &hex, &json).await;
+                self.roll_back_create(record, &entry, &json).await;
                 Err(StoreError::Conflict)
             }
             Err(e) => {
-                self.roll_back_create(record, &hex, &json).await;
+                self.roll_back_create(record, &entry, &json).await;
                 Err(e)
             }
         }
     }
 
     async fn get_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
-        let mut conn = self.conn.clone();
-        let fields: HashMap<String, String> = self
-            .bounded(
-                redis::cmd("HGETALL")
-                    .arg(self.record_key(&hash.to_hex()))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let fields = self.fields(&self.record_key(&hash.to_hex())).await?;
         decode_record_hash(&fields)
     }
 
     async fn get(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let Some(hex) = self.hash_of(workspace, id).await? else {
-            return Ok(None);
-        };
-        let mut conn = self.conn.clone();
-        let fields: HashMap<String, String> = self
-            .bounded(
-                redis::cmd("HGETALL")
-                    .arg(self.record_key(&hex))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace))
+        self.record_by_id(workspace, id).await
     }
 
     async fn update(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        let Some(hex) = self.hash_of(&record.workspace, &record.id).await? else {
+        let Some(entry) = self.index_entry(&record.workspace, &record.id).await? else {
             return Err(StoreError::NotFound);
         };
         // The hash is the key's identity on the request path; a new secret is a new key
-        // (rotate), never an edit.
-        if hex != record.hash.to_hex() {
+        // (rotate), never an edit. A SHA-256 record read before an upgrade is stale.
+        if entry.stored_hash() != (record.hash_scheme, record.hash.to_hex().as_str()) {
             return Err(StoreError::Conflict);
         }
         let json = encode_record(record)?;
@@ -479,13 +787,34 @@ impl KeyStore for RedisStore {
             .bounded(
                 SCRIPTS
                     .update_record
-                    .key(self.record_key(&hex))
+                    .key(self.record_key_of(&entry))
                     .arg(&json)
                     .invoke_async(&mut conn),
             )
             .await?;
         if replaced == 0 {
-            return Err(StoreError::NotFound);
+            // Deleted, or a SHA-256 record moved by an upgrade since the index was read: then
+            // the caller's record is stale.
+            let now = self.index_entry(&record.workspace, &record.id).await?;
+            return Err(match now {
+                Some(now) if now != entry => StoreError::Conflict,
+                _ => StoreError::NotFound,
+            });
+        }
+        if let IndexEntry::Upgrading { sha256, keyed } = &entry {
+            // The copy under the new hash answers lookups already: it must not keep working
+            // as it was (a revoke above all). If the upgrade carries this edit over as well, it
+            // writes the same record.
+            let copy = encode_record(&upgraded(record.clone(), keyed)?)?;
+            self.bounded(
+                SCRIPTS
+                    .update_copy
+                    .key(self.record_key(keyed))
+                    .arg(copy)
+                    .arg(sha256)
+                    .invoke_async::<i64>(&mut conn),
+            )
+            .await?;
         }
         if !is_active {
             self.bounded(sync_index().invoke_async::<i64>(&mut conn))
@@ -495,36 +824,69 @@ impl KeyStore for RedisStore {
     }
 
     async fn delete(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let Some(hex) = self.hash_of(workspace, id).await? else {
-            return Ok(None);
-        };
-        let mut conn = self.conn.clone();
-        // Record first: from here on the secret no longer works, whatever happens next.
-        let flat: Vec<String> = self
-            .bounded(
-                SCRIPTS
-                    .delete_record
-                    .key(self.record_key(&hex))
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        let fields: HashMap<String, String> = flat
-            .chunks_exact(2)
-            .map(|pair| (pair[0].clone(), pair[1].clone()))
-            .collect();
         let ws = self.workspace_keys(workspace);
-        self.bounded(
-            SCRIPTS
-                .delete_index
-                .key(&ws.keys)
-                .key(&ws.created)
-                .key(&ws.active)
-                .key(self.logs_key(workspace, id))
-                .arg(id.as_str())
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await?;
-        Ok(decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace))
+        let mut conn = self.conn.clone();
+        let mut removed = None;
+        // The index entry can change under us only through an upgrade, which moves the record:
+        // then the record it points at now is removed too.
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let Some(entry) = self.index_entry(workspace, id).await? else {
+                return Ok(removed);
+            };
+            // Record first: from here on the secret no longer works, whatever happens next.
+            let flat: Vec<String> = self
+                .bounded(
+                    SCRIPTS
+                        .delete_record
+                        .key(self.record_key_of(&entry))
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            let fields: HashMap<String, String> = flat
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            // Whatever else of an upgrade could still answer for this key goes with it.
+            let leftover = match &entry {
+                IndexEntry::Upgrading { keyed, .. } => Some(self.record_key(keyed)),
+                IndexEntry::Keyed(_) => fields.get("from").map(|hex| self.sha256_key(hex)),
+                IndexEntry::Sha256(_) => None,
+            };
+            if let Some(key) = leftover {
+                self.bounded(
+                    SCRIPTS
+                        .delete_if_key
+                        .key(key)
+                        .arg(id.as_str())
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await?;
+            }
+            if let Some(record) =
+                decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace)
+            {
+                removed = Some(record);
+            }
+            let done: i64 = self
+                .bounded(
+                    SCRIPTS
+                        .delete_index_if
+                        .key(&ws.keys)
+                        .key(&ws.created)
+                        .key(&ws.active)
+                        .key(self.logs_key(workspace, id))
+                        .arg(id.as_str())
+                        .arg(entry.value())
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            if done == 1 {
+                return Ok(removed);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "key {id} kept moving while it was being deleted"
+        )))
     }
 
     async fn list(
@@ -537,7 +899,7 @@ impl KeyStore for RedisStore {
         let batch = (limit + 1).min(LIST_BATCH_MAX);
         let ws = self.workspace_keys(workspace);
         let mut position: Option<(i64, String)> = match query.cursor.as_deref() {
-            Some(cursor) => parse_cursor(cursor).map(|(ms, id)| Some((ms, id.into())))?,
+            Some(cursor) => parse_key_cursor(cursor).map(|(ms, id)| Some((ms, id.into())))?,
             None => None,
         };
         let mut conn = self.conn.clone();
@@ -561,8 +923,8 @@ impl KeyStore for RedisStore {
                 .await?;
             let entries = parse_page(&flat)?;
             let mut pipe = redis::pipe();
-            for hex in entries.iter().filter_map(|(_, _, hex)| hex.as_deref()) {
-                pipe.cmd("HGETALL").arg(self.record_key(hex));
+            for entry in entries.iter().filter_map(|(_, _, entry)| entry.as_ref()) {
+                pipe.cmd("HGETALL").arg(self.record_key_of(entry));
             }
             let mut hashes: std::vec::IntoIter<HashMap<String, String>> = if pipe.is_empty() {
                 Vec::new().into_iter()
@@ -570,17 +932,26 @@ impl KeyStore for RedisStore {
                 let replies: Vec<_> = self.bounded(pipe.query_async(&mut conn)).await?;
                 replies.into_iter()
             };
-            for (ms, id, hex) in &entries {
+            for (ms, id, entry) in &entries {
                 position = Some((*ms, id.clone()));
-                let fields = match hex {
-                    Some(_) => hashes.next().ok_or_else(|| {
-                        StoreError::Corrupt("unexpected listing reply from redis".into())
-                    })?,
-                    None => continue,
-                };
-                // A missing record is a create in progress or one that failed half way.
-                let Some(record) = decode_record_hash(&fields)? else {
+                let Some(entry) = entry else {
                     continue;
+                };
+                let fields = hashes.next().ok_or_else(|| {
+                    StoreError::Corrupt("unexpected listing reply from redis".into())
+                })?;
+                let record = match decode_record_hash(&fields)? {
+                    Some(record) => record,
+                    // A SHA-256 record may have been moved by an upgrade meanwhile.
+                    None if !matches!(entry, IndexEntry::Keyed(_)) => match KeyId::parse(id) {
+                        Some(key_id) => match self.record_by_id(workspace, &key_id).await? {
+                            Some(record) => record,
+                            None => continue,
+                        },
+                        None => continue,
+                    },
+                    // A create in progress or one that failed half way.
+                    None => continue,
                 };
                 if record.id.as_str() != id
                     || record.workspace != workspace
@@ -590,7 +961,7 @@ impl KeyStore for RedisStore {
                 }
                 if keys.len() == limit {
                     // One more match exists, so a next page is worth asking for.
-                    let next_cursor = last_kept.map(|(ms, id)| format!("{ms}:{id}"));
+                    let next_cursor = last_kept.map(|(ms, id)| cursor_at(ms, &id));
                     return Ok(KeyPage { keys, next_cursor });
                 }
                 keys.push(record);
@@ -615,42 +986,57 @@ impl KeyStore for RedisStore {
             entry.0 = entry.0.saturating_add(d.count);
             entry.1 = entry.1.max(unix_ms(d.last_used_at));
         }
-        if merged.is_empty() {
-            return Ok(());
-        }
-        // Round trip 1: the record hash of every key, one HMGET per workspace.
-        let mut by_workspace: BTreeMap<&str, Vec<(&KeyId, u64, i64)>> = BTreeMap::new();
-        for ((ws, id), (count, ms)) in merged {
-            by_workspace.entry(ws).or_default().push((id, count, ms));
-        }
-        let mut pipe = redis::pipe();
-        for (ws, items) in &by_workspace {
-            pipe.cmd("HMGET").arg(self.workspace_keys(ws).keys);
-            for (id, _, _) in items {
-                pipe.arg(id.as_str());
-            }
-        }
+        let mut pending: Vec<_> = merged.into_iter().collect();
         let mut conn = self.conn.clone();
-        let hexes: Vec<Vec<Option<String>>> = self.bounded(pipe.query_async(&mut conn)).await?;
-        // Round trip 2: the increments, skipping keys that are gone.
-        let mut pipe = redis::pipe();
-        for ((_, items), hexes) in by_workspace.iter().zip(&hexes) {
-            for ((_, count, ms), hex) in items.iter().zip(hexes) {
-                if let Some(hex) = hex {
+        // A second pass only for SHA-256 records an upgrade moved between the two round trips.
+        for _ in 0..2 {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            // Round trip 1: where each key's record is, one HMGET per workspace.
+            let mut by_workspace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for (i, ((ws, _), _)) in pending.iter().enumerate() {
+                by_workspace.entry(ws).or_default().push(i);
+            }
+            let mut pipe = redis::pipe();
+            for (ws, items) in &by_workspace {
+                pipe.cmd("HMGET").arg(self.workspace_keys(ws).keys);
+                for &i in items {
+                    pipe.arg(pending[i].0.1.as_str());
+                }
+            }
+            let values: Vec<Vec<Option<String>>> =
+                self.bounded(pipe.query_async(&mut conn)).await?;
+            // Round trip 2: the increments, skipping keys that are gone.
+            let mut pipe = redis::pipe();
+            let mut sent = Vec::new();
+            for (items, values) in by_workspace.values().zip(&values) {
+                for (&i, value) in items.iter().zip(values) {
+                    let Some(entry) = value.as_deref().map(IndexEntry::parse).transpose()? else {
+                        continue;
+                    };
+                    let (_, (count, ms)) = pending[i];
                     pipe.cmd("EVAL")
                         .arg(ADD_USAGE)
                         .arg(1)
-                        .arg(self.record_key(hex))
-                        .arg(clamp_count(*count))
-                        .arg(*ms)
-                        .ignore();
+                        .arg(self.record_key_of(&entry))
+                        .arg(clamp_count(count))
+                        .arg(ms);
+                    sent.push((i, matches!(entry, IndexEntry::Keyed(_))));
                 }
             }
+            if pipe.is_empty() {
+                return Ok(());
+            }
+            let applied: Vec<i64> = self.bounded(pipe.query_async(&mut conn)).await?;
+            pending = sent
+                .iter()
+                .zip(&applied)
+                .filter(|((_, keyed), applied)| !keyed && **applied == 0)
+                .map(|((i, _), _)| pending[*i])
+                .collect();
         }
-        if pipe.is_empty() {
-            return Ok(());
-        }
-        self.bounded(pipe.exec_async(&mut conn)).await
+        Ok(())
     }
 
     async fn append_request_logs(
@@ -716,17 +1102,317 @@ impl KeyStore for RedisStore {
             .await
             .map(drop)
     }
+
+    async fn get_by_sha256(&self, digest: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
+        let fields = self.fields(&self.sha256_key(&digest.to_hex())).await?;
+        decode_record_hash(&fields)
+    }
+
+    /// The steps and what a crash after each leaves are in the module docs.
+    async fn upgrade_hash(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        new_hash: &SecretHash,
+    ) -> Result<KeyRecord, StoreError> {
+        let new_hex = new_hash.to_hex();
+        let new_key = self.record_key(&new_hex);
+        let ws = self.workspace_keys(workspace);
+        let mut conn = self.conn.clone();
+        // Step 1: the index says where the key is going, so edits and deletes reach both.
+        let begun: Vec<String> = self
+            .bounded(
+                SCRIPTS
+                    .begin_upgrade
+                    .key(&ws.keys)
+                    .arg(id.as_str())
+                    .arg(&new_hex)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let sha256 = match begun.as_slice() {
+            [state, old] if state == "moving" => old.clone(),
+            [state] if state == "done" => {
+                return self.complete_upgrade(workspace, id, &new_hex).await;
+            }
+            [state] if state == "missing" => return Err(StoreError::NotFound),
+            [state] if state == "conflict" => return Err(StoreError::Conflict),
+            _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
+        };
+        let moving = IndexEntry::Upgrading {
+            sha256: sha256.clone(),
+            keyed: new_hex.clone(),
+        };
+
+        // Step 2: the copy under the new hash, with the usage counted so far.
+        let fields = self.fields(&self.sha256_key(&sha256)).await?;
+        let Some(record) =
+            decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace)
+        else {
+            // Being deleted: `delete` removes the record before the index entry.
+            return Err(StoreError::NotFound);
+        };
+        let copy = encode_record(&upgraded(record, &new_hex)?)?;
+        let written: Vec<String> = self
+            .bounded(
+                SCRIPTS
+                    .write_copy
+                    .key(&new_key)
+                    .arg(&copy)
+                    .arg(fields.get("uc").map_or("0", String::as_str))
+                    .arg(fields.get("lu").map_or("", String::as_str))
+                    .arg(&sha256)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let copied = match written.as_slice() {
+            [state, rec] if state == "ok" => rec.clone(),
+            [state] if state == "taken" => {
+                // A concurrent upgrade of this key may have finished first; otherwise another
+                // key has this secret, and this one stays a SHA-256 import.
+                let now = self.index_entry(workspace, id).await?;
+                if now == Some(IndexEntry::Keyed(new_hex.clone())) {
+                    return self.complete_upgrade(workspace, id, &new_hex).await;
+                }
+                self.bounded(
+                    SCRIPTS
+                        .swap_index
+                        .key(&ws.keys)
+                        .arg(id.as_str())
+                        .arg(moving.value())
+                        .arg(IndexEntry::Sha256(sha256).value())
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await?;
+                return Err(StoreError::Conflict);
+            }
+            _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
+        };
+
+        // Step 3: the copy becomes the record.
+        let repointed: i64 = self
+            .bounded(
+                SCRIPTS
+                    .swap_index
+                    .key(&ws.keys)
+                    .arg(id.as_str())
+                    .arg(moving.value())
+                    .arg(&new_hex)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if repointed == 0 {
+            // Deleted meanwhile: the copy must not outlive the key.
+            self.bounded(
+                SCRIPTS
+                    .delete_if_key
+                    .key(&new_key)
+                    .arg(id.as_str())
+                    .invoke_async::<i64>(&mut conn),
+            )
+            .await?;
+            return Err(StoreError::NotFound);
+        }
+
+        // Step 4: the SHA-256 record goes, and what it gained since step 2 comes along.
+        self.carry_over(id, &sha256, &new_key, &copied, &new_hex)
+            .await?;
+        self.upgraded_record(workspace, id, &new_key).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry)
+            .map_err(|_| StoreError::Corrupt("audit entry cannot be encoded".into()))?;
+        let ms = unix_ms(entry.time);
+        let mut pipe = redis::pipe();
+        let logs = std::iter::once(None).chain(entry.workspace.as_deref().map(Some));
+        for ws in logs {
+            let (log, entries) = self.audit_keys(ws);
+            pipe.cmd("EVAL")
+                .arg(APPEND_AUDIT)
+                .arg(2)
+                .arg(log)
+                .arg(entries)
+                .arg(&entry.id)
+                .arg(ms)
+                .arg(&json)
+                .arg(self.audit_max)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.exec_async(&mut conn)).await
+    }
+
+    async fn list_audit(
+        &self,
+        workspace: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<AuditPage, StoreError> {
+        let (score, after) = match cursor {
+            Some(cursor) => {
+                let (ms, id) = parse_cursor(cursor)?;
+                (ms.to_string(), id)
+            }
+            None => (String::new(), ""),
+        };
+        let limit = limit.clamp(1, AUDIT_MAX_ENTRIES);
+        let (log, entries) = self.audit_keys(workspace);
+        let mut conn = self.conn.clone();
+        // One more than asked: if it exists, a next page is worth asking for.
+        let flat: Vec<Option<String>> = self
+            .bounded(
+                SCRIPTS
+                    .audit_page
+                    .key(&log)
+                    .key(&entries)
+                    .arg(score)
+                    .arg(after)
+                    .arg(limit + 1)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let page = parse_audit_page(&flat)?;
+        let next_cursor = (page.len() > limit)
+            .then(|| page.get(limit - 1).map(|(ms, id, _)| cursor_at(*ms, id)))
+            .flatten();
+        let entries = page
+            .iter()
+            .take(limit)
+            // An id without its entry cannot be written by APPEND_AUDIT; skip rather than fail.
+            .filter_map(|(_, _, json)| json.as_deref())
+            .map(decode_audit)
+            .collect::<Result<_, _>>()?;
+        Ok(AuditPage {
+            entries,
+            next_cursor,
+        })
+    }
+
+    async fn count_active(&self, workspace: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        // What CREATE_INDEX counts after pruning scores up to now.
+        let live: u64 = self
+            .bounded(
+                redis::cmd("ZCOUNT")
+                    .arg(self.workspace_keys(workspace).active)
+                    .arg(format!("({}", unix_ms(now)))
+                    .arg("+inf")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(u32::try_from(live).unwrap_or(u32::MAX))
+    }
 }
 
-/// `(created ms, id, hash hex)` triples of a [`LIST_PAGE`] reply.
-fn parse_page(flat: &[Option<String>]) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
+impl RedisStore {
+    /// An upgrade whose index entry points at the new hash already: finishes step 4 if that was
+    /// cut short, and returns the record.
+    async fn complete_upgrade(
+        &self,
+        ws: &str,
+        id: &KeyId,
+        new_hex: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let new_key = self.record_key(new_hex);
+        let fields = self.fields(&new_key).await?;
+        if let (Some(sha256), Some(rec)) = (fields.get("from"), fields.get("rec")) {
+            self.carry_over(id, sha256, &new_key, rec, new_hex).await?;
+        }
+        self.upgraded_record(ws, id, &new_key).await
+    }
+
+    /// Step 4 of an upgrade: takes the SHA-256 record (only one caller gets it) and carries what
+    /// it held last into the new record, whose `rec` was `copied` after step 2.
+    async fn carry_over(
+        &self,
+        id: &KeyId,
+        sha256: &str,
+        new_key: &str,
+        copied: &str,
+        new_hex: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self
+            .bounded(
+                SCRIPTS
+                    .take_if_key
+                    .key(self.sha256_key(sha256))
+                    .arg(id.as_str())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if flat.is_empty() {
+            // Another caller took it and carries it over.
+            return Ok(());
+        }
+        let fields: HashMap<String, String> = flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
+        let last = match decode_record_hash(&fields)? {
+            Some(record) => encode_record(&upgraded(record, new_hex)?)?,
+            None => String::new(),
+        };
+        self.bounded(
+            SCRIPTS
+                .finish_upgrade
+                .key(new_key)
+                .arg(copied)
+                .arg(last)
+                .arg(fields.get("uc").map_or("0", String::as_str))
+                .arg(fields.get("lu").map_or("", String::as_str))
+                .arg(sha256)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The record under the new hash after an upgrade; `NotFound` if the key was deleted.
+    async fn upgraded_record(
+        &self,
+        ws: &str,
+        id: &KeyId,
+        new_key: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        decode_record_hash(&self.fields(new_key).await?)?
+            .filter(|r| r.id == *id && r.workspace == ws)
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+/// `(created ms, id, index entry)` triples of a [`LIST_PAGE`] reply.
+fn parse_page(
+    flat: &[Option<String>],
+) -> Result<Vec<(i64, String, Option<IndexEntry>)>, StoreError> {
+    parse_triples(flat)?
+        .into_iter()
+        .map(|(ms, id, value)| {
+            let entry = value.as_deref().map(IndexEntry::parse).transpose()?;
+            Ok((ms, id, entry))
+        })
+        .collect()
+}
+
+/// `(time ms, id, JSON)` triples of an [`AUDIT_PAGE`] reply.
+fn parse_audit_page(
+    flat: &[Option<String>],
+) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
+    parse_triples(flat)
+}
+
+/// `[member, score, value | nil]` triples of a paging script.
+fn parse_triples(
+    flat: &[Option<String>],
+) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
     let bad = || StoreError::Corrupt("unexpected listing reply from redis".into());
     flat.chunks(3)
         .map(|triple| match triple {
-            [Some(id), Some(score), hex] => {
+            [Some(id), Some(score), value] => {
                 // Scores are whole milliseconds, well inside f64's exact range.
                 let ms = score.parse::<f64>().map_err(|_| bad())? as i64;
-                Ok((ms, id.clone(), hex.clone()))
+                Ok((ms, id.clone(), value.clone()))
             }
             _ => Err(bad()),
         })
@@ -774,13 +1460,19 @@ fn encode_record(record: &KeyRecord) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("record of {} cannot be encoded", record.id)))
 }
 
-/// Reads a `<created ms>:<id>` cursor. The trait has no "bad request" error, so a cursor this
-/// store did not make reads as [`StoreError::NotFound`].
-fn parse_cursor(cursor: &str) -> Result<(i64, KeyId), StoreError> {
-    let (ms, id) = cursor.split_once(':').ok_or(StoreError::NotFound)?;
-    let ms = ms.parse().map_err(|_| StoreError::NotFound)?;
-    let id = KeyId::parse(id).ok_or(StoreError::NotFound)?;
-    Ok((ms, id))
+/// A SHA-256 import's record as it reads once upgraded to the keyed hash `new_hex`.
+fn upgraded(mut record: KeyRecord, new_hex: &str) -> Result<KeyRecord, StoreError> {
+    record.hash = SecretHash::from_hex(new_hex)
+        .ok_or_else(|| StoreError::Corrupt("unreadable hash in a workspace key index".into()))?;
+    record.hash_scheme = HashScheme::KeyedBlake3;
+    Ok(record)
+}
+
+fn decode_audit(json: &str) -> Result<AuditEntry, StoreError> {
+    // Only the position: serde's message could quote a stored value.
+    serde_json::from_str(json).map_err(|e| {
+        StoreError::Corrupt(format!("undecodable audit entry (column {})", e.column()))
+    })
 }
 
 /// `active` score: `expires_at` in unix ms rounded up, so a key counts as active until its
