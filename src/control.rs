@@ -78,6 +78,18 @@ pub enum ImportedSecret {
     },
 }
 
+/// Whether a [`KeyManager::modify`] edit changed the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// Write it.
+    Yes,
+    /// Leave it as stored.
+    No,
+}
+
+/// Attempts of [`KeyManager::modify`] when the record keeps changing hash under it.
+const MODIFY_ATTEMPTS: usize = 3;
+
 /// Key lifecycle over a store and its cache.
 #[derive(Clone)]
 pub struct KeyManager {
@@ -181,18 +193,42 @@ impl KeyManager {
         Ok(record)
     }
 
+    /// Reads a key, lets `change` edit it, and writes it back. When the stored record changed
+    /// hash meanwhile (a SHA-256 import upgraded by its first use), reads it again and retries,
+    /// so the edit is never lost nor refused for it.
+    pub async fn modify<E: From<StoreError>>(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        mut change: impl FnMut(&mut KeyRecord) -> Result<Changed, E>,
+    ) -> Result<KeyRecord, E> {
+        for _ in 0..MODIFY_ATTEMPTS {
+            let mut record = self
+                .store()
+                .get(workspace, id)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            if change(&mut record)? == Changed::No {
+                return Ok(record);
+            }
+            match self.update(record).await {
+                Err(StoreError::Conflict) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
     /// Revokes a key (irreversible). Revoking a revoked key changes nothing.
     pub async fn revoke(&self, workspace: &str, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        let mut record = self
-            .store()
-            .get(workspace, id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if record.revoked_at.is_some() {
-            return Ok(record);
-        }
-        record.revoked_at = Some(now_ms());
-        self.update(record).await
+        self.modify(workspace, id, |record| {
+            if record.revoked_at.is_some() {
+                return Ok::<_, StoreError>(Changed::No);
+            }
+            record.revoked_at = Some(now_ms());
+            Ok(Changed::Yes)
+        })
+        .await
     }
 
     /// Deletes a key and its request logs.

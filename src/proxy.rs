@@ -26,8 +26,8 @@ use crate::config::Config;
 use crate::error::Reject;
 use crate::keys::{KeyRecord, SecretFormat, SecretHash, SecretHasher, Shape};
 use crate::route::{CompiledRoute, Router};
+use crate::store::cache::{KeyCache, Lookup};
 use crate::store::{KeyStore, Store, StoreError};
-use crate::store::cache::KeyCache;
 use upstream::{Forwarding, Upstream};
 
 /// Response body of the proxy: a small JSON error, or the upstream's body streamed through.
@@ -253,8 +253,11 @@ impl Gateway {
     /// digest and re-hashed with the pepper on this, its first successful use.
     pub async fn lookup(&self, secret: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let hash = self.hasher.hash(secret);
-        if let Some(key) = self.keys.get(&hash).await? {
-            return Ok(Some(key));
+        match self.keys.lookup(&hash).await? {
+            Lookup::Found(key) => return Ok(Some(key)),
+            // Known to be unknown (the SHA-256 index was asked when this entry was made).
+            Lookup::Unknown { cached: true } => return Ok(None),
+            Lookup::Unknown { cached: false } => {}
         }
         if self.format.shape(secret) != Shape::Foreign {
             return Ok(None);
@@ -348,6 +351,12 @@ impl RequestIds {
         hex_u64(self.instance, &mut buf[..16]);
         hex_u64(splitmix64(n ^ self.seed), &mut buf[16..]);
         HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

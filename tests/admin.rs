@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use keygate::keys::Secret;
+use keygate::store::KeyStore;
 use serde_json::{Value, json};
 use support::gateway::{Backend, OPS_TOKEN, TestGateway, VIEWER_TOKEN};
 
@@ -51,7 +52,11 @@ async fn create_list_show_and_use_a_key(backend: Backend) {
         .await;
     let secret = secret_of(&created);
     assert!(secret.expose().starts_with("kg_live_"));
-    assert!(secret.expose().starts_with(created["prefix"].as_str().unwrap()));
+    assert!(
+        secret
+            .expose()
+            .starts_with(created["prefix"].as_str().unwrap())
+    );
     assert_eq!(created["status"], "active");
     assert_eq!(created["created_by"], "token:ops");
     assert_eq!(created["ip_allowlist"], json!(["127.0.0.1", "10.0.0.0/8"]));
@@ -65,7 +70,12 @@ async fn create_list_show_and_use_a_key(backend: Backend) {
     assert_eq!(r.upstream_header("x-keygate-key-id").as_deref(), Some(id));
 
     let shown = gw
-        .admin(Method::GET, &format!("/v1/workspaces/acme/keys/{id}"), Some(VIEWER_TOKEN), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/workspaces/acme/keys/{id}"),
+            Some(VIEWER_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(shown.status, StatusCode::OK);
     assert_eq!(shown.json()["name"], "Production server");
@@ -74,15 +84,28 @@ async fn create_list_show_and_use_a_key(backend: Backend) {
 
     // Listing: newest first, filters, pagination, never a secret.
     for i in 0..4 {
-        gw.admin_create("acme", json!({"name": format!("k{i}"), "owner": "cust_7"})).await;
+        gw.admin_create("acme", json!({"name": format!("k{i}"), "owner": "cust_7"}))
+            .await;
     }
-    let all = gw.admin(Method::GET, "/v1/workspaces/acme/keys", Some(OPS_TOKEN), None).await;
+    let all = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys",
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
     let keys = all.json()["keys"].as_array().unwrap().clone();
     assert_eq!(keys.len(), 5);
     assert_eq!(keys[0]["name"], "k3", "newest first");
     assert!(!String::from_utf8_lossy(&all.body).contains("\"secret\""));
     let owned = gw
-        .admin(Method::GET, "/v1/workspaces/acme/keys?owner=cust_42", Some(OPS_TOKEN), None)
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys?owner=cust_42",
+            Some(OPS_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(owned.json()["keys"].as_array().unwrap().len(), 1);
     let mut seen = Vec::new();
@@ -92,21 +115,43 @@ async fn create_list_show_and_use_a_key(backend: Backend) {
             Some(c) => format!("/v1/workspaces/acme/keys?limit=2&cursor={c}"),
             None => "/v1/workspaces/acme/keys?limit=2".to_owned(),
         };
-        let page = gw.admin(Method::GET, &path, Some(OPS_TOKEN), None).await.json();
-        seen.extend(page["keys"].as_array().unwrap().iter().map(|k| k["id"].clone()));
+        let page = gw
+            .admin(Method::GET, &path, Some(OPS_TOKEN), None)
+            .await
+            .json();
+        seen.extend(
+            page["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["id"].clone()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
         }
     }
-    assert_eq!(seen, keys.iter().map(|k| k["id"].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        keys.iter().map(|k| k["id"].clone()).collect::<Vec<_>>()
+    );
     let r = gw
-        .admin(Method::GET, "/v1/workspaces/acme/keys?status=bogus", Some(OPS_TOKEN), None)
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys?status=bogus",
+            Some(OPS_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["error"]["field"], "status");
     let r = gw
-        .admin(Method::GET, "/v1/workspaces/acme/keys?cursor=garbage", Some(OPS_TOKEN), None)
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys?cursor=garbage",
+            Some(OPS_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["error"]["field"], "cursor");
@@ -120,61 +165,135 @@ async fn update_rotate_revoke_delete_take_effect_on_the_next_request(backend: Ba
     let secret = secret_of(&created);
     let id = created["id"].as_str().unwrap().to_owned();
     let key_path = format!("/v1/workspaces/acme/keys/{id}");
-    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
 
     // Update: scopes change at once.
     let r = gw
-        .admin(Method::PATCH, &key_path, Some(OPS_TOKEN), Some(json!({"scopes": ["resources:read"], "description": "moved"})))
+        .admin(
+            Method::PATCH,
+            &key_path,
+            Some(OPS_TOKEN),
+            Some(json!({"scopes": ["resources:read"], "description": "moved"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.json()["scopes"], json!(["resources:read"]));
     assert_eq!(r.json()["name"], "svc", "absent fields kept");
-    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.error_code(), "insufficient_scope");
-    assert_eq!(gw.get("/api/v1/resources", Some(&secret)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.error_code(),
+        "insufficient_scope"
+    );
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&secret)).await.status,
+        StatusCode::OK
+    );
     let r = gw
-        .admin(Method::PATCH, &key_path, Some(OPS_TOKEN), Some(json!({"description": null})))
+        .admin(
+            Method::PATCH,
+            &key_path,
+            Some(OPS_TOKEN),
+            Some(json!({"description": null})),
+        )
         .await;
     assert!(r.json()["description"].is_null(), "null clears");
 
     // Rotate (no grace): the old secret stops at once, the new one works.
     let r = gw
-        .admin(Method::POST, &format!("{key_path}/rotate"), Some(OPS_TOKEN), None)
+        .admin(
+            Method::POST,
+            &format!("{key_path}/rotate"),
+            Some(OPS_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let rotated = r.json();
     let new_secret = secret_of(&rotated["key"]);
-    assert_eq!(rotated["key"]["scopes"], json!(["resources:read"]), "same settings");
+    assert_eq!(
+        rotated["key"]["scopes"],
+        json!(["resources:read"]),
+        "same settings"
+    );
     assert_eq!(rotated["previous"]["id"], id.as_str());
-    assert_eq!(gw.get("/api/v1/resources", Some(&secret)).await.error_code(), "key_expired");
-    assert_eq!(gw.get("/api/v1/resources", Some(&new_secret)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&secret))
+            .await
+            .error_code(),
+        "key_expired"
+    );
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&new_secret)).await.status,
+        StatusCode::OK
+    );
 
     // Revoke: irreversible, stays listed.
     let new_id = rotated["key"]["id"].as_str().unwrap().to_owned();
     let new_path = format!("/v1/workspaces/acme/keys/{new_id}");
-    let r = gw.admin(Method::POST, &format!("{new_path}/revoke"), Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(
+            Method::POST,
+            &format!("{new_path}/revoke"),
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "revoked");
     assert!(r.json()["revoked_at"].is_string());
-    assert_eq!(gw.get("/api/v1/resources", Some(&new_secret)).await.error_code(), "key_revoked");
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&new_secret))
+            .await
+            .error_code(),
+        "key_revoked"
+    );
     let r = gw
-        .admin(Method::PATCH, &new_path, Some(OPS_TOKEN), Some(json!({"name": "back"})))
+        .admin(
+            Method::PATCH,
+            &new_path,
+            Some(OPS_TOKEN),
+            Some(json!({"name": "back"})),
+        )
         .await;
     assert_eq!(r.json()["error"]["code"], "key_revoked");
     let listed = gw
-        .admin(Method::GET, "/v1/workspaces/acme/keys?status=revoked", Some(OPS_TOKEN), None)
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys?status=revoked",
+            Some(OPS_TOKEN),
+            None,
+        )
         .await
         .json();
     assert_eq!(listed["keys"][0]["id"], new_id.as_str());
 
     // Delete: gone for good.
-    let r = gw.admin(Method::DELETE, &new_path, Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(Method::DELETE, &new_path, Some(OPS_TOKEN), None)
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = gw.admin(Method::GET, &new_path, Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(Method::GET, &new_path, Some(OPS_TOKEN), None)
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.json()["error"]["code"], "not_found");
-    let r = gw.admin(Method::GET, &format!("{new_path}/logs"), Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(
+            Method::GET,
+            &format!("{new_path}/logs"),
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(gw.get("/api/v1/resources", Some(&new_secret)).await.error_code(), "invalid_key");
+    assert_eq!(
+        gw.get("/api/v1/resources", Some(&new_secret))
+            .await
+            .error_code(),
+        "invalid_key"
+    );
 }
 
 async fn rotation_grace_period_keeps_the_old_key_until_it_ends(backend: Backend) {
@@ -183,7 +302,10 @@ async fn rotation_grace_period_keeps_the_old_key_until_it_ends(backend: Backend)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let created = gw
-        .admin_create("acme", json!({"name": "svc", "scopes": ["sessions:read"], "expires_at": expires}))
+        .admin_create(
+            "acme",
+            json!({"name": "svc", "scopes": ["sessions:read"], "expires_at": expires}),
+        )
         .await;
     let old = secret_of(&created);
     let id = created["id"].as_str().unwrap();
@@ -197,17 +319,42 @@ async fn rotation_grace_period_keeps_the_old_key_until_it_ends(backend: Backend)
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let rotated = r.json();
-    assert_eq!(rotated["key"]["expires_at"], created["expires_at"], "expiry carried over");
+    assert_eq!(
+        rotated["key"]["expires_at"], created["expires_at"],
+        "expiry carried over"
+    );
     let new = secret_of(&rotated["key"]);
-    assert_eq!(gw.get("/api/v1/sessions", Some(&old)).await.status, StatusCode::OK, "in grace");
-    assert_eq!(gw.get("/api/v1/sessions", Some(&new)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&old)).await.status,
+        StatusCode::OK,
+        "in grace"
+    );
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&new)).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert_eq!(gw.get("/api/v1/sessions", Some(&old)).await.error_code(), "key_expired");
-    assert_eq!(gw.get("/api/v1/sessions", Some(&new)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&old)).await.error_code(),
+        "key_expired"
+    );
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&new)).await.status,
+        StatusCode::OK
+    );
     let r = gw
-        .admin(Method::POST, &format!("/v1/workspaces/acme/keys/{id}/rotate"), Some(OPS_TOKEN), None)
+        .admin(
+            Method::POST,
+            &format!("/v1/workspaces/acme/keys/{id}/rotate"),
+            Some(OPS_TOKEN),
+            None,
+        )
         .await;
-    assert_eq!(r.json()["error"]["code"], "key_expired", "an expired key is not rotated");
+    assert_eq!(
+        r.json()["error"]["code"],
+        "key_expired",
+        "an expired key is not rotated"
+    );
 }
 
 async fn max_active_keys_is_exact_under_concurrent_creates(backend: Backend) {
@@ -244,15 +391,30 @@ async fn max_active_keys_is_exact_under_concurrent_creates(backend: Backend) {
     assert_eq!((created.len(), refused), (5, 15));
     // A revoked key frees its slot.
     let r = gw
-        .admin(Method::POST, &format!("/v1/workspaces/small/keys/{}/revoke", created[0]), Some(OPS_TOKEN), None)
+        .admin(
+            Method::POST,
+            &format!("/v1/workspaces/small/keys/{}/revoke", created[0]),
+            Some(OPS_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = gw
-        .admin(Method::POST, "/v1/workspaces/small/keys", Some(OPS_TOKEN), Some(json!({"name": "again"})))
+        .admin(
+            Method::POST,
+            "/v1/workspaces/small/keys",
+            Some(OPS_TOKEN),
+            Some(json!({"name": "again"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let r = gw
-        .admin(Method::POST, "/v1/workspaces/small/keys", Some(OPS_TOKEN), Some(json!({"name": "over"})))
+        .admin(
+            Method::POST,
+            "/v1/workspaces/small/keys",
+            Some(OPS_TOKEN),
+            Some(json!({"name": "over"})),
+        )
         .await;
     assert_eq!(r.error_code(), "key_limit_reached");
 }
@@ -270,10 +432,16 @@ async fn import_plaintext_and_sha256_keys_keep_working(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    assert!(!String::from_utf8_lossy(&r.body).contains(existing), "never echoed");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(existing),
+        "never echoed"
+    );
     assert_eq!(r.json()["prefix"], "edsk_live_abc1");
     let secret = Secret::new(existing.into());
-    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
     let again = gw
         .admin(
             Method::POST,
@@ -303,20 +471,34 @@ async fn import_plaintext_and_sha256_keys_keep_working(backend: Backend) {
     let before = gw.app.store().get("acme", &id).await.unwrap().unwrap();
     assert_eq!(before.hash_scheme, keygate::keys::HashScheme::Sha256);
     let secret = Secret::new(other.into());
-    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
     let after = gw.app.store().get("acme", &id).await.unwrap().unwrap();
     assert_eq!(after.hash_scheme, keygate::keys::HashScheme::KeyedBlake3);
     assert_eq!(after.hash, gw.app.gateway().hasher().hash(other));
-    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
 
     for (body, field) in [
         (json!({"name": "x"}), "secret"),
         (json!({"name": "x", "secret": "short"}), "secret"),
         (json!({"name": "x", "sha256": "abc"}), "sha256"),
-        (json!({"name": "x", "secret": existing, "sha256": digest}), "sha256"),
+        (
+            json!({"name": "x", "secret": existing, "sha256": digest}),
+            "sha256",
+        ),
     ] {
         let r = gw
-            .admin(Method::POST, "/v1/workspaces/acme/keys/import", Some(OPS_TOKEN), Some(body))
+            .admin(
+                Method::POST,
+                "/v1/workspaces/acme/keys/import",
+                Some(OPS_TOKEN),
+                Some(body),
+            )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(r.json()["error"]["field"], field);
@@ -328,28 +510,69 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
     let created = gw.admin_create("acme", json!({"name": "audited"})).await;
     let id = created["id"].as_str().unwrap();
     let path = format!("/v1/workspaces/acme/keys/{id}");
-    gw.admin(Method::PATCH, &path, Some(OPS_TOKEN), Some(json!({"name": "renamed"}))).await;
-    gw.admin(Method::POST, &format!("{path}/revoke"), Some(OPS_TOKEN), None).await;
+    gw.admin(
+        Method::PATCH,
+        &path,
+        Some(OPS_TOKEN),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    gw.admin(
+        Method::POST,
+        &format!("{path}/revoke"),
+        Some(OPS_TOKEN),
+        None,
+    )
+    .await;
     gw.admin(Method::DELETE, &path, Some(OPS_TOKEN), None).await;
-    let refused = gw.admin(Method::GET, "/v1/workspaces/acme/keys", Some("wrong-token"), None).await;
+    let refused = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys",
+            Some("wrong-token"),
+            None,
+        )
+        .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
 
-    let r = gw.admin(Method::GET, "/v1/audit?workspace=acme", Some(VIEWER_TOKEN), None).await;
+    let r = gw
+        .admin(
+            Method::GET,
+            "/v1/audit?workspace=acme",
+            Some(VIEWER_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let entries = r.json()["entries"].as_array().unwrap().clone();
-    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["key.delete", "key.revoke", "key.update", "key.create"]);
-    assert!(entries.iter().all(|e| e["actor"] == "token:ops" && e["key_id"] == id));
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["key.delete", "key.revoke", "key.update", "key.create"]
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["actor"] == "token:ops" && e["key_id"] == id)
+    );
     assert_eq!(entries[2]["detail"]["fields"], json!(["name"]));
     assert!(!String::from_utf8_lossy(&r.body).contains(created["secret"].as_str().unwrap()));
 
-    let global = gw.admin(Method::GET, "/v1/audit", Some(OPS_TOKEN), None).await.json();
+    let global = gw
+        .admin(Method::GET, "/v1/audit", Some(OPS_TOKEN), None)
+        .await
+        .json();
     let first = &global["entries"][0];
     assert_eq!(first["action"], "admin.refused");
     assert_eq!(first["outcome"], "unauthorized");
     assert_eq!(first["actor"], "anonymous");
     assert!(!global.to_string().contains("wrong-token"));
-    let r = gw.admin(Method::GET, "/v1/audit", Some(VIEWER_TOKEN), None).await;
+    let r = gw
+        .admin(Method::GET, "/v1/audit", Some(VIEWER_TOKEN), None)
+        .await;
     assert_eq!(r.error_code(), "forbidden", "the global log needs `*`");
 }
 
@@ -358,27 +581,76 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_need_a_valid_credential_and_the_permission() {
     let gw = TestGateway::start(Backend::Embedded, "").await;
-    let r = gw.admin(Method::GET, "/v1/workspaces/acme/keys", None, None).await;
+    let r = gw
+        .admin(Method::GET, "/v1/workspaces/acme/keys", None, None)
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.error_code(), "unauthorized");
-    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate-admin\"");
-    let r = gw.admin(Method::GET, "/v1/workspaces/acme/keys", Some("ops-token-0123456789abcdeX"), None).await;
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer realm=\"keygate-admin\""
+    );
+    let r = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys",
+            Some("ops-token-0123456789abcdeX"),
+            None,
+        )
+        .await;
     assert_eq!(r.error_code(), "unauthorized");
     // The viewer token may view acme, nothing else.
-    let r = gw.admin(Method::POST, "/v1/workspaces/acme/keys", Some(VIEWER_TOKEN), Some(json!({"name": "x"}))).await;
+    let r = gw
+        .admin(
+            Method::POST,
+            "/v1/workspaces/acme/keys",
+            Some(VIEWER_TOKEN),
+            Some(json!({"name": "x"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.error_code(), "forbidden");
-    let r = gw.admin(Method::GET, "/v1/workspaces/other/keys", Some(VIEWER_TOKEN), None).await;
+    let r = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/other/keys",
+            Some(VIEWER_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.error_code(), "forbidden");
-    let r = gw.admin(Method::GET, "/v1/workspaces/nowhere/keys", Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/nowhere/keys",
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = gw.admin(Method::POST, "/v1/workspaces/trial/keys", Some(OPS_TOKEN), Some(json!({"name": "x"}))).await;
+    let r = gw
+        .admin(
+            Method::POST,
+            "/v1/workspaces/trial/keys",
+            Some(OPS_TOKEN),
+            Some(json!({"name": "x"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.error_code(), "upgrade_required");
-    let r = gw.admin(Method::PUT, "/v1/workspaces/acme/keys", Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(
+            Method::PUT,
+            "/v1/workspaces/acme/keys",
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(r.headers["allow"].to_str().unwrap().contains("POST"));
-    let r = gw.admin(Method::GET, "/v1/nothing", Some(OPS_TOKEN), None).await;
+    let r = gw
+        .admin(Method::GET, "/v1/nothing", Some(OPS_TOKEN), None)
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = gw.admin(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -393,10 +665,18 @@ async fn api_keys_manage_their_workspace_without_escalating() {
         .await;
     let token = manager["secret"].as_str().unwrap().to_owned();
     let r = gw
-        .admin(Method::POST, "/v1/workspaces/acme/keys", Some(&token), Some(json!({"name": "child", "scopes": ["sessions:read"]})))
+        .admin(
+            Method::POST,
+            "/v1/workspaces/acme/keys",
+            Some(&token),
+            Some(json!({"name": "child", "scopes": ["sessions:read"]})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    assert_eq!(r.json()["created_by"], format!("key:{}", manager["id"].as_str().unwrap()));
+    assert_eq!(
+        r.json()["created_by"],
+        format!("key:{}", manager["id"].as_str().unwrap())
+    );
     // The escalation attempts: a scope it lacks, a role granting more, `*`.
     for body in [
         json!({"name": "x", "scopes": ["sessions:write"]}),
@@ -404,26 +684,63 @@ async fn api_keys_manage_their_workspace_without_escalating() {
         json!({"name": "x", "scopes": ["*"]}),
         json!({"name": "x", "scopes": ["api.key.delete"]}),
     ] {
-        let r = gw.admin(Method::POST, "/v1/workspaces/acme/keys", Some(&token), Some(body)).await;
+        let r = gw
+            .admin(
+                Method::POST,
+                "/v1/workspaces/acme/keys",
+                Some(&token),
+                Some(body),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
         assert_eq!(r.error_code(), "forbidden");
     }
     // Another workspace, and permissions it lacks.
-    let r = gw.admin(Method::GET, "/v1/workspaces/other/keys", Some(&token), None).await;
+    let r = gw
+        .admin(Method::GET, "/v1/workspaces/other/keys", Some(&token), None)
+        .await;
     assert_eq!(r.error_code(), "forbidden");
     let r = gw
-        .admin(Method::POST, &format!("/v1/workspaces/acme/keys/{}/revoke", manager["id"].as_str().unwrap()), Some(&token), None)
+        .admin(
+            Method::POST,
+            &format!(
+                "/v1/workspaces/acme/keys/{}/revoke",
+                manager["id"].as_str().unwrap()
+            ),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(r.error_code(), "forbidden", "no api.key.delete");
     // A key without api.key.* scopes is refused; a revoked key is not a credential.
-    let plain = gw.admin_create("acme", json!({"name": "plain", "scopes": ["sessions:read"]})).await;
+    let plain = gw
+        .admin_create(
+            "acme",
+            json!({"name": "plain", "scopes": ["sessions:read"]}),
+        )
+        .await;
     let r = gw
-        .admin(Method::GET, "/v1/workspaces/acme/keys", Some(plain["secret"].as_str().unwrap()), None)
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys",
+            Some(plain["secret"].as_str().unwrap()),
+            None,
+        )
         .await;
     assert_eq!(r.error_code(), "forbidden");
-    gw.admin(Method::POST, &format!("/v1/workspaces/acme/keys/{}/revoke", manager["id"].as_str().unwrap()), Some(OPS_TOKEN), None)
+    gw.admin(
+        Method::POST,
+        &format!(
+            "/v1/workspaces/acme/keys/{}/revoke",
+            manager["id"].as_str().unwrap()
+        ),
+        Some(OPS_TOKEN),
+        None,
+    )
+    .await;
+    let r = gw
+        .admin(Method::GET, "/v1/workspaces/acme/keys", Some(&token), None)
         .await;
-    let r = gw.admin(Method::GET, "/v1/workspaces/acme/keys", Some(&token), None).await;
     assert_eq!(r.error_code(), "unauthorized");
 }
 
@@ -435,23 +752,49 @@ async fn invalid_bodies_are_refused_naming_the_field() {
         (json!({}), "name"),
         (json!({"name": ""}), "name"),
         (json!({"name": "x".repeat(101)}), "name"),
-        (json!({"name": "x", "description": "d".repeat(501)}), "description"),
-        (json!({"name": "x", "scopes": ["unknown:scope"]}), "scopes[0]"),
-        (json!({"name": "x", "scopes": ["sessions:read", "has space"]}), "scopes[1]"),
+        (
+            json!({"name": "x", "description": "d".repeat(501)}),
+            "description",
+        ),
+        (
+            json!({"name": "x", "scopes": ["unknown:scope"]}),
+            "scopes[0]",
+        ),
+        (
+            json!({"name": "x", "scopes": ["sessions:read", "has space"]}),
+            "scopes[1]",
+        ),
         (json!({"name": "x", "role": "nope"}), "role"),
-        (json!({"name": "x", "ip_allowlist": ["10.0.0.0/33"]}), "ip_allowlist[0]"),
+        (
+            json!({"name": "x", "ip_allowlist": ["10.0.0.0/33"]}),
+            "ip_allowlist[0]",
+        ),
         (json!({"name": "x", "expires_at": past}), "expires_at"),
         (json!({"name": "x", "expires_at": "tomorrow"}), "expires_at"),
-        (json!({"name": "x", "metadata": {"blob": "m".repeat(1100)}}), "metadata"),
+        (
+            json!({"name": "x", "metadata": {"blob": "m".repeat(1100)}}),
+            "metadata",
+        ),
         (json!({"name": "x", "metadata": [1, 2]}), "metadata"),
         (json!({"name": "x", "colour": "red"}), "colour"),
         (json!({"name": "x", "scopes": "sessions:read"}), "scopes"),
-        (json!({"name": "x", "rate_limit": {"requests": 0, "period": "1s"}}), "rate_limit.requests"),
-        (json!({"name": "x", "secret": "kg_live_whatever_it_is_123"}), "secret"),
+        (
+            json!({"name": "x", "rate_limit": {"requests": 0, "period": "1s"}}),
+            "rate_limit.requests",
+        ),
+        (
+            json!({"name": "x", "secret": "kg_live_whatever_it_is_123"}),
+            "secret",
+        ),
     ];
     for (body, field) in cases {
         let r = gw
-            .admin(Method::POST, "/v1/workspaces/acme/keys", Some(OPS_TOKEN), Some(body.clone()))
+            .admin(
+                Method::POST,
+                "/v1/workspaces/acme/keys",
+                Some(OPS_TOKEN),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(r.error_code(), "invalid_request");
@@ -460,18 +803,38 @@ async fn invalid_bodies_are_refused_naming_the_field() {
     // Not JSON at all, and too large.
     let req = http::Request::post(format!("http://{}/v1/workspaces/acme/keys", gw.admin))
         .header("authorization", format!("Bearer {OPS_TOKEN}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"name\": ")))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"name\": ",
+        )))
         .unwrap();
     let r = gw.send(req).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
     let huge = json!({"name": "x", "description": "d".repeat(70 * 1024)});
     let r = gw
-        .admin(Method::POST, "/v1/workspaces/acme/keys", Some(OPS_TOKEN), Some(huge))
+        .admin(
+            Method::POST,
+            "/v1/workspaces/acme/keys",
+            Some(OPS_TOKEN),
+            Some(huge),
+        )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.error_code(), "payload_too_large");
     // Nothing was created by any of it.
-    let list = gw.admin(Method::GET, "/v1/workspaces/acme/keys", Some(OPS_TOKEN), None).await.json();
+    let list = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys",
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await
+        .json();
     assert_eq!(list["keys"].as_array().unwrap().len(), 0);
 }

@@ -78,9 +78,10 @@ impl Caller {
                 permissions.iter().any(|p| p == permission)
                     && workspaces.iter().any(|w| w == "*" || w == workspace)
             }
-            Kind::Key { workspace: own, scopes } => {
-                own == workspace && auth::has_scope(scopes, &[], permission)
-            }
+            Kind::Key {
+                workspace: own,
+                scopes,
+            } => own == workspace && auth::has_scope(scopes, &[], permission),
         }
     }
 
@@ -121,13 +122,17 @@ pub async fn authenticate(
 ) -> Result<Caller, AdminError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(AdminError::Unauthorized("send `Authorization: Bearer <token>`"));
+        return Err(AdminError::Unauthorized(
+            "send `Authorization: Bearer <token>`",
+        ));
     };
     let presented = value
         .to_str()
         .ok()
         .and_then(|v| auth::parse_authorization(v).ok())
-        .ok_or(AdminError::Unauthorized("send `Authorization: Bearer <token>`"))?;
+        .ok_or(AdminError::Unauthorized(
+            "send `Authorization: Bearer <token>`",
+        ))?;
 
     let digest = blake3::hash(presented.as_bytes());
     let mut matched = None;

@@ -141,7 +141,7 @@ fn unknown_field_name(message: &str) -> Option<String> {
 }
 
 /// Validated key fields, ready to apply.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Valid {
     /// Name.
     pub name: Patch<String>,
@@ -198,16 +198,23 @@ fn text(
             let v = v.trim().to_owned();
             let n = v.chars().count();
             if n == 0 || n > max {
-                return Err(AdminError::field(field, format!("{field} must be 1–{max} characters")));
+                return Err(AdminError::field(
+                    field,
+                    format!("{field} must be 1–{max} characters"),
+                ));
             }
             if v.chars().any(char::is_control) {
-                return Err(AdminError::field(field, format!("{field} has control characters")));
+                return Err(AdminError::field(
+                    field,
+                    format!("{field} has control characters"),
+                ));
             }
             Ok(Patch::Value(v))
         }
-        Patch::Null if !clearable => {
-            Err(AdminError::field(field, format!("{field} cannot be cleared")))
-        }
+        Patch::Null if !clearable => Err(AdminError::field(
+            field,
+            format!("{field} cannot be cleared"),
+        )),
         other => Ok(other),
     }
 }
@@ -245,7 +252,10 @@ impl KeyFields {
         let scopes = match self.scopes {
             Patch::Value(list) => {
                 if list.len() > MAX_SCOPES {
-                    return Err(AdminError::field("scopes", format!("at most {MAX_SCOPES} scopes")));
+                    return Err(AdminError::field(
+                        "scopes",
+                        format!("at most {MAX_SCOPES} scopes"),
+                    ));
                 }
                 let mut out: Vec<String> = Vec::with_capacity(list.len());
                 for (i, s) in list.into_iter().enumerate() {
@@ -278,7 +288,10 @@ impl KeyFields {
                     AdminError::field("expires_at", "expires_at must be an RFC 3339 time")
                 })?;
                 if at <= now {
-                    return Err(AdminError::field("expires_at", "expires_at must be in the future"));
+                    return Err(AdminError::field(
+                        "expires_at",
+                        "expires_at must be in the future",
+                    ));
                 }
                 Patch::Value(at)
             }
@@ -335,7 +348,10 @@ impl KeyFields {
                 Patch::Value(map)
             }
             Patch::Value(_) => {
-                return Err(AdminError::field("metadata", "metadata must be a JSON object"));
+                return Err(AdminError::field(
+                    "metadata",
+                    "metadata must be a JSON object",
+                ));
             }
             Patch::Null => Patch::Null,
             Patch::Absent => Patch::Absent,

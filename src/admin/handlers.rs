@@ -16,7 +16,7 @@ use super::fields::{KeyFields, Patch, Purpose, Valid, key_json, known_scopes, pa
 use super::{AdminError, Call, json_response, read_body};
 use crate::auth::query_pairs;
 use crate::config::{Workspace, duration_text};
-use crate::control::{ImportedSecret, NewKey};
+use crate::control::{Changed, ImportedSecret, NewKey};
 use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
 use crate::store::{KeyStore, ListQuery, StoreError};
 
@@ -28,7 +28,12 @@ pub const MAX_LIMIT: usize = 100;
 type Reply = Result<Response<Full<Bytes>>, AdminError>;
 
 /// Routes a `/v1/…` call to its endpoint.
-pub async fn dispatch<B>(call: &Call<'_>, method: &Method, segments: &[&str], req: Request<B>) -> Reply
+pub async fn dispatch<B>(
+    call: &Call<'_>,
+    method: &Method,
+    segments: &[&str],
+    req: Request<B>,
+) -> Reply
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -78,7 +83,9 @@ where
         ["v1", "workspaces", _, "keys", _, "rotate" | "revoke"] => {
             Err(AdminError::MethodNotAllowed("POST"))
         }
-        ["v1", "workspaces", _, "keys", _, "logs"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "workspaces", _, "keys", _, "logs"] => {
+            Err(AdminError::MethodNotAllowed("GET, HEAD"))
+        }
         _ => Err(AdminError::NotFound("admin endpoint")),
     }
 }
@@ -118,7 +125,11 @@ fn granted<'a>(call: &'a Call<'_>, scopes: &'a [String], role: Option<&'a str>) 
     let role_scopes = role
         .and_then(|r| call.state.config.roles.get(r))
         .map_or(&[][..], Vec::as_slice);
-    scopes.iter().chain(role_scopes).map(String::as_str).collect()
+    scopes
+        .iter()
+        .chain(role_scopes)
+        .map(String::as_str)
+        .collect()
 }
 
 fn validate(call: &Call<'_>, fields: KeyFields, purpose: Purpose) -> Result<Valid, AdminError> {
@@ -237,7 +248,10 @@ async fn list(call: &Call<'_>, ws: &str, query: Option<&str>) -> Reply {
         Some("expired") => Some(KeyStatus::Expired),
         Some("revoked") => Some(KeyStatus::Revoked),
         Some(_) => {
-            return Err(AdminError::field("status", "status is active, expired or revoked"));
+            return Err(AdminError::field(
+                "status",
+                "status is active, expired or revoked",
+            ));
         }
     };
     let query = ListQuery {
@@ -265,20 +279,31 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     workspace(call, ws, UPDATE)?;
     let id = key_id(id)?;
     let valid = validate(call, parse_json(body)?, Purpose::Update)?;
-    let mut record = existing(call, ws, &id).await?;
-    if record.revoked_at.is_some() {
-        return Err(AdminError::KeyRevoked);
-    }
     let changes_access = valid.changes_access();
     let changed = changed_fields(&valid);
-    valid.apply_to(&mut record);
-    if changes_access {
-        call.caller
-            .may_grant(&granted(call, &record.scopes, record.role.as_deref()))?;
-    }
-    let record = call.state.keys.update(record).await?;
-    call.audit("key.update", ws, Some(&record.id), "ok", serde_json::json!({"fields": changed}))
-        .await;
+    let record = call
+        .state
+        .keys
+        .modify(ws, &id, |record| {
+            if record.revoked_at.is_some() {
+                return Err(AdminError::KeyRevoked);
+            }
+            valid.clone().apply_to(record);
+            if changes_access {
+                call.caller
+                    .may_grant(&granted(call, &record.scopes, record.role.as_deref()))?;
+            }
+            Ok(Changed::Yes)
+        })
+        .await?;
+    call.audit(
+        "key.update",
+        ws,
+        Some(&record.id),
+        "ok",
+        serde_json::json!({"fields": changed}),
+    )
+    .await;
     Ok(json_response(StatusCode::OK, &key_json(&record, now())))
 }
 
@@ -320,13 +345,14 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     } else {
         match parse_json::<RotateBody>(body)?.grace_period {
             None => Duration::ZERO,
-            Some(text) => duration_text::parse(&text)
-                .map_err(|m| AdminError::field("grace_period", m))?,
+            Some(text) => {
+                duration_text::parse(&text).map_err(|m| AdminError::field("grace_period", m))?
+            }
         }
     };
     let grace = time::Duration::try_from(grace)
         .map_err(|_| AdminError::field("grace_period", "grace_period is too long"))?;
-    let mut old = existing(call, ws, &id).await?;
+    let old = existing(call, ws, &id).await?;
     let now = now();
     match old.status_at(now) {
         KeyStatus::Revoked => return Err(AdminError::KeyRevoked),
@@ -340,9 +366,20 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         .keys
         .create(NewKey::like(&old, &call.caller.actor), None)
         .await?;
-    let stop = now.checked_add(grace).unwrap_or(now);
-    old.expires_at = Some(old.expires_at.map_or(stop, |e| e.min(stop)));
-    let old = call.state.keys.update(old).await?;
+    // A grace period past the end of time leaves the old key its own expiry.
+    let stop = now.checked_add(grace);
+    let old = call
+        .state
+        .keys
+        .modify(ws, &id, |old| {
+            old.expires_at = match (old.expires_at, stop) {
+                (Some(own), Some(stop)) => Some(own.min(stop)),
+                (own, None) => own,
+                (None, stop) => stop,
+            };
+            Ok::<_, AdminError>(Changed::Yes)
+        })
+        .await?;
     call.audit(
         "key.rotate",
         ws,
@@ -395,7 +432,10 @@ async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply
     let limit = page_limit(p.limit.as_deref())?;
     existing(call, ws, &id).await?;
     let entries = call.state.store.request_logs(ws, &id, limit).await?;
-    Ok(json_response(StatusCode::OK, &serde_json::json!({"entries": entries})))
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"entries": entries}),
+    ))
 }
 
 async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
@@ -444,7 +484,10 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
                 ));
             }
             if prefix.is_some() {
-                return Err(AdminError::field("prefix", "prefix is derived from `secret`"));
+                return Err(AdminError::field(
+                    "prefix",
+                    "prefix is derived from `secret`",
+                ));
             }
             let secret = Secret::new(secret);
             let digest = SecretHash(sha2::Sha256::digest(secret.expose().as_bytes()).into());
@@ -458,7 +501,10 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
                 .ok_or_else(|| AdminError::field("sha256", "sha256 is 64 hex digits"))?;
             let prefix = match prefix {
                 Some(p) if p.len() > 32 || !p.bytes().all(|b| b.is_ascii_graphic()) => {
-                    return Err(AdminError::field("prefix", "prefix is 1–32 printable characters"));
+                    return Err(AdminError::field(
+                        "prefix",
+                        "prefix is 1–32 printable characters",
+                    ));
                 }
                 Some(p) => p,
                 None => String::new(),
@@ -466,7 +512,10 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
             ImportedSecret::Sha256 { digest, prefix }
         }
         (Some(_), Some(_)) => {
-            return Err(AdminError::field("sha256", "send either `secret` or `sha256`, not both"));
+            return Err(AdminError::field(
+                "sha256",
+                "send either `secret` or `sha256`, not both",
+            ));
         }
         (None, None) => {
             return Err(AdminError::field("secret", "send `secret` or `sha256`"));
@@ -493,5 +542,8 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
         }}),
     )
     .await;
-    Ok(json_response(StatusCode::CREATED, &key_json(&record, now())))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &key_json(&record, now()),
+    ))
 }

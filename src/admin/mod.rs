@@ -142,9 +142,7 @@ impl AdminError {
             AdminError::PayloadTooLarge => {
                 format!("The body is larger than {MAX_BODY_BYTES} bytes.")
             }
-            AdminError::StoreUnavailable => {
-                "The key store is unavailable. Retry shortly.".into()
-            }
+            AdminError::StoreUnavailable => "The key store is unavailable. Retry shortly.".into(),
         }
     }
 
@@ -323,13 +321,15 @@ impl Admin {
             Ok(r) => r,
             Err(e) => e.into_response(&request_id),
         };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID, request_id);
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
         response
     }
 
-    async fn route<B>(&self, req: Request<B>, conn: ConnInfo) -> Result<Response<Full<Bytes>>, AdminError>
+    async fn route<B>(
+        &self,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> Result<Response<Full<Bytes>>, AdminError>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -348,7 +348,10 @@ impl Admin {
         match segments.as_slice() {
             ["healthz"] => {
                 get_only(&method)?;
-                return Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ok"}),
+                ));
             }
             ["readyz"] => {
                 get_only(&method)?;
@@ -379,8 +382,17 @@ impl Admin {
             Ok(c) => c,
             Err(e) => {
                 let detail = serde_json::json!({"method": method.as_str(), "path": path});
-                audit(state, "anonymous", client_ip, "admin.refused", None, None, e.code(), detail)
-                    .await;
+                audit(
+                    state,
+                    "anonymous",
+                    client_ip,
+                    "admin.refused",
+                    None,
+                    None,
+                    e.code(),
+                    detail,
+                )
+                .await;
                 return Err(e);
             }
         };

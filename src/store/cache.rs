@@ -70,6 +70,27 @@ pub struct CacheStats {
     pub stale_served: AtomicU64,
 }
 
+/// What [`KeyCache::lookup`] found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The key.
+    Found(Arc<KeyRecord>),
+    /// No key has this hash; `cached` when a negative entry said so without asking the store.
+    Unknown {
+        /// Answered by a negative entry.
+        cached: bool,
+    },
+}
+
+impl Lookup {
+    fn from_cached(record: Option<Arc<KeyRecord>>, cached: bool) -> Lookup {
+        match record {
+            Some(r) => Lookup::Found(r),
+            None => Lookup::Unknown { cached },
+        }
+    }
+}
+
 /// Cached, coalesced, invalidatable lookups of key records by secret hash.
 pub struct KeyCache<S> {
     store: Arc<S>,
@@ -117,19 +138,28 @@ impl<S: KeyStore> KeyCache<S> {
     ///
     /// Fails only when the store cannot be asked and nothing usable is cached.
     pub async fn get(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        Ok(match self.lookup(hash).await? {
+            Lookup::Found(record) => Some(record),
+            Lookup::Unknown { .. } => None,
+        })
+    }
+
+    /// Like [`KeyCache::get`], and says whether an unknown hash was answered from a negative
+    /// entry (so callers can skip further lookups for it).
+    pub async fn lookup(&self, hash: &SecretHash) -> Result<Lookup, StoreError> {
         let generation = self.generation(hash).load(Ordering::Acquire);
         if let Some(entry) = self.cache.get(hash).await {
             if entry.generation == generation {
                 if entry.record.is_none() || entry.fetched.elapsed() < self.ttl {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(entry.record);
+                    return Ok(Lookup::from_cached(entry.record, true));
                 }
-                return self.refresh(hash).await;
+                return Ok(Lookup::from_cached(self.refresh(hash).await?, false));
             }
             // Filled before an invalidation of its shard: never serve it.
             self.cache.invalidate(hash).await;
         }
-        self.fill(hash).await
+        Ok(Lookup::from_cached(self.fill(hash).await?, false))
     }
 
     async fn load(&self, hash: &SecretHash) -> Result<Entry, StoreError> {

@@ -40,6 +40,7 @@ roles:
 workspaces:
   acme: { max_active_keys: 1000 }
   other: {}
+  trial: { api_access: false }
 routes:
   - match: { path_prefix: /health }
     upstream: app
@@ -271,9 +272,19 @@ impl TestGateway {
     /// `POST /v1/workspaces/{ws}/keys` as the ops token; asserts 201 and returns the body.
     pub async fn admin_create(&self, ws: &str, body: serde_json::Value) -> serde_json::Value {
         let r = self
-            .admin(Method::POST, &format!("/v1/workspaces/{ws}/keys"), Some(OPS_TOKEN), Some(body))
+            .admin(
+                Method::POST,
+                &format!("/v1/workspaces/{ws}/keys"),
+                Some(OPS_TOKEN),
+                Some(body),
+            )
             .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         r.json()
     }
 
