@@ -18,7 +18,7 @@ use crate::auth::query_pairs;
 use crate::config::{Workspace, duration_text};
 use crate::control::{Changed, ImportedSecret, NewKey};
 use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
-use crate::store::{KeyStore, ListQuery, StoreError};
+use crate::store::{AuditEntry, KeyStore, ListQuery, StoreError};
 
 /// Default page size of list calls.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -216,6 +216,9 @@ fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminErro
             "limit" if allowed.contains(&name) => &mut p.limit,
             "cursor" if allowed.contains(&name) => &mut p.cursor,
             "workspace" if allowed.contains(&name) => &mut p.workspace,
+            "" => {
+                return Err(AdminError::field("query", "a query parameter has no name"));
+            }
             _ => {
                 return Err(AdminError::field(
                     name,
@@ -458,10 +461,26 @@ async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
         .store
         .list_audit(p.workspace.as_deref(), limit, p.cursor.as_deref())
         .await?;
+    let entries: Vec<_> = page.entries.iter().map(audit_json).collect();
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::json!({"entries": page.entries, "next_cursor": page.next_cursor}),
+        &serde_json::json!({"entries": entries, "next_cursor": page.next_cursor}),
     ))
+}
+
+/// An audit entry as the API shows it: every field, `null` when unset.
+fn audit_json(e: &AuditEntry) -> serde_json::Value {
+    serde_json::json!({
+        "id": e.id,
+        "time": e.time.format(&time::format_description::well_known::Rfc3339).ok(),
+        "actor": e.actor,
+        "action": e.action,
+        "workspace": e.workspace,
+        "key_id": e.key_id,
+        "outcome": e.outcome,
+        "detail": e.detail,
+        "client_ip": e.client_ip,
+    })
 }
 
 async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
