@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -13,19 +14,6 @@ use keygate::keys::Secret;
 use keygate::store::KeyStore;
 use serde_json::{Value, json};
 use support::gateway::{Backend, OPS_TOKEN, TestGateway, VIEWER_TOKEN};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Embedded).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Redis).await })*
-        }
-    };
-}
 
 on_both_backends!(
     create_list_show_and_use_a_key,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -14,20 +15,6 @@ use http_body_util::{BodyExt, Full};
 use keygate::control::NewKey;
 use support::gateway::{Backend, TestGateway, new_key};
 use time::OffsetDateTime;
-
-/// Runs each scenario once per backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Embedded).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Redis).await })*
-        }
-    };
-}
 
 on_both_backends!(
     forwards_with_identity_headers_and_without_the_credential,

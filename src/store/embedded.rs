@@ -70,6 +70,25 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// The record a hash index (keyed BLAKE3 or SHA-256) points at, in one read transaction.
+    async fn get_indexed(
+        &self,
+        index: HashIndex,
+        hash: &SecretHash,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = hash.0;
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(index).map_err(db_err)?;
+            let Some(entry) = table.get(&hash).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let (ws, id) = entry.value();
+            read_record(&txn, ws, id)
+        })
+        .await
+    }
+
     /// Opens the store file, creating it and its parent directories if missing.
     pub fn open(config: &EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
         let path = config.path.as_path();
@@ -190,17 +209,7 @@ impl KeyStore for EmbeddedStore {
     }
 
     async fn get_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
-        let hash = hash.0;
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let by_hash = txn.open_table(BY_HASH).map_err(db_err)?;
-            let Some(entry) = by_hash.get(&hash).map_err(db_err)? else {
-                return Ok(None);
-            };
-            let (ws, id) = entry.value();
-            read_record(&txn, ws, id)
-        })
-        .await
+        self.get_indexed(BY_HASH, hash).await
     }
 
     async fn get(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
@@ -469,17 +478,7 @@ impl KeyStore for EmbeddedStore {
     }
 
     async fn get_by_sha256(&self, digest: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
-        let digest = digest.0;
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let by_sha256 = txn.open_table(BY_SHA256).map_err(db_err)?;
-            let Some(entry) = by_sha256.get(&digest).map_err(db_err)? else {
-                return Ok(None);
-            };
-            let (ws, id) = entry.value();
-            read_record(&txn, ws, id)
-        })
-        .await
+        self.get_indexed(BY_SHA256, digest).await
     }
 
     async fn upgrade_hash(
