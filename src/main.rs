@@ -33,6 +33,10 @@ enum Command {
             default_value = "config/keygate.yaml"
         )]
         config: PathBuf,
+        /// Runtime worker threads (default: one per CPU core). Set it to match other proxies'
+        /// worker counts when comparing them.
+        #[arg(long, env = "KEYGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        worker_threads: Option<u16>,
     },
     /// Work with config files.
     Config {
@@ -67,12 +71,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Serve { config } => serve(&config),
+        Command::Serve {
+            config,
+            worker_threads,
+        } => serve(&config, worker_threads),
         Command::Keys(args) => cli::run(*args),
     }
 }
 
-fn serve(path: &Path) -> ExitCode {
+fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -81,10 +88,11 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     keygate::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
