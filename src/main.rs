@@ -88,10 +88,17 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
         }
     };
     keygate::telemetry::init(&config.log);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(usize::from(n));
-    }
+    // One worker: a current-thread runtime does the same work without the multi-thread
+    // scheduler's cross-thread wake-ups.
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
