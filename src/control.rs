@@ -1,6 +1,7 @@
 //! Key lifecycle operations (create, update, revoke, delete): each writes the store and then
-//! invalidates the hot cache, so the very next request sees the change. The admin API and the
-//! CLI go through here; nothing else writes key records.
+//! invalidates the hot cache, here and on every instance sharing the store
+//! ([`crate::store::invalidation`]), so the very next request sees the change. The admin API and
+//! the CLI go through here; nothing else writes key records.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::keys::{
     self, HashScheme, KeyId, KeyRecord, Secret, SecretFormat, SecretHash, SecretHasher, Shape,
 };
 use crate::store::cache::KeyCache;
+use crate::store::invalidation::invalidate_everywhere;
 use crate::store::{KeyStore, Store, StoreError};
 
 /// The fields a caller chooses when creating a key.
@@ -125,7 +127,7 @@ impl KeyManager {
             .create(&record, max_active, OffsetDateTime::now_utc())
             .await?;
         // A negative entry may exist if this secret was ever tried (practically never, but free).
-        self.cache.invalidate(&record.hash).await;
+        invalidate_everywhere(&self.cache, &record).await;
         Ok((record, secret))
     }
 
@@ -154,7 +156,7 @@ impl KeyManager {
         self.store()
             .create(&record, max_active, OffsetDateTime::now_utc())
             .await?;
-        self.cache.invalidate(&record.hash).await;
+        invalidate_everywhere(&self.cache, &record).await;
         Ok(record)
     }
 
@@ -185,11 +187,11 @@ impl KeyManager {
         }
     }
 
-    /// Writes a changed record and drops it from the cache.
+    /// Writes a changed record and drops it from the caches.
     pub async fn update(&self, mut record: KeyRecord) -> Result<KeyRecord, StoreError> {
         record.updated_at = now_ms();
         self.store().update(&record).await?;
-        self.cache.invalidate(&record.hash).await;
+        invalidate_everywhere(&self.cache, &record).await;
         Ok(record)
     }
 
@@ -238,7 +240,7 @@ impl KeyManager {
             .delete(workspace, id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        self.cache.invalidate(&record.hash).await;
+        invalidate_everywhere(&self.cache, &record).await;
         Ok(record)
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! - [`config`] — the YAML file, typed and validated.
 //! - [`keys`] — secret format, ids, keyed hashing, key records.
-//! - [`store`] — the key index (`KeyStore`: embedded redb or Redis) and its hot cache.
+//! - [`store`] — the key index (`KeyStore`: embedded redb or Redis), its hot cache, and the
+//!   invalidation channel that keeps the caches of instances sharing Redis in step.
 //! - [`control`] — key lifecycle operations (write the store, then invalidate the cache).
 //! - [`admin`] — the admin listener: admin API, OpenAPI document, health and readiness.
 //! - [`telemetry`] — logging.
@@ -132,6 +133,8 @@ impl App {
             Some(files) => Some(server::load_tls(files).map_err(StartError::Tls)?),
             None => None,
         };
+        // Other instances' changes reach this cache for as long as it serves, drain included.
+        let invalidations = store::invalidation::Subscriber::start(self.gateway.keys().clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
 
@@ -181,6 +184,7 @@ impl App {
                 tracing::warn!(?timeout, "shutdown_timeout reached; closing remaining connections");
             }
         }
+        invalidations.stop().await;
         Ok(())
     }
 }

@@ -270,8 +270,8 @@ impl Gateway {
         let upgraded = store
             .upgrade_hash(&legacy.workspace, &legacy.id, &hash)
             .await?;
-        // The miss above cached this hash as unknown.
-        self.keys.invalidate(&hash).await;
+        // The miss above cached this hash as unknown, here and maybe on other instances.
+        crate::store::invalidation::invalidate_everywhere(&self.keys, &upgraded).await;
         Ok(Some(Arc::new(upgraded)))
     }
 

@@ -201,3 +201,45 @@ async fn unknown_hashes_are_cached_negatively() {
     }
     assert_eq!(f.store.lookups.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_read_before_mark_all_stale_are_re_read_once() {
+    let f = fixture().await;
+    let hash = f.record.hash;
+    let unknown = SecretHasher::new("cache-test-pepper-0123").hash("kg_live_nobody");
+    assert!(f.cache.get(&unknown).await.unwrap().is_none());
+    let (read_done_tx, read_done_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    *f.store.hold.lock().await = Some((read_done_tx, release_rx));
+
+    // A lookup reads the active record and is held before it returns to the cache.
+    let racing = {
+        let cache = f.cache.clone();
+        tokio::spawn(async move { cache.get(&hash).await.unwrap().unwrap() })
+    };
+    read_done_rx.await.unwrap();
+    // The key is revoked elsewhere and the message is lost: the cache only learns that it may
+    // have missed something.
+    let mut revoked = f.record.clone();
+    revoked.revoked_at = Some(OffsetDateTime::now_utc());
+    f.store.update(&revoked).await.unwrap();
+    f.cache.mark_all_stale();
+    release_tx.send(()).unwrap();
+    racing.await.unwrap();
+
+    let lookups = f.store.lookups.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let now = f.cache.get(&hash).await.unwrap().unwrap();
+        assert!(
+            now.revoked_at.is_some(),
+            "an entry read before the mark was trusted"
+        );
+    }
+    assert!(f.cache.get(&unknown).await.unwrap().is_none());
+    assert!(f.cache.get(&unknown).await.unwrap().is_none());
+    assert_eq!(
+        f.store.lookups.load(Ordering::SeqCst),
+        lookups + 2,
+        "each entry re-read once (the record and the negative one), then cached again"
+    );
+}

@@ -8,6 +8,10 @@
 //! - Invalidation cannot be undone by a racing fill: every entry carries the generation of its
 //!   hash's shard as read *before* the store call, and [`KeyCache::invalidate`] bumps that
 //!   generation *after* the store write. An entry from an older generation is never served.
+//! - Losing the cross-instance invalidation channel ([`super::invalidation`]) may hide changes
+//!   made elsewhere, so [`KeyCache::mark_all_stale`] makes every entry due for a re-read, by the
+//!   same read-before-the-store-call scheme with one cache-wide epoch. A stale entry is re-read
+//!   on its next use, and serves only as the `max_stale` fallback while the store is unreachable.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,8 @@ const MAX_FILL_RACES: usize = 3;
 struct Entry {
     record: Option<Arc<KeyRecord>>,
     generation: u64,
+    /// The cache-wide epoch as read before the store call; see [`KeyCache::mark_all_stale`].
+    epoch: u64,
     fetched: Instant,
 }
 
@@ -66,7 +72,8 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     /// Lookups that went to the store.
     pub misses: AtomicU64,
-    /// Lookups answered with a record past `ttl` because the store was unreachable.
+    /// Lookups answered with a record past `ttl` (or marked stale) because the store was
+    /// unreachable.
     pub stale_served: AtomicU64,
 }
 
@@ -96,6 +103,7 @@ pub struct KeyCache<S> {
     store: Arc<S>,
     cache: Cache<SecretHash, Entry>,
     generations: Box<[AtomicU64]>,
+    epoch: AtomicU64,
     ttl: Duration,
     stats: CacheStats,
 }
@@ -114,6 +122,7 @@ impl<S: KeyStore> KeyCache<S> {
             store,
             cache,
             generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
             ttl: config.ttl,
             stats: CacheStats::default(),
         }
@@ -150,7 +159,7 @@ impl<S: KeyStore> KeyCache<S> {
         let generation = self.generation(hash).load(Ordering::Acquire);
         if let Some(entry) = self.cache.get(hash).await {
             if entry.generation == generation {
-                if entry.record.is_none() || entry.fetched.elapsed() < self.ttl {
+                if self.is_fresh(&entry) {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(Lookup::from_cached(entry.record, true));
                 }
@@ -162,14 +171,24 @@ impl<S: KeyStore> KeyCache<S> {
         Ok(Lookup::from_cached(self.fill(hash).await?, false))
     }
 
+    /// Whether an entry of the current generation may be served without asking the store:
+    /// read since the last [`KeyCache::mark_all_stale`], and (if positive) within `ttl`.
+    fn is_fresh(&self, entry: &Entry) -> bool {
+        entry.epoch == self.epoch.load(Ordering::Acquire)
+            && (entry.record.is_none() || entry.fetched.elapsed() < self.ttl)
+    }
+
     async fn load(&self, hash: &SecretHash) -> Result<Entry, StoreError> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        // Read the generation before the store: a write that lands after this read bumps it.
+        // Read the generation and epoch before the store: a write (or a lost invalidation
+        // channel) after these reads bumps them, so this entry cannot hide it.
         let generation = self.generation(hash).load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
         let record = self.store.get_by_hash(hash).await?;
         Ok(Entry {
             record: record.map(Arc::new),
             generation,
+            epoch,
             fetched: Instant::now(),
         })
     }
@@ -201,7 +220,7 @@ impl<S: KeyStore> KeyCache<S> {
             .and_try_compute_with(|current| {
                 let current = current.map(|e| e.into_value());
                 let fresh_already = current.as_ref().is_some_and(|e| {
-                    e.fetched.elapsed() < self.ttl
+                    self.is_fresh(e)
                         && e.generation == self.generation(hash).load(Ordering::Acquire)
                 });
                 stale = current.and_then(|e| e.record);
@@ -240,8 +259,16 @@ impl<S: KeyStore> KeyCache<S> {
         self.cache.invalidate(hash).await;
     }
 
-    /// Drops everything (e.g. after losing the invalidation channel, when messages may have been
-    /// missed).
+    /// Makes every entry due for a re-read from the store: the next lookup of each asks the store
+    /// (one call per hash, however many requests wait), and while the store is unreachable a
+    /// positive entry is still served within `max_stale`, like any entry past `ttl`. For when
+    /// changes made elsewhere may have been missed (a lost invalidation channel): unlike
+    /// [`KeyCache::clear`], it keeps a store outage from failing every cached key at once.
+    pub fn mark_all_stale(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops everything.
     pub fn clear(&self) {
         for g in self.generations.iter() {
             g.fetch_add(1, Ordering::AcqRel);

@@ -1,9 +1,10 @@
 //! The key index: the [`KeyStore`] interface, its two backends (`embedded` redb file, `redis`),
 //! and the hot cache in front of them. The request path only ever reaches a store through
-//! [`cache::KeyCache`].
+//! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step.
 
 pub mod cache;
 pub mod embedded;
+pub mod invalidation;
 pub mod redis;
 
 use std::future::Future;
@@ -342,6 +343,25 @@ impl Store {
                 Store::Redis(redis::RedisStore::connect(&config.redis).await?)
             }
         })
+    }
+
+    /// Tells the other instances sharing this store to drop the key with this keyed hash from
+    /// their caches (through [`invalidation::invalidate_everywhere`], which drops it here first).
+    /// Nothing to tell on the embedded backend: it serves one node.
+    pub async fn publish_invalidation(&self, hash: &SecretHash) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(()),
+            Store::Redis(s) => s.publish_invalidation(hash).await,
+        }
+    }
+
+    /// Counters and state of the invalidation channel; `None` on the embedded backend, which
+    /// has none.
+    pub fn invalidation_stats(&self) -> Option<&invalidation::InvalidationStats> {
+        match self {
+            Store::Embedded(_) => None,
+            Store::Redis(s) => Some(s.invalidation_stats()),
+        }
     }
 }
 

@@ -19,6 +19,18 @@
 //! | `P{ws:<workspace>}:audit:entries` | HASH | entry id → `AuditEntry` JSON, for the ids in `…:audit` |
 //! | `P{audit}`, `P{audit}:entries` | ZSET, HASH | the global audit log, laid out as a workspace's |
 //!
+//! Beside the keys, one pub/sub channel, `Pinvalidate` (`keygate:invalidate` by default), carries
+//! cache invalidations between the instances sharing the store (SPEC §4): after every change to a
+//! key (create, update, rotate, revoke, delete, and the upgrade of a SHA-256 import on its first
+//! use) the instance that made it publishes one message per keyed BLAKE3 hash it touched, and
+//! every subscribed instance drops that hash from its cache. A message is exactly the 64
+//! lowercase hex digits of the hash, as in `P{h:<hex>}`: never a secret, and never a SHA-256
+//! digest (no cache holds records by digest, so there is nothing to drop, and an unkeyed digest
+//! is a guess verifier that has no business on the wire). A receiver that cannot read a message
+//! re-reads every key it has cached before trusting it again. The channel needs no hash tag:
+//! pub/sub is not sharded by slot. What publishing and subscribing mean for the cache, and what
+//! an instance does when it loses the channel, is in [`super::invalidation`].
+//!
 //! # Ordering
 //!
 //! A key is written to its workspace index first and to its record hash second, so a crash never
@@ -67,10 +79,11 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{ErrorKind, RedisError, RedisResult, Script};
 use time::OffsetDateTime;
 
+use super::invalidation::InvalidationStats;
 use super::{
     AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, RequestLogEntry,
     StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
@@ -92,6 +105,8 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 const LIST_BATCH_MAX: usize = 200;
 /// Reads of the index a lookup by id makes when an upgrade moves the record under it.
 const FOLLOW_ATTEMPTS: usize = 3;
+/// The invalidation channel's name after the key prefix.
+const INVALIDATION_CHANNEL: &str = "invalidate";
 
 /// Adds a key to its workspace index, enforcing `max_active_keys` on the same slot.
 /// KEYS: keys, created, active. ARGV: id, index entry, created ms, expiry score, now ms,
@@ -496,6 +511,19 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     audit_max: usize,
+    // Boxed: used off the request path only, and inline the client would make every `Store`
+    // several times the size of its embedded variant.
+    channel: Box<Channel>,
+}
+
+/// The invalidation channel of a [`RedisStore`].
+struct Channel {
+    /// `Pinvalidate`.
+    name: String,
+    /// For the subscriber, which needs a connection of its own (a subscribed connection takes
+    /// no other commands).
+    client: redis::Client,
+    stats: InvalidationStats,
 }
 
 impl RedisStore {
@@ -524,13 +552,18 @@ impl RedisStore {
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| redis_err(&e))?;
         Ok(RedisStore {
             conn,
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             audit_max: AUDIT_MAX_ENTRIES,
+            channel: Box::new(Channel {
+                name: format!("{}{INVALIDATION_CHANNEL}", config.key_prefix),
+                client,
+                stats: InvalidationStats::default(),
+            }),
         })
     }
 
@@ -1379,6 +1412,123 @@ impl RedisStore {
         decode_record_hash(&self.fields(new_key).await?)?
             .filter(|r| r.id == *id && r.workspace == ws)
             .ok_or(StoreError::NotFound)
+    }
+}
+
+/// The invalidation channel (see the module docs).
+impl RedisStore {
+    /// Publishes one invalidation message for a keyed hash, bounded by `store.redis.timeout`.
+    pub async fn publish_invalidation(&self, hash: &SecretHash) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        // The reply counts the subscribers that got it; none is not an error (a lone instance
+        // not subscribed yet drops the key itself, and the others re-read everything when they
+        // subscribe).
+        let _receivers: i64 = self
+            .bounded(
+                redis::cmd("PUBLISH")
+                    .arg(&self.channel.name)
+                    .arg(hash.to_hex())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a dedicated connection subscribed to the invalidation channel. Connecting and
+    /// subscribing are bounded together by `store.redis.timeout`, but never by less than one
+    /// second (as the store's own connection attempts).
+    pub async fn subscribe_invalidations(&self) -> Result<InvalidationFeed, StoreError> {
+        let limit = self.timeout.max(MIN_CONNECT_TIMEOUT);
+        let subscribe = async {
+            let mut pubsub = self.channel.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel.name).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(limit, subscribe).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return Err(redis_err(&e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis did not accept a subscription within {} ms",
+                    limit.as_millis()
+                )));
+            }
+        };
+        let (sink, messages) = pubsub.split();
+        Ok(InvalidationFeed {
+            sink,
+            messages,
+            ping_timeout: limit,
+        })
+    }
+
+    /// Counters and state of the invalidation channel, shared by the publisher and the
+    /// subscriber of this store.
+    pub fn invalidation_stats(&self) -> &InvalidationStats {
+        &self.channel.stats
+    }
+}
+
+/// One message of the invalidation channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationMessage {
+    /// Drop this keyed hash.
+    Key(SecretHash),
+    /// Not a message this version can read (e.g. one of a newer format).
+    Unreadable,
+}
+
+impl InvalidationMessage {
+    /// Reads a message's payload (see the module docs for the format).
+    pub fn parse(payload: &[u8]) -> InvalidationMessage {
+        std::str::from_utf8(payload)
+            .ok()
+            // Only lowercase: `from_hex` takes either case, the format is one of them.
+            .filter(|text| !text.bytes().any(|b| b.is_ascii_uppercase()))
+            .and_then(SecretHash::from_hex)
+            .map_or(InvalidationMessage::Unreadable, InvalidationMessage::Key)
+    }
+}
+
+/// A connection subscribed to the invalidation channel, from
+/// [`RedisStore::subscribe_invalidations`]. Dropping it closes the connection.
+pub struct InvalidationFeed {
+    sink: PubSubSink,
+    messages: PubSubStream,
+    ping_timeout: Duration,
+}
+
+impl InvalidationFeed {
+    /// The next message, or `None` once the connection is gone (closed by the server, an I/O
+    /// error, Redis restarted). Cancel-safe: no message is lost if the call is dropped.
+    pub async fn next(&mut self) -> Option<InvalidationMessage> {
+        use futures_util::StreamExt as _;
+        let message = self.messages.next().await?;
+        Some(InvalidationMessage::parse(message.get_payload_bytes()))
+    }
+
+    /// A liveness check that runs until the connection stops answering: a `PING` every
+    /// `every`, each bounded like the subscription itself. A connection that dies without a
+    /// word (a network partition, a host gone) ends no stream, so without this the feed would
+    /// wait forever while messages are lost. Resolves to why the connection is deemed dead.
+    pub fn heartbeat(&self, every: Duration) -> impl Future<Output = StoreError> + Send + 'static {
+        let mut sink = self.sink.clone();
+        let timeout = self.ping_timeout;
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return redis_err(&e),
+                    Err(_) => {
+                        return StoreError::Unavailable(format!(
+                            "redis did not answer PING within {} ms",
+                            timeout.as_millis()
+                        ));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -128,21 +128,29 @@ impl TestGateway {
             Backend::Embedded => None,
         };
         let store = match &redis {
-            Some(r) => format!(
-                "store: {{ backend: redis, redis: {{ url: \"{}\", timeout: 200ms }} }}",
-                r.url()
-            ),
+            Some(r) => redis_store(r),
             None => format!(
                 "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
                 dir.path().join("keygate.redb").display()
             ),
         };
-        let upstreams = format!(
-            "upstreams: {{ app: {{ url: \"{}\", connect_timeout: 1s, timeout: 5s }} }}",
-            upstream.url()
-        );
-        let config = config_from(&[BASE_CONFIG, &store, &upstreams, overlay]);
+        let config = config_from(&[BASE_CONFIG, &store, &upstream_config(&upstream), overlay]);
         Self::start_with(config, upstream, redis, dir).await
+    }
+
+    /// Another gateway instance over a redis-server the test owns (and may stop and restart),
+    /// with its own upstream and listeners: for scenarios where several instances share one
+    /// store. The base config plus `overlay`, as for [`TestGateway::start`].
+    pub async fn start_on_redis(redis: &RedisServer, overlay: &str) -> TestGateway {
+        let upstream = TestUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config_from(&[
+            BASE_CONFIG,
+            &redis_store(redis),
+            &upstream_config(&upstream),
+            overlay,
+        ]);
+        Self::start_with(config, upstream, None, dir).await
     }
 
     async fn start_with(
@@ -316,6 +324,22 @@ impl Drop for TestGateway {
             task.abort();
         }
     }
+}
+
+/// The `store:` overlay for a harness redis-server.
+fn redis_store(redis: &RedisServer) -> String {
+    format!(
+        "store: {{ backend: redis, redis: {{ url: \"{}\", timeout: 200ms }} }}",
+        redis.url()
+    )
+}
+
+/// The `upstreams:` overlay naming the test upstream `app`.
+fn upstream_config(upstream: &TestUpstream) -> String {
+    format!(
+        "upstreams: {{ app: {{ url: \"{}\", connect_timeout: 1s, timeout: 5s }} }}",
+        upstream.url()
+    )
 }
 
 /// A config from the base text and overlays, parsed by the real parser.

@@ -1,0 +1,270 @@
+//! Cross-instance cache invalidation (SPEC §4, "revocation is immediate everywhere"): every change
+//! to a key is published on the store's invalidation channel, and every instance sharing the
+//! store drops the key from its hot cache when the message arrives. The channel and its message
+//! format belong to the Redis layout (`store::redis`); this module owns what the cache does with
+//! them.
+//!
+//! - **Publishing**, [`invalidate_everywhere`]: after the store write, the key is dropped from
+//!   this instance's cache (so its very next request sees the change), then one message per
+//!   keyed hash goes out, bounded by the store timeout. [`crate::control::KeyManager`] calls it
+//!   for every change it makes (create, update, revoke, delete; a rotation is a create and an
+//!   update), and the request path after upgrading a SHA-256 import's hash.
+//! - **A missed message**: a publish that fails is logged and counted, never turned into an
+//!   error, since the change is stored already. An instance that never hears of it keeps serving
+//!   its cached record until the entry's `cache.ttl` runs out, then re-reads the store: `ttl` is
+//!   the bound on how long a change can go unseen when the channel fails.
+//! - **Subscribing**, [`Subscriber`]: one background task per instance, on a connection of its
+//!   own, drops each hash it is told of. Its own messages come back too, which costs a second
+//!   (harmless) invalidation. A fill that races a message cannot put the old record back: the
+//!   message bumps the hash's generation, see [`KeyCache`].
+//! - **A lost subscription** (connection closed, Redis restarted, no answer to the heartbeat):
+//!   messages may have been missed, so every cached entry is marked stale
+//!   ([`KeyCache::mark_all_stale`]) at once and again on resubscribing (which is retried with
+//!   backoff), for whatever was published in between. A stale entry is re-read from the store
+//!   on its next use. It is not dropped: while the store is unreachable (the usual reason the
+//!   channel is lost) it serves within `cache.max_stale`, so an outage keeps the documented
+//!   degraded mode rather than failing every key at once.
+//!
+//! The embedded backend serves one node: nothing is published and no subscriber runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::Store;
+use super::cache::KeyCache;
+use super::redis::{InvalidationFeed, InvalidationMessage};
+use crate::keys::{HashScheme, KeyRecord};
+
+/// First wait before subscribing again after a failure: short, so that a Redis restart costs
+/// little more than the restart.
+const RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
+/// Longest wait between subscription attempts.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+/// How often a quiet subscription is checked for life. It bounds, with the ping timeout, how
+/// long a silently dead connection (no FIN, no RST) goes unnoticed.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counters and state of one store's invalidation channel, for metrics, readiness and tests.
+#[derive(Debug, Default)]
+pub struct InvalidationStats {
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Publishes that failed (other instances see those changes within `cache.ttl`).
+    pub publish_failures: AtomicU64,
+    /// Messages received and applied to the cache.
+    pub received: AtomicU64,
+    /// Messages received that could not be read (each one marks the whole cache stale).
+    pub unreadable: AtomicU64,
+    /// Times the subscription was lost after being established.
+    pub subscription_losses: AtomicU64,
+    /// Subscriptions established, the first one included.
+    pub subscriptions: AtomicU64,
+    /// Whether the subscriber is subscribed right now.
+    pub subscribed: AtomicBool,
+}
+
+impl InvalidationStats {
+    /// Whether the subscriber is subscribed right now.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+}
+
+/// Drops a changed key from this instance's cache, then tells the other instances to do the
+/// same. Call it after the store write that changed the key, and after creating a key (to drop
+/// negative entries of its hash).
+pub async fn invalidate_everywhere(cache: &KeyCache<Store>, key: &KeyRecord) {
+    cache.invalidate(&key.hash).await;
+    // A SHA-256 import is read from the store uncached, by its digest: no cache anywhere holds
+    // it under that hash, and the digest is not worth putting on the wire. Its keyed hash is
+    // published when its first use upgrades it.
+    if key.hash_scheme != HashScheme::KeyedBlake3 {
+        return;
+    }
+    let store = cache.store();
+    let Some(stats) = store.invalidation_stats() else {
+        return;
+    };
+    match store.publish_invalidation(&key.hash).await {
+        Ok(()) => {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+            // Not an error for the caller: the change is stored. Other instances that cached the
+            // key keep the old record until their entry's `cache.ttl` runs out.
+            tracing::warn!(
+                error = %e,
+                key_id = %key.id,
+                "invalidation not published; other instances may serve the old record for up to cache.ttl"
+            );
+        }
+    }
+}
+
+/// The background task that applies other instances' invalidations to this instance's cache.
+/// Stopped by [`Subscriber::stop`] or by dropping it.
+pub struct Subscriber {
+    cache: Arc<KeyCache<Store>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Subscriber {
+    /// Starts subscribing for `cache` if its store is shared (Redis); on the embedded backend
+    /// this does nothing. Needs a Tokio runtime.
+    pub fn start(cache: Arc<KeyCache<Store>>) -> Subscriber {
+        let task = matches!(cache.store().as_ref(), Store::Redis(_))
+            .then(|| tokio::spawn(run(cache.clone())));
+        Subscriber { cache, task }
+    }
+
+    /// Stops the task and waits until it has stopped (its connection is closed then).
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            // Aborting is safe at any await: the task holds nothing but its connection and
+            // the cache, which every step leaves consistent.
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(stats) = self.cache.store().invalidation_stats() {
+            stats.subscribed.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // Whoever owned it went away without `stop` (e.g. the serving future was dropped): the
+        // task must not outlive it, reconnecting forever.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Subscribes, applies messages until the subscription is lost, and subscribes again, for ever.
+async fn run(cache: Arc<KeyCache<Store>>) {
+    let Store::Redis(store) = cache.store().as_ref() else {
+        return;
+    };
+    let stats = store.invalidation_stats();
+    let mut delay = RETRY_MIN_DELAY;
+    let mut failures = 0u32;
+    loop {
+        match store.subscribe_invalidations().await {
+            Ok(mut feed) => {
+                // Whatever was published before now, since the last subscription (or since the
+                // start: requests may have filled the cache before this), may have been missed.
+                cache.mark_all_stale();
+                stats.subscribed.store(true, Ordering::Release);
+                let resubscribed = stats.subscriptions.fetch_add(1, Ordering::Relaxed) > 0;
+                if resubscribed {
+                    tracing::info!("invalidation channel subscribed again; cached keys re-read");
+                } else {
+                    tracing::debug!("invalidation channel subscribed");
+                }
+                delay = RETRY_MIN_DELAY;
+                failures = 0;
+
+                let why = listen(&cache, stats, &mut feed).await;
+                drop(feed);
+                cache.mark_all_stale();
+                stats.subscribed.store(false, Ordering::Release);
+                stats.subscription_losses.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    reason = %why,
+                    "invalidation channel lost; cached keys are re-read before use, resubscribing"
+                );
+            }
+            Err(e) => {
+                failures += 1;
+                // One warning per streak: an outage would otherwise log every second.
+                if failures == 1 {
+                    tracing::warn!(error = %e, "cannot subscribe to the invalidation channel; retrying");
+                } else {
+                    tracing::debug!(error = %e, failures, "invalidation channel still unavailable");
+                }
+            }
+        }
+        tokio::time::sleep(with_jitter(delay)).await;
+        delay = (delay * 2).min(RETRY_MAX_DELAY);
+    }
+}
+
+/// Applies messages until the feed ends or stops answering; returns why.
+async fn listen(
+    cache: &KeyCache<Store>,
+    stats: &InvalidationStats,
+    feed: &mut InvalidationFeed,
+) -> String {
+    let heartbeat = feed.heartbeat(HEARTBEAT_INTERVAL);
+    tokio::pin!(heartbeat);
+    loop {
+        tokio::select! {
+            dead = &mut heartbeat => return dead.to_string(),
+            message = feed.next() => match message {
+                Some(InvalidationMessage::Key(hash)) => {
+                    cache.invalidate(&hash).await;
+                    // Release: whoever reads the count sees the invalidation done.
+                    stats.received.fetch_add(1, Ordering::Release);
+                }
+                Some(InvalidationMessage::Unreadable) => {
+                    // It may name any key (a newer format during a rolling upgrade, say): trust
+                    // nothing cached. The payload stays out of the log, whatever it holds.
+                    cache.mark_all_stale();
+                    stats.unreadable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("unreadable invalidation message; cached keys re-read");
+                }
+                None => return "connection closed".to_owned(),
+            },
+        }
+    }
+}
+
+/// `delay` plus up to half of it again at random, so that instances that lost Redis together
+/// do not all come back in the same instant.
+fn with_jitter(delay: Duration) -> Duration {
+    let mut bytes = [0u8; 4];
+    // Without randomness the plain delay is fine: jitter is a courtesy to the server.
+    let r = getrandom::fill(&mut bytes).map_or(0, |()| u32::from_le_bytes(bytes));
+    delay + delay.mul_f64(f64::from(r) / f64::from(u32::MAX) / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretHash;
+
+    #[test]
+    fn messages_are_lowercase_hash_hex_and_nothing_else() {
+        let hash = SecretHash([0xab; 32]);
+        assert_eq!(
+            InvalidationMessage::parse(hash.to_hex().as_bytes()),
+            InvalidationMessage::Key(hash)
+        );
+        for bad in [
+            &b""[..],
+            b"not a hash",
+            hash.to_hex().to_uppercase().as_bytes(),
+            &hash.to_hex().as_bytes()[..63],
+            format!("{}0", hash.to_hex()).as_bytes(),
+            &[0xff; 64],
+        ] {
+            assert_eq!(
+                InvalidationMessage::parse(bad),
+                InvalidationMessage::Unreadable
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_adds_at_most_half() {
+        for _ in 0..100 {
+            let d = with_jitter(Duration::from_millis(100));
+            assert!((Duration::from_millis(100)..=Duration::from_millis(150)).contains(&d));
+        }
+    }
+}
