@@ -122,7 +122,7 @@ impl KeyManager {
     ) -> Result<(KeyRecord, Secret), StoreError> {
         let secret = self.format.generate();
         let prefix = self.format.display_prefix(&secret);
-        let record = self.record(new, &secret, prefix);
+        let record = self.record(new, self.keyed(&secret), prefix);
         self.store()
             .create(&record, max_active, OffsetDateTime::now_utc())
             .await?;
@@ -144,13 +144,10 @@ impl KeyManager {
                     Shape::Native => self.format.display_prefix(&secret),
                     Shape::Foreign | Shape::Malformed => keys::foreign_display_prefix(&secret),
                 };
-                self.record(new, &secret, prefix)
+                self.record(new, self.keyed(&secret), prefix)
             }
             ImportedSecret::Sha256 { digest, prefix } => {
-                let mut record = self.record(new, &Secret::new(String::new()), prefix);
-                record.hash = digest;
-                record.hash_scheme = HashScheme::Sha256;
-                record
+                self.record(new, (digest, HashScheme::Sha256), prefix)
             }
         };
         self.store()
@@ -160,7 +157,16 @@ impl KeyManager {
         Ok(record)
     }
 
-    fn record(&self, new: NewKey, secret: &Secret, prefix: String) -> KeyRecord {
+    fn keyed(&self, secret: &Secret) -> (SecretHash, HashScheme) {
+        (self.hasher.hash(secret.expose()), HashScheme::KeyedBlake3)
+    }
+
+    fn record(
+        &self,
+        new: NewKey,
+        (hash, hash_scheme): (SecretHash, HashScheme),
+        prefix: String,
+    ) -> KeyRecord {
         let now = now_ms();
         KeyRecord {
             id: KeyId::generate(),
@@ -168,8 +174,8 @@ impl KeyManager {
             name: new.name,
             description: new.description,
             prefix,
-            hash: self.hasher.hash(secret.expose()),
-            hash_scheme: HashScheme::KeyedBlake3,
+            hash,
+            hash_scheme,
             scopes: new.scopes,
             role: new.role,
             ip_allowlist: new.ip_allowlist,
