@@ -20,6 +20,7 @@ use moka::ops::compute::{CompResult, Op};
 use super::{KeyStore, StoreError};
 use crate::config::CacheConfig;
 use crate::keys::{KeyRecord, SecretHash};
+use crate::metrics::{StoreMetrics, StoreOp};
 
 /// Generation shards. A bump forces a re-read of 1/SHARDS of the cached keys: cheap, since
 /// changes to keys are rare next to lookups, and bounded memory unlike a per-key map.
@@ -98,6 +99,7 @@ pub struct KeyCache<S> {
     generations: Box<[AtomicU64]>,
     ttl: Duration,
     stats: CacheStats,
+    store_metrics: StoreMetrics,
 }
 
 impl<S: KeyStore> KeyCache<S> {
@@ -116,7 +118,14 @@ impl<S: KeyStore> KeyCache<S> {
             generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             ttl: config.ttl,
             stats: CacheStats::default(),
+            store_metrics: StoreMetrics::default(),
         }
+    }
+
+    /// Records the latency and errors of this cache's store lookups in `metrics`.
+    pub fn with_store_metrics(mut self, metrics: StoreMetrics) -> Self {
+        self.store_metrics = metrics;
+        self
     }
 
     /// The store behind the cache.
@@ -166,7 +175,10 @@ impl<S: KeyStore> KeyCache<S> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         // Read the generation before the store: a write that lands after this read bumps it.
         let generation = self.generation(hash).load(Ordering::Acquire);
-        let record = self.store.get_by_hash(hash).await?;
+        let record = self
+            .store_metrics
+            .time(StoreOp::GetByHash, self.store.get_by_hash(hash))
+            .await?;
         Ok(Entry {
             record: record.map(Arc::new),
             generation,
