@@ -50,8 +50,7 @@ pub const DEFAULT_REQUEST_LOG_MAX: usize = 1000;
 /// absorb scheduling hiccups: about a second of traffic at 64k requests/s, ~7 MiB when full.
 pub const DEFAULT_USAGE_QUEUE_CAPACITY: NonZeroUsize = NonZeroUsize::new(65_536).expect("not 0");
 /// Default number of distinct keys whose usage the flusher holds while the store is unreachable.
-pub const DEFAULT_USAGE_MAX_PENDING_KEYS: NonZeroUsize =
-    NonZeroUsize::new(100_000).expect("not 0");
+pub const DEFAULT_USAGE_MAX_PENDING_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).expect("not 0");
 /// Default `max_active_keys` of a workspace.
 pub const DEFAULT_MAX_ACTIVE_KEYS: u32 = 5;
 

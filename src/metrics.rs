@@ -354,9 +354,7 @@ fn to_prometheus_text(openmetrics: &str) -> String {
         let declared = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
             let rest = line.strip_prefix(tag)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(&name)
-                .then_some((*tag, name, tail))
+            counters.contains(&name).then_some((*tag, name, tail))
         });
         match declared {
             Some((tag, name, tail)) => {
@@ -415,8 +413,9 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     fn register(registry: &mut Registry) -> StoreMetrics {
-        let durations =
-            Family::<OpLabels, Histogram, _>::new_with_constructor(|| Histogram::new(STORE_BUCKETS));
+        let durations = Family::<OpLabels, Histogram, _>::new_with_constructor(|| {
+            Histogram::new(STORE_BUCKETS)
+        });
         registry.register(
             "keygate_store_duration_seconds",
             "Store calls of the data plane and the usage flusher, by operation",
@@ -483,7 +482,7 @@ pub struct UsageMetrics {
     pub written: Counter,
     /// Flushes that failed and will be retried.
     pub flush_failures: Counter,
-    /// Keys with usage not yet written.
+    /// Keys with usage not yet written (buffered or being written).
     pub pending_keys: Gauge,
     /// Uses queued for the flusher, as of its last look.
     pub queue_depth: Gauge,
@@ -524,7 +523,7 @@ impl UsageMetrics {
         );
         registry.register(
             "keygate_usage_pending_keys",
-            "Keys whose usage is buffered and not yet written",
+            "Keys whose usage is buffered or being written, not yet stored",
             m.pending_keys.clone(),
         );
         registry.register(

@@ -485,7 +485,9 @@ impl Pending {
             );
         }
         self.keys.insert(k.key.id.clone(), k);
-        self.metrics.pending_keys.set(gauge(self.keys.len()));
+        self.metrics
+            .pending_keys
+            .set(gauge(self.keys.len() + self.in_flight_keys));
     }
 
     /// Hands everything to a write.
@@ -698,17 +700,33 @@ mod tests {
             latency_ms: 1.0,
         };
         assert_eq!(
-            push_log(&mut logs, entry("/1"), 10, MAX_BUFFERED_LOG_ENTRIES, &metrics),
+            push_log(
+                &mut logs,
+                entry("/1"),
+                10,
+                MAX_BUFFERED_LOG_ENTRIES,
+                &metrics
+            ),
             0
         );
         assert!(logs.is_empty(), "a key without entries drops the new one");
         assert_eq!(push_log(&mut logs, entry("/1"), 10, 0, &metrics), 1);
         assert_eq!(
-            push_log(&mut logs, entry("/2"), 10, MAX_BUFFERED_LOG_ENTRIES, &metrics),
+            push_log(
+                &mut logs,
+                entry("/2"),
+                10,
+                MAX_BUFFERED_LOG_ENTRIES,
+                &metrics
+            ),
             0
         );
         let kept: Vec<&str> = logs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(kept, ["/2"], "a full buffer replaces the key's own oldest entry");
+        assert_eq!(
+            kept,
+            ["/2"],
+            "a full buffer replaces the key's own oldest entry"
+        );
         assert_eq!(metrics.log_entries_dropped.get(), 2);
     }
 }
