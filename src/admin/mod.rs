@@ -2,8 +2,8 @@
 //! document, the liveness and readiness probes and the Prometheus metrics. Never reachable
 //! through the proxy listener.
 //!
-//! Every call runs: request id → probes, metrics and the OpenAPI document (no caller needed) → caller
-//! authentication ([`caller`]) → route → the handler in [`handlers`], which checks the
+//! Every call runs: request id → probes, metrics and the OpenAPI document (no caller needed) →
+//! caller authentication ([`caller`]) → route → the handler in [`handlers`], which checks the
 //! workspace, the permission and the body, acts through [`KeyManager`], and writes the audit
 //! log. Refusals are [`AdminError`]s, turned into the documented JSON in one place.
 
