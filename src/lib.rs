@@ -17,7 +17,10 @@
 //! - [`store`] — the key index (`KeyStore`: embedded redb or Redis), its hot cache, and the
 //!   invalidation channel that keeps the caches of instances sharing Redis in step.
 //! - [`control`] — key lifecycle operations (write the store, then invalidate the cache).
-//! - [`admin`] — the admin listener: admin API, OpenAPI document, health and readiness.
+//! - [`admin`] — the admin listener: admin API, OpenAPI document, health and readiness, metrics.
+//! - [`usage`] — usage counts and request logs: recorded off the request path, written in
+//!   batches, drained on shutdown.
+//! - [`metrics`] — the Prometheus registry and its typed handles.
 //! - [`telemetry`] — logging.
 //!
 
@@ -27,20 +30,23 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::control::KeyManager;
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::store::cache::KeyCache;
 use crate::store::{Store, StoreError};
@@ -90,21 +96,38 @@ pub struct App {
     store: Arc<Store>,
     gateway: Arc<Gateway>,
     keys: KeyManager,
+    metrics: Metrics,
+    /// Started by the first [`App::serve`].
+    flusher: Mutex<Option<usage::Flusher>>,
 }
 
 impl App {
     /// Opens the store and builds the data plane for a validated config.
     pub async fn new(config: Config) -> Result<App, StartError> {
+        let metrics = Metrics::new();
         let store = Arc::new(Store::open(&config.store).await?);
-        let cache = Arc::new(KeyCache::new(store.clone(), &config.cache));
-        let gateway = Arc::new(Gateway::new(&config, cache.clone()));
+        let cache = Arc::new(
+            KeyCache::new(store.clone(), &config.cache).with_store_metrics(metrics.store().clone()),
+        );
+        metrics.observe_cache(cache.clone());
+        let (recorder, flusher) = usage::channel(&config, store.clone(), metrics.clone());
+        let gateway = Arc::new(
+            Gateway::new(&config, cache.clone()).with_telemetry(recorder, metrics.clone()),
+        );
         let keys = KeyManager::new(cache, gateway.format().clone(), gateway.hasher().clone());
         Ok(App {
             config: Arc::new(config),
             store,
             gateway,
             keys,
+            metrics,
+            flusher: Mutex::new(Some(flusher)),
         })
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The key index.
@@ -123,7 +146,8 @@ impl App {
     }
 
     /// Serves both listeners until `shutdown` completes, then stops accepting and drains
-    /// in-flight requests for up to `shutdown_timeout`.
+    /// in-flight requests for up to `shutdown_timeout`; then writes the buffered usage (for up
+    /// to `shutdown_timeout` more).
     pub async fn serve(
         &self,
         listeners: Listeners,
@@ -135,6 +159,13 @@ impl App {
         };
         // Other instances' changes reach this cache for as long as it serves, drain included.
         let invalidations = store::invalidation::Subscriber::start(self.gateway.keys().clone());
+        // The usage flusher runs while serving (and only once, if serve is called again).
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(usage::Flusher::spawn);
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
 
@@ -183,6 +214,10 @@ impl App {
             _ = tokio::time::sleep(timeout) => {
                 tracing::warn!(?timeout, "shutdown_timeout reached; closing remaining connections");
             }
+        }
+        // After the drain, so every answered request has been recorded.
+        if let Some(flusher) = flusher {
+            flusher.finish().await;
         }
         invalidations.stop().await;
         Ok(())

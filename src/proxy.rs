@@ -1,6 +1,6 @@
 //! The data plane's one ordering of stages, read top to bottom in [`Gateway::handle`]:
 //! request id → route → credential → key lookup (cache, then store) → revoked → expired →
-//! client IP allowlist → scopes → forward → access log.
+//! client IP allowlist → scopes → forward → access log, metrics and usage.
 //!
 //! Each stage returns early with a [`Reject`]; only `error.rs` turns it into a response.
 
@@ -25,9 +25,11 @@ use crate::auth::{self, CredentialSources};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::keys::{KeyRecord, SecretFormat, SecretHash, SecretHasher, Shape};
+use crate::metrics::{Metrics, StoreOp};
 use crate::route::{CompiledRoute, Router};
 use crate::store::cache::{KeyCache, Lookup};
 use crate::store::{KeyStore, Store, StoreError};
+use crate::usage::Recorder;
 use upstream::{Forwarding, Upstream};
 
 /// Response body of the proxy: a small JSON error, or the upstream's body streamed through.
@@ -73,6 +75,8 @@ pub struct Gateway {
     forwarding: Forwarding,
     access_log: bool,
     ids: RequestIds,
+    usage: Recorder,
+    metrics: Metrics,
 }
 
 impl Gateway {
@@ -108,7 +112,22 @@ impl Gateway {
             forwarding: Forwarding::new(config),
             access_log: config.log.access,
             ids: RequestIds::new(),
+            usage: Recorder::disabled(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Records usage through `usage` and counts requests in `metrics` (without this, usage is not
+    /// recorded and the metrics are not exported).
+    pub fn with_telemetry(mut self, usage: Recorder, metrics: Metrics) -> Self {
+        self.usage = usage;
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this gateway records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The key cache (for the control plane's invalidations and for metrics).
@@ -136,6 +155,7 @@ impl Gateway {
         let (mut response, key, client_ip, upstream_time) =
             match self.authorize(&req, conn.peer.ip()).await {
                 Err(reject) => {
+                    self.metrics.request_refused(&reject);
                     let ip = auth::client_ip(conn.peer.ip(), req.headers(), &self.trusted);
                     (
                         reject.to_response(&request_id).map(Either::Left),
@@ -158,8 +178,14 @@ impl Gateway {
                         .forward(req, &decision, &scopes, upstream, conn, &request_id)
                         .await
                     {
-                        Ok(r) => r.map(Either::Right),
-                        Err(reject) => reject.to_response(&request_id).map(Either::Left),
+                        Ok(r) => {
+                            self.metrics.request_forwarded(r.status());
+                            r.map(Either::Right)
+                        }
+                        Err(reject) => {
+                            self.metrics.request_refused(&reject);
+                            reject.to_response(&request_id).map(Either::Left)
+                        }
                     };
                     (response, key, client_ip, Some(sent.elapsed()))
                 }
@@ -167,6 +193,8 @@ impl Gateway {
         response
             .headers_mut()
             .insert(X_REQUEST_ID, request_id.clone());
+        let latency = started.elapsed();
+        self.metrics.request_timing(latency, upstream_time);
         if self.access_log {
             log_access(
                 &request_id,
@@ -175,9 +203,14 @@ impl Gateway {
                 &response,
                 key.as_deref(),
                 client_ip,
-                started.elapsed(),
+                latency,
                 upstream_time,
             );
+        }
+        // Only requests that passed every check carry a key here: those are the uses.
+        if let Some(key) = key {
+            self.usage
+                .record(key, &method, path, response.status(), client_ip, latency);
         }
         response
     }
@@ -264,11 +297,18 @@ impl Gateway {
         }
         let store = self.keys.store();
         let digest = SecretHash(Sha256::digest(secret.as_bytes()).into());
-        let Some(legacy) = store.get_by_sha256(&digest).await? else {
+        let timed = self.metrics.store();
+        let Some(legacy) = timed
+            .time(StoreOp::GetBySha256, store.get_by_sha256(&digest))
+            .await?
+        else {
             return Ok(None);
         };
-        let upgraded = store
-            .upgrade_hash(&legacy.workspace, &legacy.id, &hash)
+        let upgraded = timed
+            .time(
+                StoreOp::UpgradeHash,
+                store.upgrade_hash(&legacy.workspace, &legacy.id, &hash),
+            )
             .await?;
         // The miss above cached this hash as unknown, here and maybe on other instances.
         crate::store::invalidation::invalidate_everywhere(&self.keys, &upgraded).await;

@@ -498,6 +498,10 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
     let created = gw.admin_create("acme", json!({"name": "audited"})).await;
     let id = created["id"].as_str().unwrap();
     let path = format!("/v1/workspaces/acme/keys/{id}");
+    // Audit logs order entries by millisecond, then by id (random within one millisecond): one
+    // action per millisecond keeps the expected order.
+    let next_ms = || tokio::time::sleep(std::time::Duration::from_millis(2));
+    next_ms().await;
     gw.admin(
         Method::PATCH,
         &path,
@@ -505,6 +509,7 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
         Some(json!({"name": "renamed"})),
     )
     .await;
+    next_ms().await;
     gw.admin(
         Method::POST,
         &format!("{path}/revoke"),
@@ -512,7 +517,9 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
         None,
     )
     .await;
+    next_ms().await;
     gw.admin(Method::DELETE, &path, Some(OPS_TOKEN), None).await;
+    next_ms().await;
     let refused = gw
         .admin(
             Method::GET,

@@ -1,8 +1,9 @@
 //! The admin listener: the admin API under `/v1` (see `docs/admin-api.md`), its OpenAPI
-//! document, and the liveness and readiness probes. Never reachable through the proxy listener.
+//! document, the liveness and readiness probes and the Prometheus metrics. Never reachable
+//! through the proxy listener.
 //!
-//! Every call runs: request id → probes and the OpenAPI document (no caller needed) → caller
-//! authentication ([`caller`]) → route → the handler in [`handlers`], which checks the
+//! Every call runs: request id → probes, metrics and the OpenAPI document (no caller needed) →
+//! caller authentication ([`caller`]) → route → the handler in [`handlers`], which checks the
 //! workspace, the permission and the body, acts through [`KeyManager`], and writes the audit
 //! log. Refusals are [`AdminError`]s, turned into the documented JSON in one place.
 
@@ -14,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use time::OffsetDateTime;
@@ -356,6 +357,15 @@ impl Admin {
             ["readyz"] => {
                 get_only(&method)?;
                 return Ok(self.readiness().await);
+            }
+            ["metrics"] => {
+                get_only(&method)?;
+                let openmetrics = crate::metrics::wants_openmetrics(req.headers().get(ACCEPT));
+                let (text, content_type) = state.gateway.metrics().render(openmetrics);
+                let mut r = Response::new(Full::new(Bytes::from(text)));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                return Ok(r);
             }
             ["v1", "openapi.json"] => {
                 get_only(&method)?;

@@ -24,6 +24,7 @@ use moka::ops::compute::{CompResult, Op};
 use super::{KeyStore, StoreError};
 use crate::config::CacheConfig;
 use crate::keys::{KeyRecord, SecretHash};
+use crate::metrics::{StoreMetrics, StoreOp};
 
 /// Generation shards. A bump forces a re-read of 1/SHARDS of the cached keys: cheap, since
 /// changes to keys are rare next to lookups, and bounded memory unlike a per-key map.
@@ -106,6 +107,7 @@ pub struct KeyCache<S> {
     epoch: AtomicU64,
     ttl: Duration,
     stats: CacheStats,
+    store_metrics: StoreMetrics,
 }
 
 impl<S: KeyStore> KeyCache<S> {
@@ -125,7 +127,14 @@ impl<S: KeyStore> KeyCache<S> {
             epoch: AtomicU64::new(0),
             ttl: config.ttl,
             stats: CacheStats::default(),
+            store_metrics: StoreMetrics::default(),
         }
+    }
+
+    /// Records the latency and errors of this cache's store lookups in `metrics`.
+    pub fn with_store_metrics(mut self, metrics: StoreMetrics) -> Self {
+        self.store_metrics = metrics;
+        self
     }
 
     /// The store behind the cache.
@@ -184,7 +193,10 @@ impl<S: KeyStore> KeyCache<S> {
         // channel) after these reads bumps them, so this entry cannot hide it.
         let generation = self.generation(hash).load(Ordering::Acquire);
         let epoch = self.epoch.load(Ordering::Acquire);
-        let record = self.store.get_by_hash(hash).await?;
+        let record = self
+            .store_metrics
+            .time(StoreOp::GetByHash, self.store.get_by_hash(hash))
+            .await?;
         Ok(Entry {
             record: record.map(Arc::new),
             generation,

@@ -121,12 +121,22 @@ pub struct TestGateway {
 impl TestGateway {
     /// A gateway on `backend` with the base config plus `overlay` (YAML, may be empty).
     pub async fn start(backend: Backend, overlay: &str) -> TestGateway {
-        let upstream = TestUpstream::start().await;
-        let dir = tempfile::tempdir().expect("temp dir");
         let redis = match backend {
             Backend::Redis => Some(RedisServer::start()),
             Backend::Embedded => None,
         };
+        Self::start_on(redis, overlay).await
+    }
+
+    /// A gateway that owns this redis-server (e.g. one with persistence, which the test stops
+    /// and restarts through `gw.redis`), with the base config plus `overlay`.
+    pub async fn start_owning_redis(redis: RedisServer, overlay: &str) -> TestGateway {
+        Self::start_on(Some(redis), overlay).await
+    }
+
+    async fn start_on(redis: Option<RedisServer>, overlay: &str) -> TestGateway {
+        let upstream = TestUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
         let store = match &redis {
             Some(r) => redis_store(r),
             None => format!(

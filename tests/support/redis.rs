@@ -1,6 +1,7 @@
 //! A real `redis-server` per test: on a free loopback port, in its own temporary directory,
-//! without persistence, stopped (and restartable on the same port) on demand and killed on drop.
-//! Tests never touch a system Redis or a fixed port.
+//! without persistence (or, from [`RedisServer::start_persistent`], with an append-only file in
+//! that directory, so that a stop and a start keep the data), stopped (and restartable on the
+//! same port) on demand and killed on drop. Tests never touch a system Redis or a fixed port.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -18,16 +19,29 @@ pub(crate) struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub(crate) fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Like [`RedisServer::start`], with every write in an append-only file (fsynced at once)
+    /// in the server's own directory: [`RedisServer::stop_gracefully`] then
+    /// [`RedisServer::start_again`] is a Redis restart that keeps the data.
+    pub(crate) fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let mut server = RedisServer {
             port: 0,
             dir,
             child: None,
+            persistent,
         };
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
@@ -63,6 +77,31 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM: it finishes the commands it has read,
+    /// syncs its append-only file and exits) and waits for it to exit.
+    pub(crate) fn stop_gracefully(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "redis-server did not stop on SIGTERM; its log:\n{}",
+            self.log()
+        );
+    }
+
     /// Starts the server again on the same port, for outage tests.
     pub(crate) fn start_again(&mut self) {
         assert!(self.child.is_none(), "start_again needs a stopped server");
@@ -76,11 +115,16 @@ impl RedisServer {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let appendonly: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(appendonly)
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())

@@ -1,0 +1,732 @@
+//! Usage counts (`usage_count`, `last_used_at`) and request logs, kept off the request path.
+//!
+//! The request path calls [`Recorder::record`], which `try_send`s one small message on a bounded
+//! queue and never waits: a full queue (or a stopped flusher) drops the use and counts it in
+//! `keygate_usage_dropped_total`. The [`Flusher`] task drains the queue continuously, aggregates
+//! per key (a count, the latest use, the newest `usage.request_log.max_per_key` log entries) and
+//! every `usage.flush_interval` writes the batch with [`KeyStore::add_usage`] and
+//! [`KeyStore::append_request_logs`]. The write runs beside the draining, so a slow store never
+//! backs the queue up.
+//!
+//! **What counts as a use**: a request of a known key that passed every check (route, key status,
+//! expiry, IP allowlist, scopes, and the rate limit and quota where configured) and was forwarded,
+//! whatever the upstream answered, including 502/504 when it could not be reached: exactly the
+//! requests that spend quota. Refused requests are neither counted nor logged. Public routes
+//! carry no key and count nothing.
+//!
+//! **Store outages**: a failed write keeps what it held and retries on the next tick, so nothing
+//! is lost while the store is down. Memory stays bounded: one entry per distinct key (at most
+//! `usage.max_pending_keys`; uses of further keys are dropped and counted), at most
+//! `max_per_key` log entries per key and [`MAX_BUFFERED_LOG_ENTRIES`] in all.
+//!
+//! **Shutdown** (after the listeners drained): intake stops (later uses count as
+//! `queue_closed`), the queue is drained, and the flusher writes until everything is stored or
+//! `shutdown_timeout` has passed, so counts are exact after a clean stop.
+//!
+//! A store write that times out after the store applied it is retried and counted twice: counts
+//! are at least once under an ambiguous failure, never lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{Method, StatusCode};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::Config;
+use crate::keys::{KeyId, KeyRecord};
+use crate::metrics::{Metrics, StoreOp, UsageDrop, UsageMetrics};
+use crate::store::{KeyStore, RequestLogEntry, Store, StoreError, UsageDelta};
+
+/// Request-log entries the flusher buffers across all keys. Past it, a key's new entry replaces
+/// its own oldest one (or is dropped if it has none), counted in
+/// `keygate_request_log_entries_dropped_total`. Usage counts are never dropped for it.
+pub const MAX_BUFFERED_LOG_ENTRIES: usize = 100_000;
+/// Request-log writes in flight at once (the store takes one call per key).
+const LOG_WRITE_CONCURRENCY: usize = 16;
+/// Uses taken off the queue per wake-up of the flusher.
+const RECV_BATCH: usize = 1024;
+/// Pause between attempts of the final flush on shutdown.
+const SHUTDOWN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What one request sends to the flusher: the key record it already holds (a reference count,
+/// no copy), when it arrived, and the request-log fields only when request logs are on.
+struct Use {
+    key: Arc<KeyRecord>,
+    at: OffsetDateTime,
+    log: Option<LogFields>,
+}
+
+struct LogFields {
+    method: Method,
+    path: String,
+    status: u16,
+    client_ip: IpAddr,
+    latency: Duration,
+}
+
+/// The request path's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Option<mpsc::Sender<Use>>,
+    keep_logs: bool,
+    metrics: UsageMetrics,
+}
+
+impl Recorder {
+    /// A recorder that records nothing (a gateway built without a flusher).
+    pub fn disabled() -> Recorder {
+        Recorder {
+            tx: None,
+            keep_logs: false,
+            metrics: UsageMetrics::default(),
+        }
+    }
+
+    /// Records one use of `key`: a request answered with `status` after `latency`. `path` is
+    /// moved into the request log, or dropped when logs are off (`max_per_key: 0`); it must not
+    /// hold the query string.
+    pub fn record(
+        &self,
+        key: Arc<KeyRecord>,
+        method: &Method,
+        path: String,
+        status: StatusCode,
+        client_ip: IpAddr,
+        latency: Duration,
+    ) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let latency_time = time::Duration::try_from(latency).unwrap_or(time::Duration::ZERO);
+        let at = OffsetDateTime::now_utc().saturating_sub(latency_time);
+        let log = self.keep_logs.then(|| LogFields {
+            method: method.clone(),
+            path,
+            status: status.as_u16(),
+            client_ip,
+            latency,
+        });
+        match tx.try_send(Use { key, at, log }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped(UsageDrop::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics.dropped(UsageDrop::QueueClosed);
+            }
+        }
+    }
+}
+
+/// The queue's receiving end and everything the flusher needs; started by [`Flusher::spawn`].
+pub struct Flusher {
+    rx: mpsc::Receiver<Use>,
+    store: Arc<Store>,
+    metrics: Metrics,
+    interval: Duration,
+    shutdown_timeout: Duration,
+    pending: Pending,
+}
+
+/// The recorder and its (not yet started) flusher, for `config`.
+pub fn channel(config: &Config, store: Arc<Store>, metrics: Metrics) -> (Recorder, Flusher) {
+    let usage = &config.usage;
+    let (tx, rx) = mpsc::channel(usage.queue_capacity.get());
+    let max_per_key = usage.request_log.max_per_key;
+    let recorder = Recorder {
+        tx: Some(tx),
+        keep_logs: max_per_key > 0,
+        metrics: metrics.usage().clone(),
+    };
+    let flusher = Flusher {
+        rx,
+        store,
+        pending: Pending::new(
+            usage.max_pending_keys.get(),
+            max_per_key,
+            metrics.usage().clone(),
+        ),
+        metrics,
+        interval: usage.flush_interval,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    (recorder, flusher)
+}
+
+/// A running flusher; [`FlusherHandle::finish`] stops it after a final flush.
+pub struct FlusherHandle {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl FlusherHandle {
+    /// Stops intake, drains the queue and writes everything (retrying for up to
+    /// `shutdown_timeout`), then returns.
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "usage flusher failed; buffered usage is lost");
+        }
+    }
+}
+
+/// What a flush could not write, to be kept and retried.
+struct Written {
+    left: Vec<KeyUsage>,
+    error: Option<StoreError>,
+}
+
+impl Flusher {
+    /// Starts the flusher on the runtime. Dropping the handle stops it too (after a final
+    /// flush), as does dropping every [`Recorder`].
+    pub fn spawn(self) -> FlusherHandle {
+        let (stop, stopped) = oneshot::channel();
+        FlusherHandle {
+            stop,
+            task: tokio::spawn(self.run(stopped)),
+        }
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut received = Vec::with_capacity(RECV_BATCH);
+        let mut writing: Option<JoinHandle<Written>> = None;
+        let mut failures: u64 = 0;
+        loop {
+            tokio::select! {
+                n = self.rx.recv_many(&mut received, RECV_BATCH) => {
+                    if n == 0 {
+                        break; // every recorder is gone
+                    }
+                    for u in received.drain(..) {
+                        self.pending.add(u);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.metrics.usage().queue_depth.set(gauge(self.rx.len()));
+                    if writing.is_none() && !self.pending.is_empty() {
+                        let batch = self.pending.take();
+                        writing = Some(tokio::spawn(write(
+                            self.store.clone(),
+                            batch,
+                            self.pending.max_per_key,
+                            self.metrics.clone(),
+                        )));
+                    }
+                }
+                done = join(&mut writing), if writing.is_some() => {
+                    writing = None;
+                    self.settle(done, &mut failures);
+                }
+                _ = &mut stop => break,
+            }
+        }
+        self.shut_down(writing, failures).await;
+    }
+
+    /// Takes back what a write left over, and logs failures once per outage.
+    fn settle(&mut self, done: Result<Written, JoinError>, failures: &mut u64) {
+        match done {
+            Ok(Written { left, error: None }) => {
+                self.pending.restore(left);
+                if *failures > 0 {
+                    tracing::info!(
+                        failed_flushes = *failures,
+                        "usage written to the store again"
+                    );
+                    *failures = 0;
+                }
+            }
+            Ok(Written {
+                left,
+                error: Some(e),
+            }) => {
+                self.pending.restore(left);
+                self.metrics.usage().flush_failures.inc();
+                *failures += 1;
+                if *failures == 1 {
+                    tracing::warn!(
+                        error = %e,
+                        pending_keys = self.pending.keys.len(),
+                        "usage could not be written; keeping it and retrying every flush_interval"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "usage flush failed again");
+                }
+            }
+            Err(e) => {
+                // Only a panic gets here; what that write held is gone.
+                self.pending.restore(Vec::new());
+                tracing::error!(error = %e, "usage write task failed; its batch is lost");
+            }
+        }
+    }
+
+    /// Stop intake, drain, and write until done or `shutdown_timeout`.
+    async fn shut_down(mut self, writing: Option<JoinHandle<Written>>, mut failures: u64) {
+        self.rx.close();
+        while let Some(u) = self.rx.recv().await {
+            self.pending.add(u);
+        }
+        if let Some(task) = writing {
+            let done = task.await;
+            self.settle(done, &mut failures);
+        }
+        let deadline = Instant::now() + self.shutdown_timeout;
+        while !self.pending.is_empty() {
+            let batch = self.pending.take();
+            let requests: u64 = batch.iter().map(|k| k.count).sum();
+            let attempt = write(
+                self.store.clone(),
+                batch,
+                self.pending.max_per_key,
+                self.metrics.clone(),
+            );
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(done) => self.settle(Ok(done), &mut failures),
+                Err(_) => {
+                    tracing::error!(
+                        requests,
+                        "shutdown_timeout passed during the final usage write; \
+                         these counts may be lost"
+                    );
+                    return;
+                }
+            }
+            if self.pending.is_empty() {
+                break;
+            }
+            if Instant::now() + SHUTDOWN_RETRY_PAUSE >= deadline {
+                tracing::error!(
+                    keys = self.pending.keys.len(),
+                    requests = self.pending.requests(),
+                    "usage could not be written before shutdown_timeout; these counts are lost"
+                );
+                return;
+            }
+            tokio::time::sleep(SHUTDOWN_RETRY_PAUSE).await;
+        }
+        tracing::info!("usage written");
+    }
+}
+
+async fn join(writing: &mut Option<JoinHandle<Written>>) -> Result<Written, JoinError> {
+    match writing {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Writes one batch: the counts in one call, then each key's log entries. Returns what is left
+/// to retry: everything if the counts failed, else the keys whose logs failed (counts zeroed,
+/// since they are stored).
+async fn write(
+    store: Arc<Store>,
+    mut batch: Vec<KeyUsage>,
+    max_per_key: usize,
+    metrics: Metrics,
+) -> Written {
+    let deltas: Vec<UsageDelta> = batch
+        .iter()
+        .filter(|k| k.count > 0)
+        .map(|k| UsageDelta {
+            workspace: k.key.workspace.clone(),
+            id: k.key.id.clone(),
+            count: k.count,
+            last_used_at: k.last_used,
+        })
+        .collect();
+    if !deltas.is_empty() {
+        let added = metrics
+            .store()
+            .time(StoreOp::AddUsage, store.add_usage(&deltas))
+            .await;
+        if let Err(e) = added {
+            return Written {
+                left: batch,
+                error: Some(e),
+            };
+        }
+        metrics
+            .usage()
+            .written
+            .inc_by(deltas.iter().map(|d| d.count).sum());
+        for k in &mut batch {
+            k.count = 0;
+        }
+    }
+    let mut error = None;
+    let left: Vec<KeyUsage> = futures_util::stream::iter(batch)
+        .filter(|k| std::future::ready(!k.logs.is_empty()))
+        .map(|mut k| {
+            let (store, metrics) = (store.clone(), metrics.clone());
+            async move {
+                let appended = metrics
+                    .store()
+                    .time(
+                        StoreOp::AppendRequestLogs,
+                        store.append_request_logs(
+                            &k.key.workspace,
+                            &k.key.id,
+                            k.logs.make_contiguous(),
+                            max_per_key,
+                        ),
+                    )
+                    .await;
+                (k, appended)
+            }
+        })
+        .buffer_unordered(LOG_WRITE_CONCURRENCY)
+        .filter_map(|(k, appended)| {
+            let failed = appended.err().map(|e| {
+                error.get_or_insert(e);
+                k
+            });
+            std::future::ready(failed)
+        })
+        .collect()
+        .await;
+    Written { left, error }
+}
+
+/// One key's usage not yet written.
+struct KeyUsage {
+    key: Arc<KeyRecord>,
+    count: u64,
+    last_used: OffsetDateTime,
+    /// Oldest first, as the store appends them.
+    logs: VecDeque<RequestLogEntry>,
+}
+
+/// The flusher's buffer, bounded in keys and log entries. Keys handed to a write still count
+/// against the bounds until [`Pending::restore`] takes back what the write left.
+struct Pending {
+    keys: HashMap<KeyId, KeyUsage>,
+    log_entries: usize,
+    in_flight_keys: usize,
+    in_flight_entries: usize,
+    max_keys: usize,
+    max_per_key: usize,
+    metrics: UsageMetrics,
+}
+
+impl Pending {
+    fn new(max_keys: usize, max_per_key: usize, metrics: UsageMetrics) -> Pending {
+        Pending {
+            keys: HashMap::new(),
+            log_entries: 0,
+            in_flight_keys: 0,
+            in_flight_entries: 0,
+            max_keys,
+            max_per_key,
+            metrics,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn requests(&self) -> u64 {
+        self.keys.values().map(|k| k.count).sum()
+    }
+
+    fn add(&mut self, u: Use) {
+        let entry = u.log.map(|log| RequestLogEntry {
+            time: u.at,
+            method: log.method.as_str().to_owned(),
+            path: log.path,
+            status: log.status,
+            client_ip: log.client_ip,
+            latency_ms: log.latency.as_secs_f64() * 1000.0,
+        });
+        if let Some(k) = self.keys.get_mut(&u.key.id) {
+            k.count += 1;
+            k.last_used = k.last_used.max(u.at);
+            if let Some(entry) = entry {
+                let buffered = self.log_entries + self.in_flight_entries;
+                self.log_entries += push_log(
+                    &mut k.logs,
+                    entry,
+                    self.max_per_key,
+                    buffered,
+                    &self.metrics,
+                );
+            }
+            return;
+        }
+        if self.keys.len() + self.in_flight_keys >= self.max_keys {
+            self.metrics.dropped(UsageDrop::TooManyKeys);
+            return;
+        }
+        let mut k = KeyUsage {
+            key: u.key,
+            count: 1,
+            last_used: u.at,
+            logs: VecDeque::new(),
+        };
+        if let Some(entry) = entry {
+            let buffered = self.log_entries + self.in_flight_entries;
+            self.log_entries += push_log(
+                &mut k.logs,
+                entry,
+                self.max_per_key,
+                buffered,
+                &self.metrics,
+            );
+        }
+        self.keys.insert(k.key.id.clone(), k);
+        self.metrics
+            .pending_keys
+            .set(gauge(self.keys.len() + self.in_flight_keys));
+    }
+
+    /// Hands everything to a write.
+    fn take(&mut self) -> Vec<KeyUsage> {
+        self.in_flight_keys = self.keys.len();
+        self.in_flight_entries = self.log_entries;
+        self.log_entries = 0;
+        self.keys.drain().map(|(_, k)| k).collect()
+    }
+
+    /// Takes back what a write left: its counts add to the newer ones, its (older) log entries
+    /// go before the newer ones, within `max_per_key`.
+    fn restore(&mut self, left: Vec<KeyUsage>) {
+        self.in_flight_keys = 0;
+        self.in_flight_entries = 0;
+        for old in left {
+            match self.keys.get_mut(&old.key.id) {
+                Some(new) => {
+                    new.count += old.count;
+                    new.last_used = new.last_used.max(old.last_used);
+                    let mut logs = old.logs;
+                    logs.extend(new.logs.drain(..));
+                    let excess = logs.len().saturating_sub(self.max_per_key);
+                    logs.drain(..excess);
+                    new.logs = logs;
+                }
+                None => {
+                    self.keys.insert(old.key.id.clone(), old);
+                }
+            }
+        }
+        self.log_entries = self.keys.values().map(|k| k.logs.len()).sum();
+        self.metrics.pending_keys.set(gauge(self.keys.len()));
+    }
+}
+
+/// Appends `entry` to one key's buffered log, keeping its newest `max_per_key` (older ones would
+/// be trimmed by the store anyway) and all keys' within [`MAX_BUFFERED_LOG_ENTRIES`]. Returns
+/// how many entries the buffer grew by (0 or 1).
+fn push_log(
+    logs: &mut VecDeque<RequestLogEntry>,
+    entry: RequestLogEntry,
+    max_per_key: usize,
+    buffered: usize,
+    metrics: &UsageMetrics,
+) -> usize {
+    if max_per_key == 0 {
+        return 0;
+    }
+    if logs.len() >= max_per_key {
+        logs.pop_front();
+        logs.push_back(entry);
+        return 0;
+    }
+    if buffered >= MAX_BUFFERED_LOG_ENTRIES {
+        metrics.log_entries_dropped.inc();
+        if logs.pop_front().is_some() {
+            logs.push_back(entry);
+        }
+        return 0;
+    }
+    logs.push_back(entry);
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{HashScheme, SecretHash};
+
+    fn key(name: &str) -> Arc<KeyRecord> {
+        let now = OffsetDateTime::now_utc();
+        Arc::new(KeyRecord {
+            id: KeyId::generate(),
+            workspace: "acme".into(),
+            name: name.into(),
+            description: None,
+            prefix: "kg_live_abcd".into(),
+            hash: SecretHash([0; 32]),
+            hash_scheme: HashScheme::KeyedBlake3,
+            scopes: vec![],
+            role: None,
+            ip_allowlist: vec![],
+            expires_at: None,
+            rate_limit: None,
+            quota: None,
+            owner: None,
+            metadata: None,
+            created_at: now,
+            created_by: "tests".into(),
+            updated_at: now,
+            revoked_at: None,
+            last_used_at: None,
+            usage_count: 0,
+        })
+    }
+
+    fn use_of(key: &Arc<KeyRecord>, path: &str, at: OffsetDateTime) -> Use {
+        Use {
+            key: key.clone(),
+            at,
+            log: Some(LogFields {
+                method: Method::GET,
+                path: path.into(),
+                status: 200,
+                client_ip: "127.0.0.1".parse().expect("ip"),
+                latency: Duration::from_millis(1),
+            }),
+        }
+    }
+
+    fn paths(k: &KeyUsage) -> Vec<&str> {
+        k.logs.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_full_or_closed_queue_drops_and_counts_apart() {
+        let metrics = UsageMetrics::default();
+        let (tx, rx) = mpsc::channel(2);
+        let recorder = Recorder {
+            tx: Some(tx),
+            keep_logs: false,
+            metrics: metrics.clone(),
+        };
+        let k = key("a");
+        let record = || {
+            recorder.record(
+                k.clone(),
+                &Method::GET,
+                "/x".into(),
+                StatusCode::OK,
+                "127.0.0.1".parse().expect("ip"),
+                Duration::ZERO,
+            );
+        };
+        for _ in 0..5 {
+            record();
+        }
+        assert_eq!(metrics.dropped_count(UsageDrop::QueueFull), 3);
+        drop(rx);
+        record();
+        assert_eq!(metrics.dropped_count(UsageDrop::QueueClosed), 1);
+        assert_eq!(metrics.dropped_count(UsageDrop::QueueFull), 3);
+    }
+
+    #[test]
+    fn uses_aggregate_per_key_with_the_newest_logs() {
+        let mut p = Pending::new(10, 2, UsageMetrics::default());
+        let (a, b) = (key("a"), key("b"));
+        let t0 = OffsetDateTime::now_utc();
+        for (i, path) in ["/1", "/2", "/3"].iter().enumerate() {
+            p.add(use_of(&a, path, t0 + time::Duration::seconds(i as i64)));
+        }
+        p.add(use_of(&b, "/b", t0));
+        let ka = &p.keys[&a.id];
+        assert_eq!(ka.count, 3);
+        assert_eq!(ka.last_used, t0 + time::Duration::seconds(2));
+        assert_eq!(paths(ka), ["/2", "/3"]);
+        assert_eq!(p.log_entries, 3);
+    }
+
+    #[test]
+    fn a_failed_write_is_merged_back_before_newer_uses() {
+        let mut p = Pending::new(10, 3, UsageMetrics::default());
+        let a = key("a");
+        let t0 = OffsetDateTime::now_utc();
+        p.add(use_of(&a, "/old1", t0));
+        p.add(use_of(&a, "/old2", t0));
+        let failed = p.take();
+        assert!(p.is_empty());
+        p.add(use_of(&a, "/new1", t0 + time::Duration::seconds(1)));
+        p.add(use_of(&a, "/new2", t0 + time::Duration::seconds(1)));
+        p.restore(failed);
+        let ka = &p.keys[&a.id];
+        assert_eq!(ka.count, 4);
+        assert_eq!(ka.last_used, t0 + time::Duration::seconds(1));
+        assert_eq!(paths(ka), ["/old2", "/new1", "/new2"]);
+        assert_eq!(p.log_entries, 3);
+    }
+
+    #[test]
+    fn distinct_keys_are_capped_counting_keys_in_flight() {
+        let metrics = UsageMetrics::default();
+        let mut p = Pending::new(2, 0, metrics.clone());
+        let t0 = OffsetDateTime::now_utc();
+        let (a, b, c) = (key("a"), key("b"), key("c"));
+        p.add(use_of(&a, "/", t0));
+        p.add(use_of(&b, "/", t0));
+        let in_flight = p.take();
+        p.add(use_of(&c, "/", t0));
+        assert_eq!(metrics.dropped_count(UsageDrop::TooManyKeys), 1);
+        // A key already buffered keeps counting.
+        p.restore(in_flight);
+        p.add(use_of(&a, "/", t0));
+        assert_eq!(p.keys[&a.id].count, 2);
+        assert_eq!(p.requests(), 3);
+        assert!(p.keys[&a.id].logs.is_empty(), "max_per_key 0 keeps no log");
+    }
+
+    #[test]
+    fn log_entries_are_capped_across_keys() {
+        let metrics = UsageMetrics::default();
+        let mut logs = VecDeque::new();
+        let entry = |path: &str| RequestLogEntry {
+            time: OffsetDateTime::now_utc(),
+            method: "GET".into(),
+            path: path.into(),
+            status: 200,
+            client_ip: "127.0.0.1".parse().expect("ip"),
+            latency_ms: 1.0,
+        };
+        assert_eq!(
+            push_log(
+                &mut logs,
+                entry("/1"),
+                10,
+                MAX_BUFFERED_LOG_ENTRIES,
+                &metrics
+            ),
+            0
+        );
+        assert!(logs.is_empty(), "a key without entries drops the new one");
+        assert_eq!(push_log(&mut logs, entry("/1"), 10, 0, &metrics), 1);
+        assert_eq!(
+            push_log(
+                &mut logs,
+                entry("/2"),
+                10,
+                MAX_BUFFERED_LOG_ENTRIES,
+                &metrics
+            ),
+            0
+        );
+        let kept: Vec<&str> = logs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["/2"],
+            "a full buffer replaces the key's own oldest entry"
+        );
+        assert_eq!(metrics.log_entries_dropped.get(), 2);
+    }
+}
