@@ -182,8 +182,8 @@ impl Counter {
 /// In-memory quota counts by key and period.
 ///
 /// A std `RwLock` around the map, not a tokio one: it is never held across an await. Spending
-/// happens under the read lock, which is what lets [`Ledger::prune`] (under the write lock)
-/// drop a counter knowing that no spend is half done on it.
+/// happens under the read lock, and pruning (under the write lock) keeps any counter a caller
+/// still holds, so a unit is never counted on a counter that has left the map.
 #[derive(Debug, Default)]
 pub struct Ledger {
     map: RwLock<HashMap<(Subject, i64), Arc<Counter>>>,
@@ -416,8 +416,8 @@ impl Quotas {
         self.load(&c)
             .await
             .map_err(|e| Reject::StoreUnavailable(e.to_string()))?;
-        // Spend under the read lock when the counter is still the ledger's (it is, unless a
-        // prune raced the load; then the store holds everything it counted).
+        // Spend under the read lock. The counter is still the ledger's: pruning keeps counters
+        // a caller holds, as `c` is held here.
         Ok(self
             .ledger
             .try_spend(&slot, limit, now)
