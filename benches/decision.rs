@@ -1,5 +1,6 @@
-//! The decision on a cache hit: credential extraction → secret shape and checksum → keyed hash
-//! → cache lookup → status, expiry, allowlist and scope checks. SPEC §8 target: under 2 µs.
+//! The decision on a cache hit: credential extraction → failed-authentication check → secret
+//! shape and checksum → keyed hash → cache lookup → status, expiry, allowlist and scope checks →
+//! rate limit (`mode: local`). SPEC §8 target: under 2 µs.
 //!
 //! Run: `cargo bench --bench decision`. The parts are measured on their own too, to show where
 //! the time goes.
@@ -22,6 +23,10 @@ secrets: { pepper: bench-pepper-0123456789abcdef }
 store: { backend: embedded, embedded: { path: "__PATH__" } }
 roles: { operator: [sessions:read, sessions:write] }
 upstreams: { app: { url: "http://127.0.0.1:9" } }
+auth: { failure_limit: { requests: 20, period: 1m } }
+# A limit the bench never reaches (a million a second, a bucket of four billion), so every
+# iteration is allowed and takes the full path: bucket read, GCRA, compare-and-swap.
+rate_limits: { default: { requests: 1000000, period: 1s, burst: 4000000000 } }
 routes:
   - match: { path_prefix: /health }
     upstream: app
@@ -82,6 +87,17 @@ fn decision(c: &mut Criterion) {
     });
     group.bench_function("part_keyed_hash", |b| {
         b.iter(|| hasher.hash(std::hint::black_box(secret.expose())))
+    });
+    let decision = rt
+        .block_on(gateway.authorize(&request, peer))
+        .expect("allowed");
+    let (key, route) = (decision.key.clone().expect("a key"), decision.route);
+    let limits = gateway.limits().clone();
+    group.bench_function("part_rate_limit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let headers = limits.admit(&key, route).await.expect("allowed");
+            std::hint::black_box(headers.rate.is_some())
+        })
     });
     let hash = hasher.hash(secret.expose());
     let cache = gateway.keys().clone();

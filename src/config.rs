@@ -137,6 +137,9 @@ pub struct Config {
     /// Rate limits.
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Quotas of keys that have none of their own.
+    #[serde(default)]
+    pub quotas: Quotas,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Upstream>,
     /// Routes, first match wins.
@@ -377,6 +380,15 @@ pub struct RateLimits {
     /// Limits by role.
     #[serde(default)]
     pub roles: BTreeMap<String, RateLimitSpec>,
+}
+
+/// `quotas:`: quotas by role, for keys without a `quota` of their own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Quota of the keys of a role.
+    #[serde(default)]
+    pub roles: BTreeMap<String, QuotaSpec>,
 }
 
 /// A GCRA limit: `requests` per `period`, with up to `burst` at once (default `requests`).
@@ -795,6 +807,12 @@ impl Config {
         let mut check_limit = |path: String, spec: &RateLimitSpec| {
             if spec.period.is_zero() {
                 problem(format!("{path}.period"), "must be above 0".into());
+            } else if spec.period.as_nanos() / u128::from(spec.requests.get()) < 1_000 {
+                // `mode: redis` keeps time in microseconds.
+                problem(
+                    format!("{path}.requests"),
+                    "at most one request per microsecond of `period`".into(),
+                );
             }
         };
         if let Some(l) = &self.auth.failure_limit {
@@ -824,6 +842,15 @@ impl Config {
                     format!("rate_limits.roles.{name}"),
                     format!("no role `{name}` in `roles`"),
                 );
+            }
+        }
+        for (name, q) in &self.quotas.roles {
+            let path = format!("quotas.roles.{name}");
+            if !self.roles.contains_key(name) {
+                problem(path.clone(), format!("no role `{name}` in `roles`"));
+            }
+            if let Err(m) = check_quota(q) {
+                problem(format!("{path}.refill_day"), m.into());
             }
         }
         for (name, scopes) in &self.roles {
@@ -983,6 +1010,16 @@ impl Config {
     /// The scopes a role grants, if the role exists.
     pub fn role_scopes(&self, role: &str) -> Option<&[String]> {
         self.roles.get(role).map(Vec::as_slice)
+    }
+}
+
+/// Checks a quota's `refill_day`: 1–28, and only for `refill: monthly` (every month has a
+/// 28th, so a refill day never falls in a month without it).
+pub fn check_quota(q: &QuotaSpec) -> Result<(), &'static str> {
+    match (q.refill, q.refill_day) {
+        (Refill::Monthly, Some(d)) if !(1..=28).contains(&d) => Err("must be 1–28"),
+        (Refill::None | Refill::Daily, Some(_)) => Err("only for `refill: monthly`"),
+        _ => Ok(()),
     }
 }
 
@@ -1414,6 +1451,33 @@ routes:
             .unwrap();
         assert_eq!(upstream.line, Some(9), "{upstream}");
         assert!(err.to_string().contains("problems"));
+    }
+
+    #[test]
+    fn limits_and_quotas_are_checked() {
+        let c = parse(&format!(
+            "{MINIMAL}roles: {{ viewer: [read] }}\n\
+             rate_limits: {{ default: {{ requests: 100, period: 1s, burst: 200 }} }}\n\
+             quotas: {{ roles: {{ viewer: {{ limit: 10000, refill: monthly, refill_day: 1 }} }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.quotas.roles["viewer"].limit, 10_000);
+        let err = parse(&format!(
+            "{MINIMAL}roles: {{ viewer: [read] }}\n\
+             auth: {{ failure_limit: {{ requests: 2000000, period: 1s }} }}\n\
+             quotas:\n  roles:\n    viewer: {{ limit: 1, refill: monthly, refill_day: 29 }}\n    \
+             ghost: {{ limit: 1, refill: daily, refill_day: 3 }}\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "auth.failure_limit.requests",
+            "quotas.roles.viewer.refill_day",
+            "quotas.roles.ghost",
+            "quotas.roles.ghost.refill_day",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
     }
 
     #[test]

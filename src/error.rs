@@ -41,9 +41,9 @@ pub enum Reject {
     /// Rate limit reached; retry after this many seconds.
     #[error("rate_limited (retry after {0}s)")]
     RateLimited(u64),
-    /// Quota used up until its next refill.
+    /// Quota used up until its next refill, due in this many seconds (`None`: never refills).
     #[error("quota_exceeded")]
-    QuotaExceeded,
+    QuotaExceeded(Option<u64>),
     /// The upstream refused the connection or failed; the detail is for logs.
     #[error("upstream_unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -66,7 +66,7 @@ impl Reject {
             Reject::ConflictingCredentials => StatusCode::BAD_REQUEST,
             Reject::IpNotAllowed | Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Reject::NoRoute => StatusCode::NOT_FOUND,
-            Reject::RateLimited(_) | Reject::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Reject::RateLimited(_) | Reject::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Reject::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,7 +85,7 @@ impl Reject {
             Reject::InsufficientScope(_) => "insufficient_scope",
             Reject::NoRoute => "no_route",
             Reject::RateLimited(_) => "rate_limited",
-            Reject::QuotaExceeded => "quota_exceeded",
+            Reject::QuotaExceeded(_) => "quota_exceeded",
             Reject::UpstreamUnavailable(_) => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::StoreUnavailable(_) => "store_unavailable",
@@ -114,7 +114,9 @@ impl Reject {
             }
             Reject::NoRoute => "No route matches this request.",
             Reject::RateLimited(_) => "Too many requests. Retry after the time in Retry-After.",
-            Reject::QuotaExceeded => "This API key's usage quota is used up until its next refill.",
+            Reject::QuotaExceeded(_) => {
+                "This API key's usage quota is used up until its next refill."
+            }
             Reject::UpstreamUnavailable(_) => "The upstream service could not be reached.",
             Reject::UpstreamTimeout => "The upstream service did not answer in time.",
             Reject::StoreUnavailable(_) => {
@@ -142,7 +144,7 @@ impl Reject {
                     HeaderValue::from_static("Bearer realm=\"keygate\""),
                 );
             }
-            Reject::RateLimited(secs) => {
+            Reject::RateLimited(secs) | Reject::QuotaExceeded(Some(secs)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
             }
             _ => {}
@@ -190,6 +192,14 @@ mod tests {
         let r: Response<Full<Bytes>> = Reject::RateLimited(3).to_response(&rid);
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[RETRY_AFTER], "3");
+        let r: Response<Full<Bytes>> = Reject::QuotaExceeded(Some(3600)).to_response(&rid);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "3600");
+        let r: Response<Full<Bytes>> = Reject::QuotaExceeded(None).to_response(&rid);
+        assert!(
+            !r.headers().contains_key(RETRY_AFTER),
+            "never refills: no retry"
+        );
         let r: Response<Full<Bytes>> =
             Reject::InsufficientScope("sessions:write".into()).to_response(&rid);
         assert_eq!(r.status(), 403);

@@ -6,8 +6,8 @@
 //!
 //! - [`server`] — accept loops, TLS, HTTP/1.1 and HTTP/2, graceful drain.
 //! - [`proxy`] — the stages, in order: request id → [`route`] → [`auth`] (credential, client IP)
-//!   → key lookup through [`store::cache`] → status, expiry, allowlist, scopes →
-//!   [`proxy::upstream`] (forwarding) → access log.
+//!   → key lookup through [`store::cache`] → status, expiry, allowlist, scopes → [`limits`]
+//!   (rate limit, quota) → [`proxy::upstream`] (forwarding) → access log.
 //! - [`error`] — why a request was refused, and the one place a refusal becomes a response.
 //!
 //! Around it:
@@ -30,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
@@ -168,6 +169,14 @@ impl App {
             .map(usage::Flusher::spawn);
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Quota counts kept in memory are written until the drain is over, then once more.
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let quota_writer = tokio::spawn(self.gateway.limits().clone().persist(
+            self.config.usage.flush_interval,
+            async {
+                let _ = drained_rx.await;
+            },
+        ));
 
         let gateway = self.gateway.clone();
         let proxy = server::accept_loop(
@@ -215,10 +224,12 @@ impl App {
                 tracing::warn!(?timeout, "shutdown_timeout reached; closing remaining connections");
             }
         }
-        // After the drain, so every answered request has been recorded.
+        // After the drain, so every answered request has been recorded and counted.
         if let Some(flusher) = flusher {
             flusher.finish().await;
         }
+        let _ = drained_tx.send(());
+        let _ = quota_writer.await;
         invalidations.stop().await;
         Ok(())
     }

@@ -75,7 +75,7 @@ fn all_refusals() -> [Reject; REFUSALS] {
         Reject::InsufficientScope(String::new()),
         Reject::NoRoute,
         Reject::RateLimited(0),
-        Reject::QuotaExceeded,
+        Reject::QuotaExceeded(None),
         Reject::UpstreamUnavailable(String::new()),
         Reject::UpstreamTimeout,
         Reject::StoreUnavailable(String::new()),
@@ -98,7 +98,7 @@ fn refusal_index(reject: &Reject) -> usize {
         Reject::InsufficientScope(_) => 6,
         Reject::NoRoute => 7,
         Reject::RateLimited(_) => 8,
-        Reject::QuotaExceeded => 9,
+        Reject::QuotaExceeded(_) => 9,
         Reject::UpstreamUnavailable(_) => 10,
         Reject::UpstreamTimeout => 11,
         Reject::StoreUnavailable(_) => 12,
@@ -118,7 +118,7 @@ fn is_auth_failure(reject: &Reject) -> bool {
         | Reject::InsufficientScope(_) => true,
         Reject::NoRoute
         | Reject::RateLimited(_)
-        | Reject::QuotaExceeded
+        | Reject::QuotaExceeded(_)
         | Reject::UpstreamUnavailable(_)
         | Reject::UpstreamTimeout
         | Reject::StoreUnavailable(_) => false,
@@ -212,7 +212,7 @@ impl Metrics {
                 }),
                 limit: match reject {
                     Reject::RateLimited(_) => Some(rate_limited.clone()),
-                    Reject::QuotaExceeded => Some(quota_exceeded.clone()),
+                    Reject::QuotaExceeded(_) => Some(quota_exceeded.clone()),
                     _ => None,
                 },
             }

@@ -1,6 +1,7 @@
 //! The data plane's one ordering of stages, read top to bottom in [`Gateway::handle`]:
-//! request id → route → credential → key lookup (cache, then store) → revoked → expired →
-//! client IP allowlist → scopes → forward → access log, metrics and usage.
+//! request id → route → credential → failed-authentication limit → key lookup (cache, then
+//! store) → revoked → expired → client IP allowlist → scopes → rate limit → quota → forward →
+//! access log, metrics and usage.
 //!
 //! Each stage returns early with a [`Reject`]; only `error.rs` turns it into a response.
 
@@ -25,6 +26,7 @@ use crate::auth::{self, CredentialSources};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::keys::{KeyRecord, SecretFormat, SecretHash, SecretHasher, Shape};
+use crate::limits::{LimitHeaders, Limits};
 use crate::metrics::{Metrics, StoreOp};
 use crate::route::{CompiledRoute, Router};
 use crate::store::cache::{KeyCache, Lookup};
@@ -60,6 +62,27 @@ pub struct Decision<'a> {
     pub credential_headers: u64,
     /// Whether the query string carried the credential.
     pub credential_in_query: bool,
+    /// Rate-limit and quota headers for the response (empty for public routes).
+    pub limits: LimitHeaders,
+}
+
+/// A refused request: why, and the limit headers its response carries (set when the key was
+/// authenticated before the refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reject: Reject,
+    /// `RateLimit-*` and `X-Keygate-Quota-Remaining`.
+    pub limits: LimitHeaders,
+}
+
+impl From<Reject> for Refusal {
+    fn from(reject: Reject) -> Self {
+        Refusal {
+            reject,
+            limits: LimitHeaders::default(),
+        }
+    }
 }
 
 /// The data plane for one configuration.
@@ -67,6 +90,7 @@ pub struct Gateway {
     router: Router,
     upstreams: Vec<Upstream>,
     keys: Arc<KeyCache<Store>>,
+    limits: Arc<Limits>,
     format: SecretFormat,
     hasher: SecretHasher,
     sources: CredentialSources,
@@ -96,6 +120,7 @@ impl Gateway {
                     .expect("validate() checked that every route names an upstream")
             }),
             upstreams,
+            limits: Arc::new(Limits::new(config, keys.store().clone())),
             keys,
             format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
             hasher: SecretHasher::new(&config.secrets.pepper),
@@ -135,6 +160,11 @@ impl Gateway {
         &self.keys
     }
 
+    /// Rate limits, quotas and the failed-authentication limit.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
     /// The secret hasher of this configuration.
     pub fn hasher(&self) -> &SecretHasher {
         &self.hasher
@@ -154,15 +184,12 @@ impl Gateway {
 
         let (mut response, key, client_ip, upstream_time) =
             match self.authorize(&req, conn.peer.ip()).await {
-                Err(reject) => {
-                    self.metrics.request_refused(&reject);
+                Err(refusal) => {
+                    self.metrics.request_refused(&refusal.reject);
                     let ip = auth::client_ip(conn.peer.ip(), req.headers(), &self.trusted);
-                    (
-                        reject.to_response(&request_id).map(Either::Left),
-                        None,
-                        ip,
-                        None,
-                    )
+                    let mut response = refusal.reject.to_response(&request_id).map(Either::Left);
+                    refusal.limits.apply(response.headers_mut());
+                    (response, None, ip, None)
                 }
                 Ok(decision) => {
                     let key = decision.key.clone();
@@ -172,8 +199,9 @@ impl Gateway {
                         .as_deref()
                         .map(|k| self.effective_scopes(k).join(","))
                         .unwrap_or_default();
+                    let limits = decision.limits;
                     let sent = Instant::now();
-                    let response = match self
+                    let mut response = match self
                         .forwarding
                         .forward(req, &decision, &scopes, upstream, conn, &request_id)
                         .await
@@ -187,6 +215,7 @@ impl Gateway {
                             reject.to_response(&request_id).map(Either::Left)
                         }
                     };
+                    limits.apply(response.headers_mut());
                     (response, key, client_ip, Some(sent.elapsed()))
                 }
             };
@@ -215,12 +244,12 @@ impl Gateway {
         response
     }
 
-    /// Authentication and authorization, in the documented order; first failure wins.
+    /// Authentication, authorization and limits, in the documented order; first failure wins.
     pub async fn authorize<B>(
         &self,
         req: &Request<B>,
         peer: IpAddr,
-    ) -> Result<Decision<'_>, Reject> {
+    ) -> Result<Decision<'_>, Refusal> {
         let headers = req.headers();
         let host = headers
             .get(HOST)
@@ -238,6 +267,7 @@ impl Gateway {
                 client_ip,
                 credential_headers: 0,
                 credential_in_query: false,
+                limits: LimitHeaders::default(),
             });
         }
 
@@ -245,39 +275,54 @@ impl Gateway {
             .sources
             .extract(headers, req.uri().query())?
             .ok_or(Reject::MissingKey)?;
+        // A client over its failed-authentication limit gets no further: no hash, no lookup.
+        self.limits.check_failures(client_ip)?;
+        let failed = |reject| self.limits.record_failure(client_ip, reject);
         if self.format.shape(&credential.secret) == Shape::Malformed {
-            return Err(Reject::InvalidKey("malformed secret or bad checksum"));
+            return Err(failed(Reject::InvalidKey("malformed secret or bad checksum")).into());
         }
         let key = self
             .lookup(&credential.secret)
             .await
             .map_err(|e| Reject::StoreUnavailable(e.to_string()))?
-            .ok_or(Reject::InvalidKey("unknown secret"))?;
+            .ok_or_else(|| failed(Reject::InvalidKey("unknown secret")))?;
 
         if key.revoked_at.is_some() {
-            return Err(Reject::KeyRevoked);
+            return Err(failed(Reject::KeyRevoked).into());
         }
         if key
             .expires_at
             .is_some_and(|at| at <= OffsetDateTime::now_utc())
         {
-            return Err(Reject::KeyExpired);
+            return Err(failed(Reject::KeyExpired).into());
         }
-        if !auth::ip_allowed(client_ip, &key.ip_allowlist) {
-            return Err(Reject::IpNotAllowed);
+        // Authenticated: from here every response carries the limit headers.
+        let authorized = if auth::ip_allowed(client_ip, &key.ip_allowlist) {
+            auth::check_scopes(
+                &key.scopes,
+                self.role_scopes(&key),
+                &route.scopes,
+                &route.any_scopes,
+            )
+        } else {
+            Err(Reject::IpNotAllowed)
+        };
+        if let Err(reject) = authorized {
+            let limits = self.limits.peek(&key, route).await;
+            return Err(Refusal { reject, limits });
         }
-        auth::check_scopes(
-            &key.scopes,
-            self.role_scopes(&key),
-            &route.scopes,
-            &route.any_scopes,
-        )?;
+        let limits = self
+            .limits
+            .admit(&key, route)
+            .await
+            .map_err(|(reject, limits)| Refusal { reject, limits })?;
         Ok(Decision {
             route,
             key: Some(key),
             client_ip,
             credential_headers: credential.header_mask,
             credential_in_query: credential.in_query,
+            limits,
         })
     }
 

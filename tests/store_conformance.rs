@@ -17,7 +17,8 @@ use keygate::keys::{
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{
-    AuditEntry, AuditPage, KeyStore, ListQuery, RequestLogEntry, Store, StoreError, UsageDelta,
+    AuditEntry, AuditPage, KeyStore, ListQuery, QuotaCount, QuotaSpend, RequestLogEntry, Store,
+    StoreError, UsageDelta,
 };
 use support::redis::RedisServer;
 use time::OffsetDateTime;
@@ -1310,6 +1311,92 @@ async fn audit_logs_keep_their_newest_entries<S: KeyStore>(store: &S) {
     assert_eq!(pages.concat(), newest_first(&acme[3..]));
 }
 
+fn quota_spend(id: &KeyId, period_start: i64, n: u64, limit: u64) -> QuotaSpend {
+    QuotaSpend {
+        id: id.clone(),
+        period_start,
+        // Far in the future: no count expires during a test.
+        expires_at: Some(4_000_000_000),
+        n,
+        limit,
+    }
+}
+
+fn counted(used: u64, spent: bool) -> QuotaCount {
+    QuotaCount { used, spent }
+}
+
+async fn quota_spends_are_exact_per_key_and_period<S: KeyStore>(store: &S) {
+    let (a, b) = (KeyId::generate(), KeyId::generate());
+    let spend_one = |id: KeyId, start, n, limit| async move {
+        let counts = store
+            .consume_quota(&[quota_spend(&id, start, n, limit)])
+            .await
+            .expect("consume_quota");
+        assert_eq!(counts.len(), 1);
+        counts[0]
+    };
+    // A count starts at 0; n = 0 only reads it.
+    assert_eq!(spend_one(a.clone(), 100, 0, 3).await, counted(0, true));
+    // Units are added while the count stays within the limit, and only then.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(spend_one(a.clone(), 100, 1, 3).await);
+    }
+    assert_eq!(
+        got,
+        [
+            counted(1, true),
+            counted(2, true),
+            counted(3, true),
+            counted(3, false),
+            counted(3, false)
+        ]
+    );
+    // Several units at once: all or none.
+    assert_eq!(spend_one(a.clone(), 100, 2, 4).await, counted(3, false));
+    assert_eq!(spend_one(a.clone(), 100, 1, 4).await, counted(4, true));
+    // Periods and keys count apart; one call spends several, in order.
+    let counts = store
+        .consume_quota(&[
+            quota_spend(&a, 200, 1, 1),
+            quota_spend(&b, 100, 1, 1),
+            quota_spend(&b, 100, 1, 1),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(
+        counts,
+        [counted(1, true), counted(1, true), counted(1, false)]
+    );
+    // Units already served are added whatever the limit.
+    assert_eq!(
+        spend_one(a.clone(), 100, 10, u64::MAX).await,
+        counted(14, true)
+    );
+    assert_eq!(
+        spend_one(a.clone(), 100, 0, u64::MAX).await,
+        counted(14, true)
+    );
+    assert_eq!(store.consume_quota(&[]).await.expect("empty"), []);
+
+    // Exact under concurrency: 300 spends of a count limited to 200, without expiry.
+    let c = KeyId::generate();
+    let forever = QuotaSpend {
+        expires_at: None,
+        ..quota_spend(&c, 0, 1, 200)
+    };
+    let spends =
+        join_all((0..300).map(|_| store.consume_quota(std::slice::from_ref(&forever)))).await;
+    let spent = spends
+        .into_iter()
+        .map(|r| r.expect("concurrent spend")[0])
+        .filter(|q| q.spent)
+        .count();
+    assert_eq!(spent, 200);
+    assert_eq!(spend_one(c, 0, 0, u64::MAX).await, counted(200, true));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backends
 
@@ -1391,7 +1478,82 @@ conformance!(
     sha256_imports_count_against_max_active,
     count_active_counts_what_create_limits,
     audit_log_pages_newest_first_per_workspace_and_globally,
+    quota_spends_are_exact_per_key_and_period,
 );
+
+#[tokio::test]
+async fn embedded_quota_counts_of_ended_periods_are_dropped() {
+    let (store, _dir) = embedded_backend();
+    let id = KeyId::generate();
+    let day = |start: i64| QuotaSpend {
+        expires_at: Some(start + 86_400),
+        ..quota_spend(&id, start, 1, 10)
+    };
+    store.consume_quota(&[day(0)]).await.expect("day 0");
+    store.consume_quota(&[day(86_400)]).await.expect("day 1");
+    // Day 0 ended before day 1 began: writing day 1 dropped it. Day 1 is still there.
+    let read = |start| QuotaSpend { n: 0, ..day(start) };
+    let counts = store
+        .consume_quota(&[read(0), read(86_400)])
+        .await
+        .expect("read");
+    assert_eq!(counts, [counted(0, true), counted(1, true)]);
+}
+
+#[tokio::test]
+async fn redis_quota_counts_are_laid_out_as_documented() {
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        key_prefix: "kgtest:".into(),
+        ..redis_config(&server, Duration::from_secs(2))
+    };
+    let store = RedisStore::connect(&config).await.expect("connect");
+    let (monthly, forever) = (KeyId::generate(), KeyId::generate());
+    let expires = OffsetDateTime::now_utc().unix_timestamp() + 100;
+    store
+        .consume_quota(&[
+            QuotaSpend {
+                expires_at: Some(expires),
+                ..quota_spend(&monthly, 1_767_225_600, 2, 5)
+            },
+            QuotaSpend {
+                expires_at: None,
+                ..quota_spend(&forever, 0, 1, 5)
+            },
+        ])
+        .await
+        .expect("spend");
+    let mut conn = raw_connection(&server).await;
+    let mut keys = raw_keys(&mut conn).await;
+    keys.sort();
+    let mut want = vec![
+        format!("kgtest:{{q:{monthly}}}:1767225600"),
+        format!("kgtest:{{q:{forever}}}:0"),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+    let count: u64 = ::redis::cmd("GET")
+        .arg(format!("kgtest:{{q:{monthly}}}:1767225600"))
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(count, 2);
+    for (key, expect_ttl) in [
+        (format!("kgtest:{{q:{monthly}}}:1767225600"), true),
+        (format!("kgtest:{{q:{forever}}}:0"), false),
+    ] {
+        let ttl: i64 = ::redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TTL");
+        if expect_ttl {
+            assert!((95..=100).contains(&ttl), "{key}: TTL {ttl}");
+        } else {
+            assert_eq!(ttl, -1, "{key} never expires");
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Backend-specific behaviour

@@ -18,6 +18,7 @@
 //! | `audit_v1` | `(time unix ms, entry id)` | `AuditEntry` JSON: the global log; read backwards, newest first |
 //! | `audit_ws_v1` | `(workspace, time unix ms, entry id)` | `AuditEntry` JSON: each workspace's log |
 //! | `audit_ws_len_v1` | workspace | entries in its log (the global log's length is the table's) |
+//! | `quota_v1` | `(key id, period start unix s)` | `(units spent, expires unix s)`, `i64::MAX` for never; rows of ended periods go when the key's next period is written |
 //!
 //! Usage lives apart from the record so that an edit never overwrites counts the usage flusher
 //! wrote meanwhile; `last_used_at` is kept at millisecond precision, as in the Redis backend.
@@ -33,8 +34,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use time::OffsetDateTime;
 
 use super::{
-    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, RequestLogEntry,
-    StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
+    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
+    RequestLogEntry, StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -54,6 +55,7 @@ const LOGS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("lo
 const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit_v1");
 const AUDIT_WS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("audit_ws_v1");
 const AUDIT_WS_LEN: TableDefinition<&str, u64> = TableDefinition::new("audit_ws_len_v1");
+const QUOTA: TableDefinition<(&str, i64), (u64, i64)> = TableDefinition::new("quota_v1");
 
 /// A secret-hash index: `by_hash_v1` or `by_sha256_v1`.
 type HashIndex = TableDefinition<'static, &'static [u8; 32], (&'static str, &'static str)>;
@@ -111,6 +113,7 @@ impl EmbeddedStore {
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(AUDIT_WS).map_err(db_err)?;
             txn.open_table(AUDIT_WS_LEN).map_err(db_err)?;
+            txn.open_table(QUOTA).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(EmbeddedStore {
@@ -473,6 +476,71 @@ impl KeyStore for EmbeddedStore {
             let txn = db.begin_read().map_err(db_err)?;
             txn.open_table(RECORDS).map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn consume_quota(&self, spends: &[QuotaSpend]) -> Result<Vec<QuotaCount>, StoreError> {
+        let spends = spends.to_vec();
+        self.run(move |db| {
+            if spends.iter().all(|s| s.n == 0) {
+                // Only reads: no write transaction (and no fsync).
+                let txn = db.begin_read().map_err(db_err)?;
+                let table = txn.open_table(QUOTA).map_err(db_err)?;
+                return spends
+                    .iter()
+                    .map(|s| {
+                        let used = table
+                            .get((s.id.as_str(), s.period_start))
+                            .map_err(db_err)?
+                            .map_or(0, |v| v.value().0);
+                        Ok(QuotaCount {
+                            used,
+                            spent: used <= s.limit,
+                        })
+                    })
+                    .collect();
+            }
+            // One write transaction at a time (redb's rule) is what makes each step exact.
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut out = Vec::with_capacity(spends.len());
+            {
+                let mut table = txn.open_table(QUOTA).map_err(db_err)?;
+                for s in &spends {
+                    let id = s.id.as_str();
+                    let used = table
+                        .get((id, s.period_start))
+                        .map_err(db_err)?
+                        .map_or(0, |v| v.value().0);
+                    let total = used.saturating_add(s.n);
+                    let spent = total <= s.limit;
+                    if spent && s.n > 0 {
+                        table
+                            .insert(
+                                (id, s.period_start),
+                                (total, s.expires_at.unwrap_or(i64::MAX)),
+                            )
+                            .map_err(db_err)?;
+                    }
+                    out.push(QuotaCount {
+                        used: if spent { total } else { used },
+                        spent,
+                    });
+                    // Counts of periods that ended before this one began are of no more use.
+                    let ended: Vec<i64> = table
+                        .range((id, i64::MIN)..(id, s.period_start))
+                        .map_err(db_err)?
+                        .filter_map(Result::ok)
+                        .filter(|(_, v)| v.value().1 <= s.period_start)
+                        .map(|(k, _)| k.value().1)
+                        .collect();
+                    for start in ended {
+                        table.remove((id, start)).map_err(db_err)?;
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(out)
         })
         .await
     }

@@ -136,6 +136,33 @@ pub struct RequestLogEntry {
     pub latency_ms: f64,
 }
 
+/// Quota units to spend for one key in one period, by [`KeyStore::consume_quota`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaSpend {
+    /// The key.
+    pub id: KeyId,
+    /// Start of the period, unix seconds (0 for a quota that never refills). Each period has
+    /// its own count.
+    pub period_start: i64,
+    /// When the count may be forgotten, unix seconds (some time after the period ends);
+    /// `None`: never.
+    pub expires_at: Option<i64>,
+    /// Units to add; 0 only reads the count.
+    pub n: u64,
+    /// The units are added only if the count stays at or below this; `u64::MAX` adds them
+    /// whatever the count (units already served while the count could not be asked).
+    pub limit: u64,
+}
+
+/// A quota count after [`KeyStore::consume_quota`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaCount {
+    /// Units spent in the period, including this call's if they were added.
+    pub used: u64,
+    /// Whether `n` was added (count + n ≤ limit); for `n = 0`, whether count ≤ limit.
+    pub spent: bool,
+}
+
 /// The key index. Implemented by [`embedded::EmbeddedStore`] and [`redis::RedisStore`]; both are
 /// checked by one conformance suite (`tests/store_conformance.rs`), run through [`Store`].
 ///
@@ -233,6 +260,21 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Spends quota units: for each entry, in order, adds `n` to the count of (`id`,
+    /// `period_start`) if the count stays within `limit`, atomically per entry: exact under
+    /// concurrent calls, and across gateway instances on Redis. Returns each count after the
+    /// call. Counts belong to key ids and periods, not to records: a deleted key's counts are
+    /// left to expire. The request path calls it once per request of a quota'd key on Redis;
+    /// on the embedded store the gateway counts in memory and calls it to load a count and to
+    /// write what it counted (see `limits::quota`).
+    fn consume_quota(
+        &self,
+        spends: &[QuotaSpend],
+    ) -> impl Future<Output = Result<Vec<QuotaCount>, StoreError>> + Send {
+        let _ = spends;
+        async { Err(unsupported("consume_quota")) }
+    }
 
     /// The key imported with this SHA-256 digest of its secret and not upgraded yet, with its
     /// usage fields. The request path's fallback after a [`KeyStore::get_by_hash`] miss for a
@@ -425,6 +467,9 @@ impl KeyStore for Store {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())
+    }
+    async fn consume_quota(&self, spends: &[QuotaSpend]) -> Result<Vec<QuotaCount>, StoreError> {
+        dispatch!(self, s => s.consume_quota(spends))
     }
     async fn get_by_sha256(&self, digest: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
         dispatch!(self, s => s.get_by_sha256(digest))

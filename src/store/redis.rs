@@ -18,6 +18,8 @@
 //! | `P{ws:<workspace>}:audit` | ZSET | the workspace's audit log: entry id scored by its `time` in unix ms; newest first is descending score, ties by id descending; trimmed to the newest `AUDIT_MAX_ENTRIES` |
 //! | `P{ws:<workspace>}:audit:entries` | HASH | entry id → `AuditEntry` JSON, for the ids in `…:audit` |
 //! | `P{audit}`, `P{audit}:entries` | ZSET, HASH | the global audit log, laid out as a workspace's |
+//! | `P{q:<key id>}:<period start>` | STRING | quota units the key spent in the period starting at that unix second (0: a quota that never refills); expires an hour after the period ends. Written by [`KeyStore::consume_quota`]. |
+//! | `P{rl:<key id>}`, `P{rl:<key id>}:r<route>` | STRING | GCRA state of `rate_limits.mode: redis`, owned by `limits::redis` (reached through [`RedisStore::connection`]) |
 //!
 //! Beside the keys, one pub/sub channel, `Pinvalidate` (`keygate:invalidate` by default), carries
 //! cache invalidations between the instances sharing the store (SPEC §4): after every change to a
@@ -85,8 +87,8 @@ use time::OffsetDateTime;
 
 use super::invalidation::InvalidationStats;
 use super::{
-    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, RequestLogEntry,
-    StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
+    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
+    RequestLogEntry, StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
 };
 use crate::config::RedisConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -383,6 +385,20 @@ return out
 "
 );
 
+/// Adds ARGV[1] units to a quota count if it stays at or below ARGV[2]; sets the expiry
+/// ARGV[3] (unix s, '' for none) when it adds. KEYS: the count. Returns `{count, added (1/0)}`.
+/// Sent with EVAL inside a pipeline when several counts are written at once.
+const CONSUME_QUOTA: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+if used + n > tonumber(ARGV[2]) then return {used, 0} end
+if n > 0 then
+  used = redis.call('INCRBY', KEYS[1], ARGV[1])
+  if ARGV[3] ~= '' then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+end
+return {used, 1}
+";
+
 /// The scripts, hashed once (`EVALSHA`; the client loads a script again after `NOSCRIPT`, e.g.
 /// after a Redis restart).
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(Scripts::new);
@@ -406,6 +422,7 @@ struct Scripts {
     list_page: Script,
     audit_page: Script,
     append_logs: Script,
+    consume_quota: Script,
 }
 
 impl Scripts {
@@ -429,6 +446,7 @@ impl Scripts {
             list_page: Script::new(LIST_PAGE),
             audit_page: Script::new(AUDIT_PAGE),
             append_logs: Script::new(APPEND_LOGS),
+            consume_quota: Script::new(CONSUME_QUOTA),
         }
     }
 }
@@ -572,6 +590,27 @@ impl RedisStore {
     pub fn with_audit_max_entries(mut self, max: usize) -> Self {
         self.audit_max = max.max(1);
         self
+    }
+
+    /// The multiplexed connection (a cheap clone), for the global rate limiter, which keeps its
+    /// own keys on the same server (`limits::redis`).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `store.redis.key_prefix`.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `store.redis.timeout`: the bound of every round trip.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `P{q:<key id>}:<period start>`: a key's quota count in one period.
+    fn quota_key(&self, id: &KeyId, period_start: i64) -> String {
+        format!("{}{{q:{id}}}:{period_start}", self.prefix)
     }
 
     /// `P{h:<hex>}`: a record by its keyed BLAKE3 hash.
@@ -1134,6 +1173,49 @@ impl KeyStore for RedisStore {
         self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
             .await
             .map(drop)
+    }
+
+    async fn consume_quota(&self, spends: &[QuotaSpend]) -> Result<Vec<QuotaCount>, StoreError> {
+        let expiry = |s: &QuotaSpend| s.expires_at.map(|t| t.to_string()).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let replies: Vec<(i64, i64)> = match spends {
+            [] => return Ok(Vec::new()),
+            // The request path: one spend, one EVALSHA.
+            [s] => vec![
+                self.bounded(
+                    SCRIPTS
+                        .consume_quota
+                        .key(self.quota_key(&s.id, s.period_start))
+                        .arg(s.n)
+                        .arg(s.limit)
+                        .arg(expiry(s))
+                        .invoke_async(&mut conn),
+                )
+                .await?,
+            ],
+            // A batch of counts written at once: one pipeline, each entry its own script (the
+            // counts are on different slots).
+            _ => {
+                let mut pipe = redis::pipe();
+                for s in spends {
+                    pipe.cmd("EVAL")
+                        .arg(CONSUME_QUOTA)
+                        .arg(1)
+                        .arg(self.quota_key(&s.id, s.period_start))
+                        .arg(s.n)
+                        .arg(s.limit)
+                        .arg(expiry(s));
+                }
+                self.bounded(pipe.query_async(&mut conn)).await?
+            }
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(used, spent)| QuotaCount {
+                used: u64::try_from(used).unwrap_or(0),
+                spent: spent == 1,
+            })
+            .collect())
     }
 
     async fn get_by_sha256(&self, digest: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {

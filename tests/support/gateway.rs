@@ -108,6 +108,7 @@ pub fn merge(base: &mut serde_yaml::Value, overlay: serde_yaml::Value) {
 /// A running gateway and everything it needs; stops (and stops its redis-server) when dropped.
 pub struct TestGateway {
     pub app: Arc<App>,
+    pub config: Config,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub upstream: TestUpstream,
@@ -125,20 +126,39 @@ impl TestGateway {
             Backend::Redis => Some(RedisServer::start()),
             Backend::Embedded => None,
         };
-        Self::start_on(redis, overlay).await
+        let url = redis.as_ref().map(RedisServer::url);
+        Self::start_on(url.as_deref(), redis, overlay).await
     }
 
     /// A gateway that owns this redis-server (e.g. one with persistence, which the test stops
     /// and restarts through `gw.redis`), with the base config plus `overlay`.
     pub async fn start_owning_redis(redis: RedisServer, overlay: &str) -> TestGateway {
-        Self::start_on(Some(redis), overlay).await
+        let url = redis.url();
+        Self::start_on(Some(&url), Some(redis), overlay).await
     }
 
-    async fn start_on(redis: Option<RedisServer>, overlay: &str) -> TestGateway {
+    /// Another instance of the same deployment: a second gateway (its own listeners, upstream
+    /// and cache) on this gateway's redis-server, with the base config plus `overlay`.
+    pub async fn another_instance(&self, overlay: &str) -> TestGateway {
+        let url = self
+            .redis
+            .as_ref()
+            .expect("another instance shares this gateway's redis-server")
+            .url();
+        Self::start_on(Some(&url), None, overlay).await
+    }
+
+    /// A gateway on the Redis at `redis_url` (owning `redis` if given), or on a fresh embedded
+    /// store without one.
+    async fn start_on(
+        redis_url: Option<&str>,
+        redis: Option<RedisServer>,
+        overlay: &str,
+    ) -> TestGateway {
         let upstream = TestUpstream::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = match &redis {
-            Some(r) => redis_store(r),
+        let store = match redis_url {
+            Some(url) => redis_store(url),
             None => format!(
                 "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
                 dir.path().join("keygate.redb").display()
@@ -156,7 +176,7 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = config_from(&[
             BASE_CONFIG,
-            &redis_store(redis),
+            &redis_store(&redis.url()),
             &upstream_config(&upstream),
             overlay,
         ]);
@@ -175,7 +195,7 @@ impl TestGateway {
             proxy.local_addr().expect("proxy addr"),
             admin.local_addr().expect("admin addr"),
         );
-        let app = Arc::new(App::new(config).await.expect("gateway starts"));
+        let app = Arc::new(App::new(config.clone()).await.expect("gateway starts"));
         let (tx, rx) = oneshot::channel::<()>();
         let serving = app.clone();
         let task = tokio::spawn(async move {
@@ -188,6 +208,7 @@ impl TestGateway {
         });
         TestGateway {
             app,
+            config,
             proxy: proxy_addr,
             admin: admin_addr,
             upstream,
@@ -197,6 +218,18 @@ impl TestGateway {
             _dir: dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Stops gracefully (the drain and everything written on the way out) and starts again with
+    /// the same config, store, upstream and redis-server, on new ports.
+    pub async fn restart(mut self) -> TestGateway {
+        self.shutdown().await.expect("graceful stop");
+        let config = self.config.clone();
+        let upstream = std::mem::replace(&mut self.upstream, TestUpstream::start().await);
+        let redis = self.redis.take();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        Self::start_with(config, upstream, redis, dir).await
     }
 
     /// Triggers a graceful shutdown and returns the serving task, to await the drain.
@@ -337,11 +370,8 @@ impl Drop for TestGateway {
 }
 
 /// The `store:` overlay for a harness redis-server.
-fn redis_store(redis: &RedisServer) -> String {
-    format!(
-        "store: {{ backend: redis, redis: {{ url: \"{}\", timeout: 200ms }} }}",
-        redis.url()
-    )
+fn redis_store(url: &str) -> String {
+    format!("store: {{ backend: redis, redis: {{ url: \"{url}\", timeout: 200ms }} }}")
 }
 
 /// The `upstreams:` overlay naming the test upstream `app`.

@@ -1,0 +1,326 @@
+//! Rate limits, quotas and the failed-authentication limit: which limit a request counts
+//! against, the order the checks run in, and the headers that report them. The proxy calls
+//! [`Limits::admit`] after the scope check and applies the [`LimitHeaders`] it returns; it
+//! calls [`Limits::check_failures`] before a key lookup and [`Limits::record_failure`] when
+//! authentication fails.
+//!
+//! - [`gcra`]: the algorithm and this instance's buckets (`rate_limits.mode: local`, the
+//!   failure limit, and the fallback of `mode: redis`);
+//! - [`redis`]: the global buckets of `mode: redis` and the outage circuit;
+//! - [`quota`]: quota periods and counts;
+//! - [`clock`]: the injectable clocks.
+//!
+//! # Which limit
+//!
+//! Most specific first: the key's `rate_limit`, else the route's, else `rate_limits.roles` of
+//! the key's role, else `rate_limits.default`; none means no limit and no `RateLimit-*`
+//! headers. A key's own, role and default limits share one bucket per key, so moving a key
+//! between them keeps its state; a route's own limit has a bucket per key and route, so that a
+//! tight limit on one route is not spent by the key's traffic elsewhere (and does not refuse
+//! it). In `mode: local` each instance limits on its own (N instances allow N times the rate);
+//! `mode: redis` is one limit for all.
+//!
+//! # Failed authentications
+//!
+//! `auth.failure_limit` is a GCRA per client IP (IPv6 by /64) that counts `invalid_key`
+//! (malformed or unknown secret), `key_revoked` and `key_expired`: the answers a guesser
+//! learns from. `missing_key` and `conflicting_credentials` guess nothing and are not counted,
+//! nor are 403s of a valid key. Over the limit, a request with a credential is refused with
+//! 429 `rate_limited` before the secret is looked at, so guessing costs no cache or store work.
+//! A success does not reset the count: an attacker holding one valid key could otherwise
+//! interleave it to guess forever. The count is per instance, also in `mode: redis` (a Redis
+//! call per failure would hand guessers the store round trips this limit exists to save).
+
+pub mod clock;
+pub mod gcra;
+pub mod quota;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+
+use self::clock::{Clock, SystemClock};
+use self::gcra::{Buckets, Gcra, RateState, Subject};
+use self::quota::Quotas;
+use self::redis::RedisLimiter;
+use crate::config::{Config, QuotaSpec, RateLimitMode};
+use crate::error::Reject;
+use crate::keys::KeyRecord;
+use crate::route::CompiledRoute;
+use crate::store::Store;
+
+/// `RateLimit-Limit`: requests per period of the limit that applies.
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`: requests that would pass right now.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`: seconds until the bucket is full again.
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// `X-Keygate-Quota-Remaining`: units of the key's quota left in the period.
+pub const X_KEYGATE_QUOTA_REMAINING: HeaderName =
+    HeaderName::from_static("x-keygate-quota-remaining");
+
+/// Client IPs whose failed authentications are tracked at once. When full, moka evicts rarely
+/// seen addresses; an attacker spread over more addresses than this gets a fresh count for some.
+pub const FAILURE_SUBJECTS_MAX: u64 = 100_000;
+
+/// What the `RateLimit-*` headers say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `RateLimit-Limit`.
+    pub limit: u32,
+    /// `RateLimit-Remaining`.
+    pub remaining: u64,
+    /// `RateLimit-Reset`, seconds.
+    pub reset: u64,
+}
+
+impl From<&RateState> for RateHeaders {
+    fn from(s: &RateState) -> Self {
+        RateHeaders {
+            limit: s.limit,
+            remaining: s.remaining,
+            reset: s.reset_secs(),
+        }
+    }
+}
+
+/// The limit headers of a response: set once the key is authenticated, empty otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitHeaders {
+    /// `RateLimit-*`, when a rate limit applies.
+    pub rate: Option<RateHeaders>,
+    /// `X-Keygate-Quota-Remaining`, when the key has a quota.
+    pub quota_remaining: Option<u64>,
+}
+
+impl LimitHeaders {
+    /// Sets the headers on a response (replacing any the upstream sent under these names).
+    /// Integers become header values without formatting through a `String`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(rate) = self.rate {
+            headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
+            headers.insert(RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
+            headers.insert(RATELIMIT_RESET, HeaderValue::from(rate.reset));
+        }
+        if let Some(remaining) = self.quota_remaining {
+            headers.insert(X_KEYGATE_QUOTA_REMAINING, HeaderValue::from(remaining));
+        }
+    }
+}
+
+/// The limits of one configuration.
+pub struct Limits {
+    clock: Arc<dyn Clock>,
+    default: Option<Gcra>,
+    roles: HashMap<String, Gcra>,
+    role_quotas: HashMap<String, QuotaSpec>,
+    local: Buckets,
+    global: Option<RedisLimiter>,
+    failures: Option<(Gcra, Buckets)>,
+    quotas: Quotas,
+}
+
+impl Limits {
+    /// The limits of a validated config over its store, on the system clock.
+    pub fn new(config: &Config, store: Arc<Store>) -> Limits {
+        Limits::with_clock(config, store, Arc::new(SystemClock::new()))
+    }
+
+    /// The same on a given clock (tests pass a [`clock::FakeClock`]). The clock drives the
+    /// local buckets and quota periods; `mode: redis` buckets run on the Redis server's clock.
+    pub fn with_clock(config: &Config, store: Arc<Store>, clock: Arc<dyn Clock>) -> Limits {
+        let global = match (config.rate_limits.mode, &*store) {
+            (RateLimitMode::Redis, Store::Redis(redis)) => Some(RedisLimiter::new(redis)),
+            // `validate` refuses `mode: redis` without the Redis store.
+            _ => None,
+        };
+        Limits {
+            default: config.rate_limits.default.as_ref().map(Gcra::new),
+            roles: config
+                .rate_limits
+                .roles
+                .iter()
+                .map(|(role, spec)| (role.clone(), Gcra::new(spec)))
+                .collect(),
+            role_quotas: config
+                .quotas
+                .roles
+                .iter()
+                .map(|(role, spec)| (role.clone(), *spec))
+                .collect(),
+            // One bucket per key in use (and per key and limited route): the key cache's
+            // capacity bounds the keys in use.
+            local: Buckets::new(config.cache.capacity),
+            global,
+            failures: config
+                .auth
+                .failure_limit
+                .as_ref()
+                .map(|spec| (Gcra::new(spec), Buckets::new(FAILURE_SUBJECTS_MAX))),
+            quotas: Quotas::new(store, clock.clone(), config.cache.max_stale.is_zero()),
+            clock,
+        }
+    }
+
+    /// The quota counts (for tests and metrics).
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The rate limit of a request and its bucket's route (`Some` for a route's own limit).
+    pub fn resolve(&self, key: &KeyRecord, route: &CompiledRoute) -> Option<(Gcra, Option<usize>)> {
+        if let Some(spec) = &key.rate_limit {
+            return Some((Gcra::new(spec), None));
+        }
+        if let Some(spec) = &route.rate_limit {
+            return Some((Gcra::new(spec), Some(route.index)));
+        }
+        key.role
+            .as_deref()
+            .and_then(|role| self.roles.get(role))
+            .or(self.default.as_ref())
+            .map(|gcra| (*gcra, None))
+    }
+
+    /// The key's quota: its own, else its role's.
+    pub fn quota_of<'a>(&'a self, key: &'a KeyRecord) -> Option<&'a QuotaSpec> {
+        key.quota.as_ref().or_else(|| {
+            key.role
+                .as_deref()
+                .and_then(|role| self.role_quotas.get(role))
+        })
+    }
+
+    /// The limit stage, after the scope check: the rate limit, then the quota (so a request the
+    /// rate limit refuses spends no quota). The headers come back either way.
+    pub async fn admit(
+        &self,
+        key: &KeyRecord,
+        route: &CompiledRoute,
+    ) -> Result<LimitHeaders, (Reject, LimitHeaders)> {
+        let mut headers = LimitHeaders::default();
+        let quota = self.quota_of(key);
+        if let Some((gcra, route)) = self.resolve(key, route) {
+            let state = self.rate(key, &gcra, route, false).await;
+            headers.rate = Some(RateHeaders::from(&state));
+            if !state.allowed {
+                // The count this instance last saw: a refused request costs no store call.
+                headers.quota_remaining = quota.and_then(|q| self.quotas.known(&key.id, q));
+                return Err((Reject::RateLimited(state.retry_after_secs()), headers));
+            }
+        }
+        if let Some(q) = quota {
+            match self.quotas.spend(&key.id, q).await {
+                Ok(outcome) => headers.quota_remaining = Some(outcome.remaining),
+                Err(reject) => {
+                    if matches!(reject, Reject::QuotaExceeded(_)) {
+                        headers.quota_remaining = Some(0);
+                    }
+                    return Err((reject, headers));
+                }
+            }
+        }
+        Ok(headers)
+    }
+
+    /// The headers of an authenticated request refused before the limit stage (IP allowlist,
+    /// scopes): the limits as they stand, counting nothing.
+    pub async fn peek(&self, key: &KeyRecord, route: &CompiledRoute) -> LimitHeaders {
+        let rate = match self.resolve(key, route) {
+            Some((gcra, route)) => {
+                Some(RateHeaders::from(&self.rate(key, &gcra, route, true).await))
+            }
+            None => None,
+        };
+        let quota_remaining = match self.quota_of(key) {
+            Some(q) => self.quotas.remaining(&key.id, q).await,
+            None => None,
+        };
+        LimitHeaders {
+            rate,
+            quota_remaining,
+        }
+    }
+
+    /// One check of a key's bucket: in Redis for `mode: redis` while it answers, else here.
+    async fn rate(
+        &self,
+        key: &KeyRecord,
+        gcra: &Gcra,
+        route: Option<usize>,
+        peek: bool,
+    ) -> RateState {
+        if let Some(global) = &self.global
+            && global.outage.should_try(self.clock.now())
+        {
+            match global.check(&key.id, route, gcra, peek).await {
+                Ok(state) => {
+                    global.outage.succeeded();
+                    return state;
+                }
+                Err(e) => global.outage.failed(self.clock.now(), &e),
+            }
+        }
+        let subject = Subject::key(&key.id, route);
+        let now = self.clock.now();
+        if peek {
+            self.local.peek(&subject, gcra, now)
+        } else {
+            self.local.check(subject, gcra, now)
+        }
+    }
+
+    /// Refuses a credential check from a client over its failed-authentication limit; runs
+    /// before the secret is looked at. Counts nothing.
+    pub fn check_failures(&self, ip: IpAddr) -> Result<(), Reject> {
+        let Some((gcra, buckets)) = &self.failures else {
+            return Ok(());
+        };
+        let state = buckets.peek(&Subject::ip(ip), gcra, self.clock.now());
+        if state.allowed {
+            Ok(())
+        } else {
+            Err(Reject::RateLimited(state.retry_after_secs()))
+        }
+    }
+
+    /// Counts a failed authentication of a client, if `reject` is one that counts (see the
+    /// module docs). Returns `reject` for use in `map_err`.
+    pub fn record_failure(&self, ip: IpAddr, reject: Reject) -> Reject {
+        if let Some((gcra, buckets)) = &self.failures
+            && matches!(
+                reject,
+                Reject::InvalidKey(_) | Reject::KeyRevoked | Reject::KeyExpired
+            )
+        {
+            buckets.check(Subject::ip(ip), gcra, self.clock.now());
+        }
+        reject
+    }
+
+    /// Writes quota units counted in memory to the store (see [`quota`]).
+    pub async fn flush(&self) {
+        // Failures are logged by the quota counts themselves; the units stay pending.
+        let _ = self.quotas.flush().await;
+    }
+
+    /// Writes quota counts every `interval` until `stop` completes, then once more. Run it
+    /// while serving and stop it after the drain, so the last requests' units are written too.
+    pub async fn persist(self: Arc<Self>, interval: Duration, stop: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.flush().await,
+                () = &mut stop => break,
+            }
+        }
+        self.flush().await;
+    }
+}
