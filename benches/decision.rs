@@ -48,7 +48,7 @@ fn decision(c: &mut Criterion) {
         &dir.path().join("bench.redb").display().to_string(),
     );
     let config = Config::parse("bench", &text, |_| None).expect("bench config");
-    let app = rt.block_on(App::new(config)).expect("app");
+    let app = rt.block_on(App::new(config.clone())).expect("app");
     let (_, secret) = rt
         .block_on(app.keys().create(
             NewKey {
@@ -78,6 +78,34 @@ fn decision(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let d = gateway.authorize(&request, peer).await.expect("allowed");
             std::hint::black_box(d.key.is_some())
+        })
+    });
+    // Usage recording as in `Gateway::handle`, with its flusher draining the queue on another
+    // thread (as when serving), so every iteration takes the normal path, not the full-queue one.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("flusher runtime");
+    let (recorder, flusher) =
+        keygate::usage::channel(&config, app.store().clone(), keygate::metrics::Metrics::new());
+    let _flushing = {
+        let _guard = background.enter();
+        flusher.spawn()
+    };
+    let method = http::Method::GET;
+    group.bench_function("cache_hit_allowed_and_recorded", |b| {
+        b.to_async(&rt).iter(|| async {
+            let d = gateway.authorize(&request, peer).await.expect("allowed");
+            let key = d.key.expect("authenticated");
+            recorder.record(
+                key,
+                &method,
+                String::from("/api/v1/sessions/42"),
+                http::StatusCode::OK,
+                peer,
+                std::time::Duration::from_micros(300),
+            );
         })
     });
     let hasher = gateway.hasher().clone();
