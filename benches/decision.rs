@@ -87,8 +87,11 @@ fn decision(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("flusher runtime");
-    let (recorder, flusher) =
-        keygate::usage::channel(&config, app.store().clone(), keygate::metrics::Metrics::new());
+    let (recorder, flusher) = keygate::usage::channel(
+        &config,
+        app.store().clone(),
+        keygate::metrics::Metrics::new(),
+    );
     let _flushing = {
         let _guard = background.enter();
         flusher.spawn()

@@ -49,8 +49,9 @@ use crate::store::{KeyStore, RequestLogEntry, Store, StoreError, UsageDelta};
 pub const MAX_BUFFERED_LOG_ENTRIES: usize = 100_000;
 /// Request-log writes in flight at once (the store takes one call per key).
 const LOG_WRITE_CONCURRENCY: usize = 16;
-/// Uses taken off the queue per wake-up of the flusher.
-const RECV_BATCH: usize = 1024;
+/// How often the flusher empties the queue into its aggregate (at most `flush_interval`). At
+/// 100k requests a second this is 2,000 queued uses, far below `usage.queue_capacity`.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Pause between attempts of the final flush on shutdown.
 const SHUTDOWN_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -194,17 +195,17 @@ impl Flusher {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut received = Vec::with_capacity(RECV_BATCH);
+        // The queue is emptied on a short timer rather than by waiting on it: a waiting
+        // receiver would be woken, across threads, by every request's send.
+        let mut drain = tokio::time::interval(DRAIN_EVERY.min(self.interval));
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut writing: Option<JoinHandle<Written>> = None;
         let mut failures: u64 = 0;
         loop {
             tokio::select! {
-                n = self.rx.recv_many(&mut received, RECV_BATCH) => {
-                    if n == 0 {
+                _ = drain.tick() => {
+                    if self.drain_queue() {
                         break; // every recorder is gone
-                    }
-                    for u in received.drain(..) {
-                        self.pending.add(u);
                     }
                 }
                 _ = tick.tick() => {
@@ -227,6 +228,17 @@ impl Flusher {
             }
         }
         self.shut_down(writing, failures).await;
+    }
+
+    /// Moves everything queued into the aggregate. True when every recorder is gone.
+    fn drain_queue(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(u) => self.pending.add(u),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
     }
 
     /// Takes back what a write left over, and logs failures once per outage.
