@@ -6,11 +6,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use keygate::App;
 use keygate::config::Config;
 use support::gateway::{BASE_CONFIG, config_from, new_key};
+use support::process::KeygateProcess;
 use support::upstream::TestUpstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
@@ -82,14 +83,6 @@ fn config_check_reports_every_problem_and_exits_64() {
     assert!(out.contains("cannot read file"), "{out}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -99,33 +92,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy_port, admin_port) = (free_port(), free_port());
     let text = format!(
-        "{BASE_CONFIG}\nlisten: {{ proxy: \"127.0.0.1:{proxy_port}\", admin: \"127.0.0.1:{admin_port}\" }}\n\
+        "{BASE_CONFIG}\n\
          store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
          upstreams: {{ app: {{ url: \"{}\" }} }}\n",
         dir.path().join("keygate.redb").display(),
@@ -135,8 +107,6 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
         "log: { format: text, level: warn, access: false }",
         "log: { format: json, level: info, access: true }",
     );
-    let config_path = dir.path().join("keygate.yaml");
-    std::fs::write(&config_path, &text).unwrap();
 
     // Issue a key through the library into the same file, then hand the file to the binary.
     let (key, secret) = {
@@ -153,31 +123,9 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
             .unwrap()
     };
 
-    let log = dir.path().join("keygate.log");
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start keygate");
-    let mut running = Running { child, log };
-    let pid = running.child.id();
-
+    let mut running = KeygateProcess::start(dir.path(), "keygate", &text).await;
+    let (pid, proxy_port) = (running.pid(), running.proxy);
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let url = format!("http://127.0.0.1:{admin_port}/readyz")
-            .parse()
-            .unwrap();
-        if let Ok(r) = client.get(url).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "keygate did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let auth = format!("Bearer {}", secret.expose());
     let warm = http::Request::get(format!("http://127.0.0.1:{proxy_port}/api/v1/sessions"))
         .header("authorization", &auth)
@@ -237,16 +185,7 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
     );
 
     // SIGTERM: drains and exits 0.
-    sigterm(pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = running.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "exit status {status}");
+    running.terminate().await;
 
     // One access line per request, with the key id and never the secret.
     let log = std::fs::read_to_string(&running.log).unwrap();

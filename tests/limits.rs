@@ -12,7 +12,7 @@
 mod support;
 
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use keygate::config::{QuotaSpec, RateLimitSpec, Refill};
 use keygate::control::NewKey;
 use keygate::keys::{Secret, SecretFormat};
 use support::gateway::{BASE_CONFIG, Backend, Reply, TestGateway, config_from, new_key};
+use support::process::KeygateProcess;
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
 use tokio::sync::Semaphore;
@@ -535,60 +536,6 @@ async fn quotas_fail_closed_in_an_outage_when_max_stale_is_zero() {
     assert_eq!(gw.get(path, Some(&plain)).await.status, StatusCode::OK);
 }
 
-/// A `keygate serve` process this test started; killed when dropped.
-struct Process {
-    child: Child,
-    proxy: u16,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `keygate serve` with `config` plus its own listeners and waits until it is ready.
-async fn serve(dir: &std::path::Path, name: &str, config: &str) -> Process {
-    let (proxy, admin) = (free_port(), free_port());
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "{config}\nlisten: {{ proxy: \"127.0.0.1:{proxy}\", admin: \"127.0.0.1:{admin}\" }}\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .expect("start keygate");
-    let process = Process { child, proxy };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = format!("http://127.0.0.1:{admin}/readyz").parse().unwrap();
-        if let Ok(r) = client.get(url).await
-            && r.status() == StatusCode::OK
-        {
-            return process;
-        }
-        assert!(Instant::now() < deadline, "{name} did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// SPEC §8: one key limited to RATE a second, two gateway processes on one Redis, both driven
 /// as hard as the loops can for RUN: the requests accepted are the bucket (BURST) plus RATE ×
 /// the time elapsed, within ±2%.
@@ -627,8 +574,8 @@ async fn a_global_limit_holds_across_two_gateway_processes() {
             .unwrap()
     };
     let processes = [
-        serve(dir.path(), "one", &config).await,
-        serve(dir.path(), "two", &config).await,
+        KeygateProcess::start(dir.path(), "one", &config).await,
+        KeygateProcess::start(dir.path(), "two", &config).await,
     ];
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let auth = format!("Bearer {}", secret.expose());

@@ -7,8 +7,6 @@
 #[macro_use]
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +21,7 @@ use keygate::metrics::UsageDrop;
 use keygate::store::KeyStore;
 use serde_json::Value;
 use support::gateway::{BASE_CONFIG, Backend, OPS_TOKEN, TestGateway, config_from, new_key};
+use support::process::KeygateProcess;
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
 use time::OffsetDateTime;
@@ -193,99 +192,31 @@ on_both_backends!(
     request_logs_keep_the_newest_and_go_with_the_key,
 );
 
-/// The `keygate` binary on a config file, stopped with SIGTERM or killed on drop.
-struct Keygate {
-    child: Child,
-    admin_port: u16,
-}
-
-impl Keygate {
-    async fn start(config: &Path, admin_port: u16, log: &Path) -> Keygate {
-        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start keygate");
-        let running = Keygate { child, admin_port };
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let url = format!("http://127.0.0.1:{admin_port}/readyz")
-                .parse()
-                .unwrap();
-            if let Ok(r) = client.get(url).await
-                && r.status() == 200
-            {
-                return running;
-            }
-            assert!(Instant::now() < deadline, "keygate did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    async fn terminate(mut self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(status.success(), "exit status {status}");
-    }
-
-    async fn admin_get(&self, path: &str) -> Value {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let req = http::Request::get(format!("http://127.0.0.1:{}{path}", self.admin_port))
-            .header("authorization", format!("Bearer {OPS_TOKEN}"))
-            .body(Full::default())
-            .unwrap();
-        let r = client.request(req).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap()
-    }
-}
-
-impl Drop for Keygate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// GET on a running binary's admin API with the ops token; asserts 200.
+async fn admin_get(process: &KeygateProcess, path: &str) -> Value {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::get(format!("http://127.0.0.1:{}{path}", process.admin))
+        .header("authorization", format!("Bearer {OPS_TOKEN}"))
+        .body(Full::default())
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_are_exact_after_a_graceful_stop_of_the_binary() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy_port, admin_port) = (free_port(), free_port());
     // No flush would happen for an hour: only the one on SIGTERM can write the counts.
     let text = format!(
-        "{BASE_CONFIG}\nlisten: {{ proxy: \"127.0.0.1:{proxy_port}\", admin: \"127.0.0.1:{admin_port}\" }}\n\
+        "{BASE_CONFIG}\n\
          store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
          upstreams: {{ app: {{ url: \"{}\" }} }}\n\
          usage: {{ flush_interval: 1h }}\n",
         dir.path().join("keygate.redb").display(),
         upstream.url()
     );
-    let config = dir.path().join("keygate.yaml");
-    std::fs::write(&config, &text).unwrap();
     // Issue a key into the same file through the library, then hand the file to the binary.
     let (key, secret) = {
         let app = App::new(config_from(&[&text])).await.unwrap();
@@ -302,7 +233,8 @@ async fn counts_are_exact_after_a_graceful_stop_of_the_binary() {
     };
     let key_path = format!("/v1/workspaces/acme/keys/{}", key.id.as_str());
 
-    let gateway = Keygate::start(&config, admin_port, &dir.path().join("first.log")).await;
+    let mut gateway = KeygateProcess::start(dir.path(), "first", &text).await;
+    let proxy_port = gateway.proxy;
     const N: u64 = 120;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let auth = format!("Bearer {}", secret.expose());
@@ -321,11 +253,11 @@ async fn counts_are_exact_after_a_graceful_stop_of_the_binary() {
         statuses.iter().all(|s| *s == StatusCode::OK),
         "{statuses:?}"
     );
-    assert_eq!(gateway.admin_get(&key_path).await["usage_count"], 0);
+    assert_eq!(admin_get(&gateway, &key_path).await["usage_count"], 0);
     gateway.terminate().await;
 
-    let again = Keygate::start(&config, admin_port, &dir.path().join("second.log")).await;
-    let json = again.admin_get(&key_path).await;
+    let mut again = KeygateProcess::start(dir.path(), "second", &text).await;
+    let json = admin_get(&again, &key_path).await;
     assert_eq!(json["usage_count"], N, "{json}");
     assert!(json["last_used_at"].is_string(), "{json}");
     again.terminate().await;

@@ -23,5 +23,6 @@ macro_rules! on_both_backends {
 }
 
 pub mod gateway;
+pub mod process;
 pub mod redis;
 pub mod upstream;

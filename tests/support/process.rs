@@ -1,0 +1,107 @@
+//! The real `keygate` binary as a test's child process: listeners on free loopback ports, stderr
+//! in a log file, readiness awaited, SIGTERM with a bounded wait for a clean exit. The process
+//! is killed (by the PID the test started) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A free port on 127.0.0.1 (free when asked; the OS may hand it out again later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// A `keygate serve` started by the test.
+pub struct KeygateProcess {
+    /// The child.
+    pub child: Child,
+    /// Proxy listener port.
+    pub proxy: u16,
+    /// Admin listener port.
+    pub admin: u16,
+    /// Where its stderr (the logs) goes.
+    pub log: PathBuf,
+}
+
+impl KeygateProcess {
+    /// Writes `config` plus `listen:` on free ports to `dir/<name>.yaml`, starts the binary on
+    /// it and waits until `/readyz` answers 200.
+    pub async fn start(dir: &Path, name: &str, config: &str) -> KeygateProcess {
+        let (proxy, admin) = (free_port(), free_port());
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "{config}\nlisten: {{ proxy: \"127.0.0.1:{proxy}\", admin: \"127.0.0.1:{admin}\" }}\n"
+            ),
+        )
+        .expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start keygate");
+        let process = KeygateProcess {
+            child,
+            proxy,
+            admin,
+            log,
+        };
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = format!("http://127.0.0.1:{admin}/readyz")
+                .parse()
+                .expect("url");
+            if let Ok(r) = client.get(url).await
+                && r.status() == 200
+            {
+                return process;
+            }
+            assert!(Instant::now() < deadline, "{name} did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (at most 20 s) and asserts a clean exit.
+    pub async fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+impl Drop for KeygateProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
