@@ -17,10 +17,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use keygate::App;
 use keygate::config::Config;
-use support::gateway::{BASE_CONFIG, config_from, new_key};
-use support::process::KeygateProcess;
+use support::gateway::{BASE_CONFIG, new_key};
+use support::process::{KeygateProcess, issue_key};
 use support::upstream::TestUpstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
@@ -109,19 +108,14 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
     );
 
     // Issue a key through the library into the same file, then hand the file to the binary.
-    let (key, secret) = {
-        let app = App::new(config_from(&[&text])).await.unwrap();
-        app.keys()
-            .create(
-                keygate::control::NewKey {
-                    scopes: vec!["sessions:read".into()],
-                    ..new_key("acme")
-                },
-                None,
-            )
-            .await
-            .unwrap()
-    };
+    let (key, secret) = issue_key(
+        &text,
+        keygate::control::NewKey {
+            scopes: vec!["sessions:read".into()],
+            ..new_key("acme")
+        },
+    )
+    .await;
 
     let mut running = KeygateProcess::start(dir.path(), "keygate", &text).await;
     let (pid, proxy_port) = (running.pid(), running.proxy);

@@ -21,12 +21,11 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use keygate::App;
 use keygate::config::{QuotaSpec, RateLimitSpec, Refill};
 use keygate::control::NewKey;
 use keygate::keys::{Secret, SecretFormat};
-use support::gateway::{BASE_CONFIG, Backend, Reply, TestGateway, config_from, new_key};
-use support::process::KeygateProcess;
+use support::gateway::{BASE_CONFIG, Backend, Reply, TestGateway, new_key};
+use support::process::{KeygateProcess, issue_key};
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
 use tokio::sync::Semaphore;
@@ -555,24 +554,19 @@ async fn a_global_limit_holds_across_two_gateway_processes() {
         redis.url(),
         upstream.url()
     );
-    let (_, secret) = {
-        let app = App::new(config_from(&[&config])).await.unwrap();
-        app.keys()
-            .create(
-                NewKey {
-                    scopes: vec!["sessions:read".into()],
-                    rate_limit: Some(RateLimitSpec {
-                        requests: NonZeroU32::new(RATE).unwrap(),
-                        period: Duration::from_secs(1),
-                        burst: NonZeroU32::new(BURST),
-                    }),
-                    ..new_key("acme")
-                },
-                None,
-            )
-            .await
-            .unwrap()
-    };
+    let (_, secret) = issue_key(
+        &config,
+        NewKey {
+            scopes: vec!["sessions:read".into()],
+            rate_limit: Some(RateLimitSpec {
+                requests: NonZeroU32::new(RATE).unwrap(),
+                period: Duration::from_secs(1),
+                burst: NonZeroU32::new(BURST),
+            }),
+            ..new_key("acme")
+        },
+    )
+    .await;
     let processes = [
         KeygateProcess::start(dir.path(), "one", &config).await,
         KeygateProcess::start(dir.path(), "two", &config).await,

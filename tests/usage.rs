@@ -21,7 +21,7 @@ use keygate::metrics::UsageDrop;
 use keygate::store::KeyStore;
 use serde_json::Value;
 use support::gateway::{BASE_CONFIG, Backend, OPS_TOKEN, TestGateway, config_from, new_key};
-use support::process::KeygateProcess;
+use support::process::{KeygateProcess, issue_key};
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
 use time::OffsetDateTime;
@@ -218,19 +218,14 @@ async fn counts_are_exact_after_a_graceful_stop_of_the_binary() {
         upstream.url()
     );
     // Issue a key into the same file through the library, then hand the file to the binary.
-    let (key, secret) = {
-        let app = App::new(config_from(&[&text])).await.unwrap();
-        app.keys()
-            .create(
-                keygate::control::NewKey {
-                    scopes: vec!["sessions:read".into()],
-                    ..new_key("acme")
-                },
-                None,
-            )
-            .await
-            .unwrap()
-    };
+    let (key, secret) = issue_key(
+        &text,
+        keygate::control::NewKey {
+            scopes: vec!["sessions:read".into()],
+            ..new_key("acme")
+        },
+    )
+    .await;
     let key_path = format!("/v1/workspaces/acme/keys/{}", key.id.as_str());
 
     let mut gateway = KeygateProcess::start(dir.path(), "first", &text).await;

@@ -10,6 +10,16 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use keygate::keys::{KeyRecord, Secret};
+
+/// Issues a key through the library into the store a config file names, before the binary is
+/// started on that file (the binary then finds it there, as it would after an admin call).
+pub async fn issue_key(config: &str, new: keygate::control::NewKey) -> (KeyRecord, Secret) {
+    let app = keygate::App::new(super::gateway::config_from(&[config]))
+        .await
+        .expect("the config opens");
+    app.keys().create(new, None).await.expect("create key")
+}
 
 /// A free port on 127.0.0.1 (free when asked; the OS may hand it out again later).
 pub fn free_port() -> u16 {
