@@ -9,6 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keygate::config::Config;
 
+// Many small, short-lived allocations per request: mimalloc serves them from thread-local pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for an unusable config (sysexits `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code for failures at start or while running (sysexits `EX_SOFTWARE`).
