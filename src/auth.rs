@@ -19,8 +19,7 @@ pub struct CredentialSources {
     pub query_param: Option<String>,
 }
 
-/// A credential found in a request.
-#[derive(Debug)]
+/// A credential found in a request. Its `Debug` never shows the secret.
 pub struct Credential<'a> {
     /// The presented secret (borrowed from the request unless it was percent-decoded).
     pub secret: Cow<'a, str>,
@@ -29,6 +28,16 @@ pub struct Credential<'a> {
     pub header_mask: u64,
     /// Whether the query parameter carried it.
     pub in_query: bool,
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("secret", &"<redacted>")
+            .field("header_mask", &self.header_mask)
+            .field("in_query", &self.in_query)
+            .finish()
+    }
 }
 
 impl CredentialSources {

@@ -796,7 +796,17 @@ impl Config {
         {
             problem("auth.query_param".into(), "must not be empty".into());
         }
+        // Credential headers are tracked as bits of a u64 (bit 0 is Authorization).
+        if self.auth.extra_headers.len() > 63 {
+            problem("auth.extra_headers".into(), "at most 63 headers".into());
+        }
         for (i, h) in self.auth.extra_headers.iter().enumerate() {
+            if self.auth.extra_headers[..i].contains(h) {
+                problem(
+                    format!("auth.extra_headers[{i}]"),
+                    format!("`{h}` is listed twice"),
+                );
+            }
             if h == http::header::AUTHORIZATION {
                 problem(
                     format!("auth.extra_headers[{i}]"),
@@ -1478,6 +1488,27 @@ routes:
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn extra_headers_are_few_and_distinct() {
+        let many: Vec<String> = (0..64).map(|i| format!("X-Key-{i}")).collect();
+        let text = format!(
+            "{MINIMAL}auth: {{ extra_headers: [{}] }}\n",
+            many.join(", ")
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.path == "auth.extra_headers"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}auth: {{ extra_headers: [X-A, x-a] }}\n")).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.path == "auth.extra_headers[1]"),
+            "{err}"
+        );
     }
 
     #[test]

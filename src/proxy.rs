@@ -261,12 +261,19 @@ impl Gateway {
             .ok_or(Reject::NoRoute)?;
         let client_ip = auth::client_ip(peer, headers, &self.trusted);
         if route.public {
+            // No key is checked, but a credential the client sent anyway is still removed
+            // before forwarding (unless `keep_credentials`).
+            let sent = self
+                .sources
+                .extract(headers, req.uri().query())
+                .ok()
+                .flatten();
             return Ok(Decision {
                 route,
                 key: None,
                 client_ip,
-                credential_headers: 0,
-                credential_in_query: false,
+                credential_headers: sent.as_ref().map_or(0, |c| c.header_mask),
+                credential_in_query: sent.is_some_and(|c| c.in_query),
                 limits: LimitHeaders::default(),
             });
         }

@@ -63,7 +63,8 @@ impl Router {
     /// segments (plain or percent-encoded) match nothing: an upstream that normalises them would
     /// otherwise serve a resource other than the one whose route was checked.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&CompiledRoute> {
-        if has_dot_segment(path) {
+        // `*` (OPTIONS) and authority-form targets are no paths a route can mean.
+        if !path.starts_with('/') || has_dot_segment(path) {
             return None;
         }
         let host = host.map(strip_port);
@@ -100,10 +101,17 @@ fn strip_port(host: &str) -> &str {
 }
 
 fn has_dot_segment(path: &str) -> bool {
+    // A raw `\` is a separator to some servers (IIS, ASP.NET).
+    if path.contains('\\') {
+        return true;
+    }
     if !path.contains(['.', '%']) {
         return false;
     }
-    path.split('/').any(is_dot_segment) || has_encoded_separator(path.as_bytes())
+    // `..;x` is `..` to servlet containers (Tomcat ignores path parameters).
+    path.split('/')
+        .any(|segment| is_dot_segment(segment.split(';').next().unwrap_or(segment)))
+        || has_encoded_separator(path.as_bytes())
 }
 
 /// `.` or `..`, each dot possibly written `%2e`.
@@ -223,6 +231,9 @@ mod tests {
             "/api/v1/sessions/%2e%2e/admin",
             "/api/v1/sessions/%2E./admin",
             "/api/v1/sessions/a%2Fb",
+            "/api/v1/sessions/..;/admin",
+            "/api/v1/sessions/.;x/admin",
+            "/api/v1/sessions/..\\admin",
         ] {
             assert_eq!(up(&r, &Method::GET, None, p), None, "{p}");
         }

@@ -603,3 +603,85 @@ async fn health_and_readiness_probes() {
     // The proxy listener does not serve the admin endpoints.
     assert_eq!(gw.get("/readyz", None).await.error_code(), "no_route");
 }
+
+// ---- hardening found in review: nothing a client sends can get past a check or leak a secret ----
+
+#[tokio::test]
+async fn the_query_credential_never_reaches_the_upstream() {
+    let gw = TestGateway::start(Backend::Embedded, "auth: { query_param: api_key }").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    // An empty segment used to misalign the filter and forward the secret.
+    let path = format!("/api/v1/sessions?a=1&&api_key={}&b=2", secret.expose());
+    let r = gw.get(&path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["query"], "a=1&b=2");
+    assert!(!String::from_utf8_lossy(&r.body).contains(secret.expose()));
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_forwarded() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    // h2c would give the client an HTTP/2 connection to the upstream that no route checks.
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions", Some(&secret))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream_header("upgrade"), None);
+    assert_eq!(r.upstream_header("http2-settings"), None);
+}
+
+#[tokio::test]
+async fn public_routes_do_not_forward_a_credential_either() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let req = gw
+        .request(Method::GET, "/health", Some(&secret))
+        .header("x-api-key", secret.expose())
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream_header("authorization"), None);
+    assert_eq!(r.upstream_header("x-api-key"), None);
+}
+
+#[tokio::test]
+async fn spoofed_identity_and_address_headers_are_removed() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    let req = gw
+        .request(Method::GET, "/api/v1/sessions", Some(&secret))
+        // CGI-style upstreams read `_` and `-` alike.
+        .header("x_keygate_key_id", "key_spoofed")
+        .header("x_keygate_workspace", "other")
+        .header("forwarded", "for=203.0.113.9")
+        .header("x-real-ip", "203.0.113.9")
+        .body(Full::default())
+        .unwrap();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream_header("x_keygate_key_id"), None);
+    assert_eq!(r.upstream_header("x_keygate_workspace"), None);
+    assert_eq!(
+        r.upstream_header("x-keygate-key-id").as_deref(),
+        Some(key.id.as_str())
+    );
+    assert_eq!(r.upstream_header("forwarded"), None);
+    assert_eq!(r.upstream_header("x-real-ip"), None);
+}
+
+#[tokio::test]
+async fn servlet_and_backslash_dot_segments_match_no_route() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    for path in ["/health/..;/api/v1/admin", "/api/v1/sessions/..;/admin"] {
+        let r = gw.get(path, Some(&secret)).await;
+        assert_eq!(r.error_code(), "no_route", "{path}");
+    }
+}

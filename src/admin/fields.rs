@@ -60,8 +60,8 @@ impl<T> Patch<T> {
     }
 }
 
-/// The body of create, import and update calls.
-#[derive(Debug, Default, Deserialize)]
+/// The body of create, import and update calls. No `Debug`: it may hold an imported secret.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyFields {
     /// Name.

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::{ConnInfo, Decision, X_REQUEST_ID};
-use crate::auth::{X_FORWARDED_FOR, query_pairs};
+use crate::auth::X_FORWARDED_FOR;
 use crate::config::{self, Config};
 use crate::error::Reject;
 
@@ -25,10 +25,19 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+/// Client-address headers other than `X-Forwarded-*`: removed unless a trusted proxy set them,
+/// so an upstream that reads them cannot be told a spoofed address.
+const OTHER_FORWARDING: [HeaderName; 4] = [
+    http::header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones still seen in the wild). Headers
 /// named in `Connection` are removed too.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -38,6 +47,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     TRAILER,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
+    HTTP2_SETTINGS,
 ];
 
 /// One configured upstream with its connection pool.
@@ -185,9 +195,7 @@ impl Forwarding {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(UPGRADE, protocol.clone());
         }
-        for name in [&self.key_id, &self.workspace, &self.scopes] {
-            headers.remove(name);
-        }
+        self.remove_identity_headers(headers);
         if !self.keep_credentials {
             for (i, name) in self.credential_headers.iter().enumerate() {
                 if decision.credential_headers & (1 << i) != 0 {
@@ -215,6 +223,29 @@ impl Forwarding {
         Ok(response)
     }
 
+    /// Removes client-sent identity headers, including `_` spellings (`X_Keygate_Key_Id`), which
+    /// CGI-style upstreams read as the same header.
+    fn remove_identity_headers(&self, headers: &mut HeaderMap) {
+        let ids = [&self.key_id, &self.workspace, &self.scopes];
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                ids.iter().any(|id| {
+                    name.as_str().len() == id.as_str().len()
+                        && name
+                            .as_str()
+                            .bytes()
+                            .zip(id.as_str().bytes())
+                            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+                })
+            })
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+    }
+
     fn path_and_query(&self, uri: &Uri, strip_credential: bool) -> String {
         let path = uri.path();
         let Some(query) = uri.query() else {
@@ -225,11 +256,13 @@ impl Forwarding {
             strip_credential && !self.keep_credentials,
         ) {
             (Some(param), true) => {
+                // Filter the raw segments themselves: pairing them with the decoded pairs would
+                // misalign on empty segments (`a=1&&api_key=…`) and forward the secret.
                 let kept: Vec<&str> = query
                     .split('&')
-                    .zip(query_pairs(query))
-                    .filter(|(_, (name, _))| *name != param.as_str())
-                    .map(|(raw, _)| raw)
+                    .filter(|raw| {
+                        !raw.is_empty() && raw.split_once('=').map_or(*raw, |(n, _)| n) != param
+                    })
                     .collect();
                 if kept.is_empty() {
                     path.to_owned()
@@ -261,6 +294,11 @@ impl Forwarding {
             peer.to_string()
         };
         headers.insert(X_FORWARDED_FOR, header_value(&chain));
+        if !trusted {
+            for name in &OTHER_FORWARDING {
+                headers.remove(name);
+            }
+        }
         if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
         }
@@ -290,7 +328,11 @@ fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(UPGRADE).cloned()).flatten()
+    // Only WebSocket: any other protocol (h2c above all) would turn the connection into a tunnel
+    // whose later requests no route, scope or limit ever sees.
+    asks.then(|| headers.get(UPGRADE).cloned())
+        .flatten()
+        .filter(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
