@@ -251,7 +251,47 @@ impl TestGateway {
 
     /// Creates a key as described.
     pub async fn create(&self, new: NewKey) -> (KeyRecord, Secret) {
-        self.app.keys().create(new, None).await.expect("create key")
+        let mark = self.invalidation_mark();
+        let created = self.app.keys().create(new, None).await.expect("create key");
+        self.settle_invalidations(mark).await;
+        created
+    }
+
+    /// Published, received and subscription counts of the live subscription, if any.
+    fn invalidation_mark(&self) -> Option<(u64, u64, u64)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stats = self.app.store().invalidation_stats()?;
+        stats.is_subscribed().then(|| {
+            (
+                stats.published.load(SeqCst),
+                stats.received.load(SeqCst),
+                stats.subscriptions.load(SeqCst),
+            )
+        })
+    }
+
+    /// Waits (at most 5 s) until this instance has received the invalidations it published since
+    /// `mark`: an echo arriving later would drop an entry the test has just cached, and a test
+    /// that then stops Redis would find that key uncached. Nothing to wait for on the embedded
+    /// store, or when the subscription changed (a new one re-reads every entry anyway).
+    async fn settle_invalidations(&self, mark: Option<(u64, u64, u64)>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (Some((published, received, subscriptions)), Some(stats)) =
+            (mark, self.app.store().invalidation_stats())
+        else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stats.received.load(SeqCst) - received < stats.published.load(SeqCst) - published {
+            if !stats.is_subscribed() || stats.subscriptions.load(SeqCst) != subscriptions {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own invalidations did not come back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
