@@ -165,12 +165,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     }
     let mut client = peer;
     // Later headers were appended by later hops: walk all values right to left.
-    let values: Vec<&str> = headers
+    let values = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for value in values.iter().rev() {
+        .filter_map(|v| v.to_str().ok());
+    for value in values.rev() {
         for item in value.rsplit(',') {
             match parse_forwarded_addr(item.trim()) {
                 Some(addr) => {

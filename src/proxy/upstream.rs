@@ -93,13 +93,19 @@ impl Upstream {
         &self.name
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, Reject> {
-        let pq = if self.base_path.is_empty() {
-            PathAndQuery::try_from(path_and_query)
-        } else {
-            PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))
-        }
-        .map_err(|_| Reject::NoRoute)?;
+    /// The upstream URI of a request: its own path and query (shared, not copied) unless the
+    /// upstream has a base path or the query had to be rewritten.
+    fn uri(&self, original: &Uri, rewritten: Option<String>) -> Result<Uri, Reject> {
+        let pq = match (rewritten, original.path_and_query()) {
+            (None, Some(pq)) if self.base_path.is_empty() => pq.clone(),
+            (rewritten, pq) => {
+                let tail = rewritten
+                    .as_deref()
+                    .unwrap_or_else(|| pq.map_or("/", PathAndQuery::as_str));
+                PathAndQuery::try_from(format!("{}{tail}", self.base_path))
+                    .map_err(|_| Reject::NoRoute)?
+            }
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -185,8 +191,8 @@ impl Forwarding {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
-        let path_and_query = self.path_and_query(req.uri(), decision.credential_in_query);
-        *req.uri_mut() = upstream.uri(&path_and_query)?;
+        let rewritten = self.without_credential(req.uri(), decision.credential_in_query);
+        *req.uri_mut() = upstream.uri(req.uri(), rewritten)?;
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
@@ -246,32 +252,25 @@ impl Forwarding {
         }
     }
 
-    fn path_and_query(&self, uri: &Uri, strip_credential: bool) -> String {
-        let path = uri.path();
-        let Some(query) = uri.query() else {
-            return path.to_owned();
-        };
-        match (
-            &self.query_param,
-            strip_credential && !self.keep_credentials,
-        ) {
-            (Some(param), true) => {
-                // Filter the raw segments themselves: pairing them with the decoded pairs would
-                // misalign on empty segments (`a=1&&api_key=…`) and forward the secret.
-                let kept: Vec<&str> = query
-                    .split('&')
-                    .filter(|raw| {
-                        !raw.is_empty() && raw.split_once('=').map_or(*raw, |(n, _)| n) != param
-                    })
-                    .collect();
-                if kept.is_empty() {
-                    path.to_owned()
-                } else {
-                    format!("{path}?{}", kept.join("&"))
-                }
-            }
-            _ => format!("{path}?{query}"),
-        }
+    /// The path and query without the credential parameter, when the query carried it and it
+    /// must not be forwarded; `None` when the request's own path and query can go as they are.
+    fn without_credential(&self, uri: &Uri, strip_credential: bool) -> Option<String> {
+        let param = self
+            .query_param
+            .as_ref()
+            .filter(|_| strip_credential && !self.keep_credentials)?;
+        let query = uri.query()?;
+        // Filter the raw segments themselves: pairing them with the decoded pairs would misalign
+        // on empty segments (`a=1&&api_key=…`) and forward the secret.
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|raw| !raw.is_empty() && raw.split_once('=').map_or(*raw, |(n, _)| n) != param)
+            .collect();
+        Some(if kept.is_empty() {
+            uri.path().to_owned()
+        } else {
+            format!("{}?{}", uri.path(), kept.join("&"))
+        })
     }
 
     /// `X-Forwarded-For/-Proto/-Host`. A trusted proxy's values are extended or kept; anyone
@@ -383,6 +382,35 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-warehouse-id"], "7");
+    }
+
+    fn upstream(url: &str) -> Upstream {
+        let cfg = config::Upstream {
+            url: url.parse().unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        Upstream::new("app", &cfg)
+    }
+
+    #[tokio::test]
+    async fn upstream_uris_keep_path_and_query_under_the_base_path() {
+        let original: Uri = "http://gw.example/api/v1/x?a=1".parse().unwrap();
+        let plain = upstream("http://127.0.0.1:9000");
+        assert_eq!(
+            plain.uri(&original, None).unwrap(),
+            "http://127.0.0.1:9000/api/v1/x?a=1"
+        );
+        let based = upstream("http://127.0.0.1:9000/base/");
+        assert_eq!(
+            based.uri(&original, None).unwrap(),
+            "http://127.0.0.1:9000/base/api/v1/x?a=1"
+        );
+        assert_eq!(
+            based.uri(&original, Some("/api/v1/x".into())).unwrap(),
+            "http://127.0.0.1:9000/base/api/v1/x"
+        );
     }
 
     #[test]

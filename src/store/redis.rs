@@ -213,10 +213,11 @@ end
     };
 }
 
-/// One listing batch after a position, newest first, as flat `[id, score, index entry | nil]`
-/// triples. KEYS: created, keys. ARGV: position score ('' for the start), position id, count.
-/// The position is the last key the previous batch returned.
-const LIST_PAGE: &str = concat!(
+/// One page of a ZSET after a position, newest first, with each member's value in a HASH, as
+/// flat `[id, score, value | nil]` triples: key listings (KEYS: created, keys → index entries)
+/// and audit logs (KEYS: log, entries → JSON). ARGV: position score ('' for the start),
+/// position id, count. The position is the last member the previous page returned.
+const ZSET_PAGE: &str = concat!(
     lua_rev_start!(),
     r"
 local start = rev_start(KEYS[1], ARGV[1], ARGV[2])
@@ -367,24 +368,6 @@ end
 return 1
 ";
 
-/// One page of an audit log after a position, newest first, as flat `[id, score, JSON | nil]`
-/// triples. KEYS: log ZSET, entries HASH. ARGV: position score ('' for the start), position id,
-/// count.
-const AUDIT_PAGE: &str = concat!(
-    lua_rev_start!(),
-    r"
-local start = rev_start(KEYS[1], ARGV[1], ARGV[2])
-local page = redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'REV', 'WITHSCORES')
-local out = {}
-for i = 1, #page, 2 do
-  out[#out + 1] = page[i]
-  out[#out + 1] = page[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[2], page[i])
-end
-return out
-"
-);
-
 /// Adds ARGV[1] units to a quota count if it stays at or below ARGV[2]; sets the expiry
 /// ARGV[3] (unix s, '' for none) when it adds. KEYS: the count. Returns `{count, added (1/0)}`.
 /// Sent with EVAL inside a pipeline when several counts are written at once.
@@ -419,8 +402,7 @@ struct Scripts {
     write_copy: Script,
     swap_index: Script,
     finish_upgrade: Script,
-    list_page: Script,
-    audit_page: Script,
+    page: Script,
     append_logs: Script,
     consume_quota: Script,
 }
@@ -443,8 +425,7 @@ impl Scripts {
             write_copy: Script::new(WRITE_COPY),
             swap_index: Script::new(SWAP_INDEX),
             finish_upgrade: Script::new(FINISH_UPGRADE),
-            list_page: Script::new(LIST_PAGE),
-            audit_page: Script::new(AUDIT_PAGE),
+            page: Script::new(ZSET_PAGE),
             append_logs: Script::new(APPEND_LOGS),
             consume_quota: Script::new(CONSUME_QUOTA),
         }
@@ -984,7 +965,7 @@ impl KeyStore for RedisStore {
             let flat: Vec<Option<String>> = self
                 .bounded(
                     SCRIPTS
-                        .list_page
+                        .page
                         .key(&ws.created)
                         .key(&ws.keys)
                         .arg(score)
@@ -1378,7 +1359,7 @@ impl KeyStore for RedisStore {
         let flat: Vec<Option<String>> = self
             .bounded(
                 SCRIPTS
-                    .audit_page
+                    .page
                     .key(&log)
                     .key(&entries)
                     .arg(score)
@@ -1614,7 +1595,7 @@ impl InvalidationFeed {
     }
 }
 
-/// `(created ms, id, index entry)` triples of a [`LIST_PAGE`] reply.
+/// `(created ms, id, index entry)` triples of a [`ZSET_PAGE`] reply.
 fn parse_page(
     flat: &[Option<String>],
 ) -> Result<Vec<(i64, String, Option<IndexEntry>)>, StoreError> {
@@ -1627,7 +1608,7 @@ fn parse_page(
         .collect()
 }
 
-/// `(time ms, id, JSON)` triples of an [`AUDIT_PAGE`] reply.
+/// `(time ms, id, JSON)` triples of a [`ZSET_PAGE`] reply.
 fn parse_audit_page(
     flat: &[Option<String>],
 ) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
