@@ -5,6 +5,7 @@
 //!
 //! Each stage returns early with a [`Reject`]; only `error.rs` turns it into a response.
 
+mod pool;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -32,10 +33,11 @@ use crate::route::{CompiledRoute, Router};
 use crate::store::cache::{KeyCache, Lookup};
 use crate::store::{KeyStore, Store, StoreError};
 use crate::usage::Recorder;
+pub use pool::PooledBody;
 use upstream::{Forwarding, Upstream};
 
 /// Response body of the proxy: a small JSON error, or the upstream's body streamed through.
-pub type ProxyBody = Either<Full<Bytes>, Incoming>;
+pub type ProxyBody = Either<Full<Bytes>, PooledBody>;
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

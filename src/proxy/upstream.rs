@@ -1,21 +1,19 @@
-//! Forwarding to an upstream: the pooled keep-alive client, the request and response header
+//! Forwarding to an upstream: the request and response header
 //! rules (hop-by-hop removal, `X-Forwarded-*`, identity headers, credential removal), timeouts,
 //! and `Upgrade` tunnels. Bodies stream through untouched in both directions.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::{
     CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
+use super::pool::{Pool, PooledBody, SendError};
 use super::{ConnInfo, Decision, X_REQUEST_ID};
 use crate::auth::X_FORWARDED_FOR;
 use crate::config::{self, Config};
@@ -53,38 +51,32 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 /// One configured upstream with its connection pool.
 pub struct Upstream {
     name: String,
-    scheme: Scheme,
-    authority: Authority,
     host: HeaderValue,
     base_path: String,
     timeout: Duration,
-    client: Client<HttpConnector, Incoming>,
+    pool: Pool,
 }
 
 impl Upstream {
-    /// A pooled client for a validated upstream.
+    /// A connection pool for a validated upstream.
     pub fn new(name: &str, cfg: &config::Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .build(connector);
         let authority = cfg
             .url
             .authority()
-            .expect("validate() checked that upstream URLs name a host")
-            .clone();
+            .expect("validate() checked that upstream URLs name a host");
+        // `host()` keeps an IPv6 literal's brackets, as `connect` wants them.
+        let address = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
         Upstream {
             name: name.to_owned(),
-            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
             host: HeaderValue::from_str(authority.as_str())
                 .expect("an authority is a valid header value"),
-            authority,
             base_path: cfg.url.path().trim_end_matches('/').to_owned(),
             timeout: cfg.timeout,
-            client,
+            pool: Pool::new(address, cfg.connect_timeout, cfg.idle_timeout),
         }
     }
 
@@ -93,8 +85,8 @@ impl Upstream {
         &self.name
     }
 
-    /// The upstream URI of a request: its own path and query (shared, not copied) unless the
-    /// upstream has a base path or the query had to be rewritten.
+    /// The upstream (origin-form) URI of a request: its own path and query (shared, not copied)
+    /// unless the upstream has a base path or the query had to be rewritten.
     fn uri(&self, original: &Uri, rewritten: Option<String>) -> Result<Uri, Reject> {
         let pq = match (rewritten, original.path_and_query()) {
             (None, Some(pq)) if self.base_path.is_empty() => pq.clone(),
@@ -106,41 +98,16 @@ impl Upstream {
                     .map_err(|_| Reject::NoRoute)?
             }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Reject::NoRoute)
+        Ok(Uri::from(pq))
     }
 
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Reject> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(Reject::UpstreamTimeout),
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, Reject> {
+        match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
+            Err(_) | Ok(Err(SendError::ConnectTimeout)) => Err(Reject::UpstreamTimeout),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(SendError::Failed(detail))) => Err(Reject::UpstreamUnavailable(detail)),
         }
     }
-}
-
-fn classify(e: &hyper_util::client::legacy::Error) -> Reject {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return Reject::UpstreamTimeout;
-        }
-        source = s.source();
-    }
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    Reject::UpstreamUnavailable(detail)
 }
 
 /// The header rules of `forward:` and `trusted_proxies`.
@@ -182,7 +149,7 @@ impl Forwarding {
         upstream: &Upstream,
         conn: ConnInfo,
         request_id: &HeaderValue,
-    ) -> Result<Response<Incoming>, Reject> {
+    ) -> Result<Response<PooledBody>, Reject> {
         let upgrade = upgrade_protocol(req.headers(), req.version())
             .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let original_host = req.headers().get(HOST).cloned().or_else(|| {
@@ -398,18 +365,12 @@ mod tests {
     async fn upstream_uris_keep_path_and_query_under_the_base_path() {
         let original: Uri = "http://gw.example/api/v1/x?a=1".parse().unwrap();
         let plain = upstream("http://127.0.0.1:9000");
-        assert_eq!(
-            plain.uri(&original, None).unwrap(),
-            "http://127.0.0.1:9000/api/v1/x?a=1"
-        );
+        assert_eq!(plain.uri(&original, None).unwrap(), "/api/v1/x?a=1");
         let based = upstream("http://127.0.0.1:9000/base/");
-        assert_eq!(
-            based.uri(&original, None).unwrap(),
-            "http://127.0.0.1:9000/base/api/v1/x?a=1"
-        );
+        assert_eq!(based.uri(&original, None).unwrap(), "/base/api/v1/x?a=1");
         assert_eq!(
             based.uri(&original, Some("/api/v1/x".into())).unwrap(),
-            "http://127.0.0.1:9000/base/api/v1/x"
+            "/base/api/v1/x"
         );
     }
 
