@@ -43,12 +43,32 @@ pub type ProxyBody = Either<Full<Bytes>, PooledBody>;
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the listener knows about a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// TCP peer.
     pub peer: SocketAddr,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// The peer's address as an `X-Forwarded-For` value, rendered once per connection rather
+    /// than once per request.
+    peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` over `scheme`.
+    pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        ConnInfo {
+            peer,
+            scheme,
+            peer_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+        }
+    }
+
+    /// The peer's (canonical) IP address as a header value.
+    pub fn peer_ip_header(&self) -> &HeaderValue {
+        &self.peer_ip
+    }
 }
 
 /// The outcome of authentication and authorization for a request that may be forwarded.
@@ -64,6 +84,9 @@ pub struct Decision<'a> {
     pub credential_headers: u64,
     /// Whether the query string carried the credential.
     pub credential_in_query: bool,
+    /// The request path after normalisation, when it differs from the one received: routes
+    /// were matched on it, so the upstream gets it too.
+    pub normalized_path: Option<String>,
     /// Rate-limit and quota headers for the response (empty for public routes).
     pub limits: LimitHeaders,
 }
@@ -257,10 +280,15 @@ impl Gateway {
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let path = crate::route::normalize_path(req.uri().path()).ok_or(Reject::NoRoute)?;
         let route = self
             .router
-            .find(req.method(), host, req.uri().path())
+            .find(req.method(), host, &path)
             .ok_or(Reject::NoRoute)?;
+        let normalized_path = match path {
+            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
         let client_ip = auth::client_ip(peer, headers, &self.trusted);
         if route.public {
             // No key is checked, but a credential the client sent anyway is still removed
@@ -276,6 +304,7 @@ impl Gateway {
                 client_ip,
                 credential_headers: sent.as_ref().map_or(0, |c| c.header_mask),
                 credential_in_query: sent.is_some_and(|c| c.in_query),
+                normalized_path,
                 limits: LimitHeaders::default(),
             });
         }
@@ -331,6 +360,7 @@ impl Gateway {
             client_ip,
             credential_headers: credential.header_mask,
             credential_in_query: credential.in_query,
+            normalized_path,
             limits,
         })
     }

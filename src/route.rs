@@ -1,6 +1,8 @@
 //! The route table: which configured route (and so which upstream and which scopes) a request
 //! falls under. First match in file order wins.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 use crate::config::{RateLimitSpec, Route};
@@ -79,6 +81,50 @@ impl Router {
                     .is_none_or(|p| prefix_matches(p, path))
         })
     }
+}
+
+/// The path as routes see it and as the upstream receives it (RFC 3986 §6.2.2): percent-encoded
+/// unreserved characters decoded (`/%61dmin` is `/admin`), other percent-encodings kept with
+/// upper-case hex, runs of `/` merged (`//admin` is `/admin`, as nginx's `merge_slashes` and many
+/// frameworks read it). Without this, a path that an upstream normalises could reach a resource
+/// other than the one whose route was checked. Borrowed when already normal (the common case);
+/// `None` for a malformed percent-encoding.
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    let b = path.as_bytes();
+    if !b.contains(&b'%') && !path.contains("//") {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                let (hi, lo) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+                let c = (hi * 16 + lo) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    out.push(c as char);
+                } else {
+                    out.push('%');
+                    out.push(char::from_digit(hi, 16)?.to_ascii_uppercase());
+                    out.push(char::from_digit(lo, 16)?.to_ascii_uppercase());
+                }
+                i += 3;
+            }
+            b'/' if out.ends_with('/') => i += 1,
+            _ => {
+                // Copy the run up to the next `%` or `/` at once (valid UTF-8 boundaries: both
+                // are ASCII).
+                let end = b[i + 1..]
+                    .iter()
+                    .position(|&c| c == b'%' || c == b'/')
+                    .map_or(b.len(), |p| i + 1 + p);
+                out.push_str(&path[i..end]);
+                i = end;
+            }
+        }
+    }
+    Some(Cow::Owned(out))
 }
 
 /// Prefix match on segment boundaries: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
@@ -220,6 +266,21 @@ mod tests {
             up(&r, &Method::GET, Some("other.example.com"), "/nothing"),
             None
         );
+    }
+
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        let n = |p| normalize_path(p).map(Cow::into_owned);
+        assert!(matches!(normalize_path("/api/v1/x"), Some(Cow::Borrowed(_))));
+        assert_eq!(n("/%61dmin").as_deref(), Some("/admin"));
+        assert_eq!(n("/api/%7euser/%2d_%2E").as_deref(), Some("/api/~user/-_."));
+        assert_eq!(n("//api//v1///x/").as_deref(), Some("/api/v1/x/"));
+        // Reserved and non-ASCII encodings stay encoded, in upper case.
+        assert_eq!(n("/a%2fb/%c3%a9%20").as_deref(), Some("/a%2Fb/%C3%A9%20"));
+        assert_eq!(n("/caf\u{e9}%41").as_deref(), Some("/caf\u{e9}A"));
+        for bad in ["/%", "/%4", "/%zz", "/a%g1"] {
+            assert_eq!(n(bad), None, "{bad}");
+        }
     }
 
     #[test]

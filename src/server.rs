@@ -102,7 +102,7 @@ pub async fn accept_loop<F, Fut, B>(
             _ = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { peer, scheme };
+        let conn = ConnInfo::new(peer, scheme);
         let handler = handler.clone();
         let watcher = graceful.watcher();
         match &tls {
@@ -144,8 +144,9 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let peer = conn.peer;
     let service = service_fn(move |req| {
-        let response = handler(req, conn);
+        let response = handler(req, conn.clone());
         async move { Ok::<_, Infallible>(response.await) }
     });
     tokio::spawn(async move {
@@ -153,7 +154,7 @@ where
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         if let Err(e) = watcher.watch(connection).await {
-            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     });
 }

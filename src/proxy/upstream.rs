@@ -158,7 +158,11 @@ impl Forwarding {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
-        let rewritten = self.without_credential(req.uri(), decision.credential_in_query);
+        let rewritten = self.rewrite(
+            req.uri(),
+            decision.normalized_path.as_deref(),
+            decision.credential_in_query,
+        );
         *req.uri_mut() = upstream.uri(req.uri(), rewritten)?;
         *req.version_mut() = Version::HTTP_11;
 
@@ -176,7 +180,7 @@ impl Forwarding {
                 }
             }
         }
-        self.set_forwarded(headers, conn, original_host);
+        self.set_forwarded(headers, &conn, original_host);
         headers.insert(HOST, upstream.host.clone());
         headers.insert(X_REQUEST_ID, request_id.clone());
         if let Some(key) = &decision.key {
@@ -219,14 +223,25 @@ impl Forwarding {
         }
     }
 
-    /// The path and query without the credential parameter, when the query carried it and it
-    /// must not be forwarded; `None` when the request's own path and query can go as they are.
-    fn without_credential(&self, uri: &Uri, strip_credential: bool) -> Option<String> {
+    /// The path and query to forward when they differ from the request's own: the normalised
+    /// path the route was matched on (`path`), and the query without the credential parameter
+    /// when it carried one that must not be forwarded. `None` when the request's own path and
+    /// query can go as they are.
+    fn rewrite(&self, uri: &Uri, path: Option<&str>, strip_credential: bool) -> Option<String> {
         let param = self
             .query_param
             .as_ref()
-            .filter(|_| strip_credential && !self.keep_credentials)?;
-        let query = uri.query()?;
+            .filter(|_| strip_credential && !self.keep_credentials);
+        if path.is_none() && param.is_none() {
+            return None;
+        }
+        let path = path.unwrap_or(uri.path());
+        let Some(query) = uri.query() else {
+            return Some(path.to_owned());
+        };
+        let Some(param) = param else {
+            return Some(format!("{path}?{query}"));
+        };
         // Filter the raw segments themselves: pairing them with the decoded pairs would misalign
         // on empty segments (`a=1&&api_key=…`) and forward the secret.
         let kept: Vec<&str> = query
@@ -234,32 +249,32 @@ impl Forwarding {
             .filter(|raw| !raw.is_empty() && raw.split_once('=').map_or(*raw, |(n, _)| n) != param)
             .collect();
         Some(if kept.is_empty() {
-            uri.path().to_owned()
+            path.to_owned()
         } else {
-            format!("{}?{}", uri.path(), kept.join("&"))
+            format!("{path}?{}", kept.join("&"))
         })
     }
 
     /// `X-Forwarded-For/-Proto/-Host`. A trusted proxy's values are extended or kept; anyone
     /// else's are replaced, so the upstream never sees a client-chosen address.
-    fn set_forwarded(&self, headers: &mut HeaderMap, conn: ConnInfo, host: Option<HeaderValue>) {
+    fn set_forwarded(&self, headers: &mut HeaderMap, conn: &ConnInfo, host: Option<HeaderValue>) {
         let peer = conn.peer.ip().to_canonical();
         let trusted = self.trusted.iter().any(|n| n.contains(&peer));
-        let chain = if trusted {
-            let previous: Vec<&str> = headers
+        let previous: Vec<&str> = if trusted {
+            headers
                 .get_all(X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .collect();
-            if previous.is_empty() {
-                peer.to_string()
-            } else {
-                format!("{}, {peer}", previous.join(", "))
-            }
+                .collect()
         } else {
-            peer.to_string()
+            Vec::new()
         };
-        headers.insert(X_FORWARDED_FOR, header_value(&chain));
+        let chain = if previous.is_empty() {
+            conn.peer_ip_header().clone()
+        } else {
+            header_value(&format!("{}, {peer}", previous.join(", ")))
+        };
+        headers.insert(X_FORWARDED_FOR, chain);
         if !trusted {
             for name in &OTHER_FORWARDING {
                 headers.remove(name);
@@ -303,6 +318,11 @@ fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none or only `Connection`: looking at the few names present is
+    // cheaper than ten hashed removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

@@ -292,4 +292,10 @@ impl<S: KeyStore> KeyCache<S> {
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
+
+    /// Runs the cache's pending maintenance (entry count, evictions) now rather than on later
+    /// calls, so that [`KeyCache::entry_count`] is exact.
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
 }
