@@ -13,8 +13,15 @@
 //! Takes about two minutes, most of it creating the keys.
 
 #![allow(missing_docs, reason = "a bench binary")]
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a bench binary reports on the terminal")]
-#![allow(clippy::unwrap_used, reason = "a bench binary: a failure is a panic with a message")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a bench binary reports on the terminal"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a bench binary: a failure is a panic with a message"
+)]
 
 #[path = "../tests/support/redis.rs"]
 #[allow(dead_code, reason = "the bench uses part of the test harness's Redis")]
@@ -41,7 +48,7 @@ fn live() -> isize {
 
 const CONFIG: &str = r#"
 secrets: { pepper: bench-pepper-0123456789abcdef }
-store: { backend: redis, redis: { url: "__URL__" } }
+store: { backend: redis, redis: { url: "__URL__", timeout: 5s } }
 roles: { operator: [sessions:read] }
 upstreams: { app: { url: "http://127.0.0.1:9" } }
 cache: { capacity: 2000000, ttl: 1h }
@@ -96,7 +103,10 @@ fn main() {
         .expect("bench config");
     let app = Arc::new(rt.block_on(App::new(config)).expect("app"));
 
-    eprintln!("creating {n} keys in redis-server on port {}", server.port());
+    eprintln!(
+        "creating {n} keys in redis-server on port {}",
+        server.port()
+    );
     let secrets: Vec<String> = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         let per_task = n.div_ceil(64);
@@ -137,7 +147,7 @@ fn main() {
 
     let (live_before, rss_before) = (live(), rss_kib());
     rt.block_on(async {
-        for chunk in secrets.chunks(1024) {
+        for chunk in secrets.chunks(256) {
             let lookups = chunk.iter().map(|s| gateway.lookup(s));
             for found in futures_util::future::join_all(lookups).await {
                 assert!(found.expect("lookup").is_some(), "every key is found");

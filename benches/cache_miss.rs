@@ -8,7 +8,10 @@
     missing_docs,
     reason = "criterion_group! generates an undocumented function"
 )]
-#![allow(clippy::unwrap_used, reason = "a bench binary: a failure is a panic with a message")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a bench binary: a failure is a panic with a message"
+)]
 
 #[path = "../tests/support/redis.rs"]
 #[allow(dead_code, reason = "the bench uses part of the test harness's Redis")]
@@ -39,7 +42,10 @@ fn misses(c: &mut Criterion) {
     let stores = [
         (
             "redis",
-            format!("{{ backend: redis, redis: {{ url: \"{}\" }} }}", server.url()),
+            format!(
+                "{{ backend: redis, redis: {{ url: \"{}\" }} }}",
+                server.url()
+            ),
         ),
         (
             "embedded",

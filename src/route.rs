@@ -271,7 +271,10 @@ mod tests {
     #[test]
     fn paths_are_normalised_before_matching() {
         let n = |p| normalize_path(p).map(Cow::into_owned);
-        assert!(matches!(normalize_path("/api/v1/x"), Some(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize_path("/api/v1/x"),
+            Some(Cow::Borrowed(_))
+        ));
         assert_eq!(n("/%61dmin").as_deref(), Some("/admin"));
         assert_eq!(n("/api/%7euser/%2d_%2E").as_deref(), Some("/api/~user/-_."));
         assert_eq!(n("//api//v1///x/").as_deref(), Some("/api/v1/x/"));

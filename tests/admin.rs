@@ -833,3 +833,38 @@ async fn invalid_bodies_are_refused_naming_the_field() {
         .json();
     assert_eq!(list["keys"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn guessing_admin_tokens_hits_the_failure_limit_and_stops_being_audited() {
+    let gw = TestGateway::start(
+        Backend::Embedded,
+        "auth: { failure_limit: { requests: 3, period: 1m } }",
+    )
+    .await;
+    for _ in 0..3 {
+        let r = gw
+            .admin(Method::GET, "/v1/audit", Some("guess-0123456789"), None)
+            .await;
+        assert_eq!(r.error_code(), "unauthorized");
+    }
+    let r = gw
+        .admin(Method::GET, "/v1/audit", Some("guess-0123456789"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.error_code(), "rate_limited");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Requests without a credential do not count; from this address, even the right token
+    // waits (the limit is checked before any comparison, as on the proxy).
+    let r = gw
+        .admin(Method::GET, "/v1/audit", Some(OPS_TOKEN), None)
+        .await;
+    assert_eq!(r.error_code(), "rate_limited");
+    let audit = gw.app.store().list_audit(None, 100, None).await.unwrap();
+    let refused = audit
+        .entries
+        .iter()
+        .filter(|e| e.action == "admin.refused")
+        .count();
+    assert_eq!(refused, 3, "only the refusals before the limit are audited");
+}

@@ -695,7 +695,11 @@ async fn encoded_and_doubled_slash_paths_are_normalised_before_routing_and_forwa
         - { match: { path_prefix: / }, upstream: app, scopes: [sessions:read] }\n";
     let gw = TestGateway::start(Backend::Embedded, overlay).await;
     let (_, reader) = gw.create_key(&["sessions:read"]).await;
-    for path in ["/api/v1/%61dmin/users", "/api/v1/ADMIN%2dx", "//api/v1//admin/users"] {
+    for path in [
+        "/api/v1/%61dmin/users",
+        "/api/v1/ADMIN%2dx",
+        "//api/v1//admin/users",
+    ] {
         let r = gw.get(path, Some(&reader)).await;
         let expected = if path.contains("ADMIN") {
             StatusCode::OK // case is significant in paths: a different resource
@@ -705,10 +709,15 @@ async fn encoded_and_doubled_slash_paths_are_normalised_before_routing_and_forwa
         assert_eq!(r.status, expected, "{path}: {:?}", r.body);
     }
     let (_, admin) = gw.create_key(&["admin"]).await;
-    let r = gw.get("/api/v1/%61dmin//users%3fx?q=%61", Some(&admin)).await;
+    let r = gw
+        .get("/api/v1/%61dmin//users%3fx?q=%61", Some(&admin))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let echo = r.json();
-    assert_eq!(echo["path"], "/api/v1/admin/users%3Fx", "the upstream gets the matched path");
+    assert_eq!(
+        echo["path"], "/api/v1/admin/users%3Fx",
+        "the upstream gets the matched path"
+    );
     assert_eq!(echo["query"], "q=%61", "the query is forwarded as sent");
     for bad in ["/api/v1/%zz", "/api/v1/%4"] {
         let r = gw.get(bad, Some(&admin)).await;

@@ -78,6 +78,9 @@ pub enum AdminError {
     /// The store cannot be reached.
     #[error("store_unavailable")]
     StoreUnavailable,
+    /// The client is over `auth.failure_limit`; retry after this many seconds.
+    #[error("rate_limited")]
+    RateLimited(u64),
 }
 
 impl AdminError {
@@ -103,6 +106,7 @@ impl AdminError {
             | AdminError::KeyExpired => StatusCode::CONFLICT,
             AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -121,6 +125,7 @@ impl AdminError {
             AdminError::KeyExpired => "key_expired",
             AdminError::PayloadTooLarge => "payload_too_large",
             AdminError::StoreUnavailable => "store_unavailable",
+            AdminError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -144,6 +149,9 @@ impl AdminError {
                 format!("The body is larger than {MAX_BODY_BYTES} bytes.")
             }
             AdminError::StoreUnavailable => "The key store is unavailable. Retry shortly.".into(),
+            AdminError::RateLimited(secs) => {
+                format!("Too many failed authentications from this address. Retry in {secs} s.")
+            }
         }
     }
 
@@ -172,6 +180,11 @@ impl AdminError {
                 response
                     .headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            AdminError::RateLimited(secs) => {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             }
             _ => {}
         }
@@ -380,6 +393,13 @@ impl Admin {
 
         let client_ip =
             crate::auth::client_ip(conn.peer.ip(), req.headers(), &state.config.trusted_proxies);
+        // The data plane's failed-authentication limit guards admin tokens too. A client over it
+        // is refused before any comparison and not audited, so guessing cannot fill the log.
+        let limits = state.gateway.limits();
+        if let Err(crate::error::Reject::RateLimited(secs)) = limits.check_failures(client_ip) {
+            return Err(AdminError::RateLimited(secs));
+        }
+        let presented = req.headers().contains_key(http::header::AUTHORIZATION);
         let caller = match caller::authenticate(
             &state.tokens,
             &state.gateway,
@@ -391,6 +411,12 @@ impl Admin {
         {
             Ok(c) => c,
             Err(e) => {
+                if presented && matches!(e, AdminError::Unauthorized(_)) {
+                    limits.record_failure(
+                        client_ip,
+                        crate::error::Reject::InvalidKey("admin credential"),
+                    );
+                }
                 let detail = serde_json::json!({"method": method.as_str(), "path": path});
                 audit(
                     state,
