@@ -77,6 +77,37 @@ fn owned_heap(k: &KeyRecord) -> usize {
         + s(&k.created_by)
 }
 
+/// Heap bytes per entry of a bare moka cache built as the key cache is, with 32-byte keys and
+/// `()` values.
+fn moka_alone(n: usize, rt: &tokio::runtime::Runtime) -> f64 {
+    struct Fixed;
+    impl moka::Expiry<[u8; 32], ()> for Fixed {
+        fn expire_after_create(
+            &self,
+            _: &[u8; 32],
+            _: &(),
+            _: std::time::Instant,
+        ) -> Option<std::time::Duration> {
+            Some(std::time::Duration::from_secs(3600))
+        }
+    }
+    let cache: moka::future::Cache<[u8; 32], ()> = moka::future::Cache::builder()
+        .max_capacity(2 * n as u64)
+        .expire_after(Fixed)
+        .build();
+    let before = live();
+    rt.block_on(async {
+        for i in 0..n {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            cache.insert(k, ()).await;
+        }
+        cache.run_pending_tasks().await;
+    });
+    assert_eq!(cache.entry_count(), n as u64);
+    (live() - before) as f64 / n as f64
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -180,6 +211,10 @@ fn main() {
         "  KeyRecord fixed part:      {} B (+ 16 B Arc counts)",
         size_of::<KeyRecord>()
     );
+    // moka's own bookkeeping, for comparison: the same builder options (bounded, per-entry
+    // expiry) with 32-byte keys and empty values.
+    let bare = moka_alone(n, &rt);
+    println!("  of which moka's own, per entry (32 B key, no value): {bare:.0} B");
     println!(
         "RSS growth:                  {:.1} MiB ({:.0} B per key, allocator overhead included)",
         (rss_after - rss_before) as f64 / 1024.0,

@@ -1,13 +1,16 @@
 //! Keep-alive HTTP/1.1 connections to one upstream, on `hyper::client::conn::http1`.
 //!
-//! A connection is checked out for one request and goes back to the idle list when its
-//! response body has been read to the end, from the body itself ([`PooledBody`]): no task per
-//! request waits for it, no lock is held across an await, and there is no connection-key map
-//! (hyper-util's pool has all three, and they cost a third of the proxy's own time per request
-//! in profiles). Idle connections are used last-in first-out (the warmest first) and dropped
-//! after the upstream's `idle_timeout`; a request that a reused connection hands back unsent
-//! (the upstream closed it as we picked it) is retried once on a new connection.
+//! A connection is checked out for one request and goes back when its response body has been
+//! read to the end, from the body itself ([`PooledBody`]): no task per request waits for it, no
+//! lock is held across an await, and there is no connection-key map (hyper-util's pool spawns a
+//! task per request for this). Idle connections are used last-in first-out (the warmest first)
+//! and dropped after the upstream's `idle_timeout`. With none idle, a request starts a new
+//! connection and takes whichever comes first, that one or one another request gives back, so
+//! a burst of requests does not open a connection each (and overflow the upstream's accept
+//! queue). A request that a reused connection hands back unsent (the upstream closed it as we
+//! picked it) is tried again on another one.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -19,9 +22,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 /// Idle connections kept per upstream, beyond which a finished connection is closed.
 const MAX_IDLE: usize = 1024;
+/// Connections tried for one request whose request came back unsent.
+const MAX_ATTEMPTS: usize = 3;
 
 type Sender = SendRequest<Incoming>;
 
@@ -45,10 +51,18 @@ struct Inner {
     address: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
+    slots: Mutex<Slots>,
     /// Whether the task that closes expired idle connections runs (started with the first
     /// connection, inside the runtime).
     reaping: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Open connections nobody uses, most recently used last.
+    idle: Vec<Idle>,
+    /// Requests waiting for a connection, oldest first.
+    waiters: VecDeque<oneshot::Sender<Sender>>,
 }
 
 struct Idle {
@@ -64,7 +78,7 @@ impl Pool {
                 address,
                 connect_timeout,
                 idle_timeout,
-                idle: Mutex::new(Vec::new()),
+                slots: Mutex::new(Slots::default()),
                 reaping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -72,7 +86,7 @@ impl Pool {
 
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.inner.lock().len()
+        self.inner.lock().idle.len()
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one.
@@ -80,16 +94,18 @@ impl Pool {
         &self,
         mut req: Request<Incoming>,
     ) -> Result<Response<PooledBody>, SendError> {
+        let mut attempt = 1;
         loop {
-            let (mut sender, reused) = self.checkout().await?;
+            let mut sender = self.checkout().await?;
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.track(response, sender)),
                 Err(mut e) => match e.take_message() {
-                    // Never written: safe to send on a new connection, whatever the method.
-                    Some(unsent) if reused => req = unsent,
+                    // Never written: safe to send on another connection, whatever the method.
+                    Some(unsent) if attempt < MAX_ATTEMPTS => req = unsent,
                     _ => return Err(SendError::Failed(describe(&e.into_error()))),
                 },
             }
+            attempt += 1;
         }
     }
 
@@ -110,22 +126,67 @@ impl Pool {
         Response::from_parts(parts, body)
     }
 
-    /// An idle connection that is still open, else a new one; `true` when reused.
-    async fn checkout(&self) -> Result<(Sender, bool), SendError> {
+    /// An idle connection that is still open, else the first of a new one and one given back.
+    async fn checkout(&self) -> Result<Sender, SendError> {
         loop {
-            let Some(Idle { mut sender, since }) = self.inner.lock().pop() else {
-                return Ok((self.connect().await?, false));
+            let next = {
+                let mut slots = self.inner.lock();
+                match slots.idle.pop() {
+                    Some(idle) => Ok(idle),
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        slots.waiters.push_back(tx);
+                        Err(rx)
+                    }
+                }
             };
-            if sender.is_closed() || since.elapsed() >= self.inner.idle_timeout {
+            let mut sender = match next {
+                Ok(Idle { sender, since }) => {
+                    if since.elapsed() >= self.inner.idle_timeout {
+                        continue;
+                    }
+                    sender
+                }
+                Err(waiting) => self.wait_or_connect(waiting).await?,
+            };
+            if sender.is_closed() {
                 continue;
             }
-            if sender.is_ready() {
-                return Ok((sender, true));
+            // A connection given back as its last response ended: its task marks it ready on
+            // its next turn, or closes it.
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Ok(sender);
             }
-            // Its last response ended moments ago: the connection task marks it ready on its
-            // next turn, or closes it.
-            if sender.ready().await.is_ok() {
-                return Ok((sender, true));
+        }
+    }
+
+    /// Starts a connection that goes to the oldest waiter when it is up (this request's, or an
+    /// older one's), and waits for a connection for `waiting`: that one, or one given back.
+    async fn wait_or_connect(
+        &self,
+        mut waiting: oneshot::Receiver<Sender>,
+    ) -> Result<Sender, SendError> {
+        let (failed_tx, mut failed) = oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            match pool.connect().await {
+                Ok(sender) => pool.inner.put(sender),
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                }
+            }
+        });
+        let mut connecting = true;
+        loop {
+            tokio::select! {
+                got = &mut waiting => {
+                    return got.map_err(|_| SendError::Failed("connection pool closed".into()));
+                }
+                outcome = &mut failed, if connecting => match outcome {
+                    Ok(e) => return Err(e),
+                    // Connected and given to the oldest waiter: keep waiting.
+                    Err(_) => connecting = false,
+                },
             }
         }
     }
@@ -168,18 +229,26 @@ impl Pool {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // The list is valid whatever a panicking holder did to it.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // The lists are valid whatever a panicking holder did to them.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn put(&self, sender: Sender) {
+    /// A connection becomes available: to the oldest request still waiting, else idle.
+    fn put(&self, mut sender: Sender) {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
+        let mut slots = self.lock();
+        while let Some(waiter) = slots.waiters.pop_front() {
+            match waiter.send(sender) {
+                Ok(()) => return,
+                // That request went away: the next one.
+                Err(back) => sender = back,
+            }
+        }
+        if slots.idle.len() < MAX_IDLE {
+            slots.idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
@@ -199,11 +268,12 @@ async fn reap(pool: Weak<Inner>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let expired: Vec<Idle> = {
-            let mut idle = pool.lock();
-            let (keep, expired) = idle.drain(..).partition(|c: &Idle| {
+            let mut slots = pool.lock();
+            let (keep, expired) = slots.idle.drain(..).partition(|c: &Idle| {
                 !c.sender.is_closed() && c.since.elapsed() < pool.idle_timeout
             });
-            *idle = keep;
+            slots.idle = keep;
+            slots.waiters.retain(|w| !w.is_closed());
             expired
         };
         // Dropping a sender closes its connection; outside the lock.
