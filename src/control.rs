@@ -89,8 +89,10 @@ pub enum Changed {
     No,
 }
 
-/// Attempts of [`KeyManager::modify`] when the record keeps changing hash under it.
-const MODIFY_ATTEMPTS: usize = 3;
+/// Attempts of [`KeyManager::modify`] when the record keeps changing under it. An attempt fails
+/// only when another write to the key landed since its read, so this many concurrent writers of
+/// one key all get through.
+const MODIFY_ATTEMPTS: usize = 16;
 
 /// Key lifecycle over a store and its cache.
 #[derive(Clone)]
@@ -193,17 +195,27 @@ impl KeyManager {
         }
     }
 
-    /// Writes a changed record and drops it from the caches.
+    /// Writes a changed record and drops it from the caches. `record` is a record as read from
+    /// the store, then edited: its `updated_at` must be the one read, since the write only
+    /// lands if the key has not changed since ([`KeyStore::update`]); otherwise
+    /// [`StoreError::Conflict`] (use [`KeyManager::modify`], which reads again and retries).
+    /// The record written and returned has a new `updated_at`.
     pub async fn update(&self, mut record: KeyRecord) -> Result<KeyRecord, StoreError> {
-        record.updated_at = now_ms();
-        self.store().update(&record).await?;
+        let read = record.updated_at;
+        // Strictly later than the version read, even within its millisecond or with a clock
+        // behind the one that wrote it: else a writer that read this version could not tell.
+        record.updated_at = now_ms().max(read.saturating_add(time::Duration::MILLISECOND));
+        self.store().update(&record, read).await?;
         invalidate_everywhere(&self.cache, &record).await;
         Ok(record)
     }
 
-    /// Reads a key, lets `change` edit it, and writes it back. When the stored record changed
-    /// hash meanwhile (a SHA-256 import upgraded by its first use), reads it again and retries,
-    /// so the edit is never lost nor refused for it.
+    /// Reads a key, lets `change` edit it, and writes it back if the key has not changed since
+    /// the read. When it has (a concurrent edit or revoke, or a SHA-256 import upgraded by its
+    /// first use), reads it again and re-applies `change` to the newer record, so no edit is
+    /// lost, none undoes another (a revoke above all), and none is refused for it. Only a key
+    /// still changing after [`MODIFY_ATTEMPTS`] tries fails, as [`StoreError::Unavailable`]:
+    /// retrying later can succeed, and the key is as the other writers left it.
     pub async fn modify<E: From<StoreError>>(
         &self,
         workspace: &str,
@@ -224,7 +236,10 @@ impl KeyManager {
                 other => return Ok(other?),
             }
         }
-        Err(StoreError::Conflict.into())
+        Err(
+            StoreError::Unavailable(format!("key {id} kept changing while it was being edited"))
+                .into(),
+        )
     }
 
     /// Revokes a key (irreversible). Revoking a revoked key changes nothing.

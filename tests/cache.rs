@@ -46,8 +46,8 @@ impl KeyStore for Instrumented {
     async fn get(&self, ws: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get(ws, id).await
     }
-    async fn update(&self, r: &KeyRecord) -> Result<(), StoreError> {
-        self.inner.update(r).await
+    async fn update(&self, r: &KeyRecord, expected: OffsetDateTime) -> Result<(), StoreError> {
+        self.inner.update(r, expected).await
     }
     async fn delete(&self, ws: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.delete(ws, id).await
@@ -174,7 +174,7 @@ async fn a_fill_racing_an_invalidation_cannot_restore_the_old_record() {
     // Meanwhile the key is revoked: store write, then invalidation.
     let mut revoked = f.record.clone();
     revoked.revoked_at = Some(OffsetDateTime::now_utc());
-    f.store.update(&revoked).await.unwrap();
+    f.store.update(&revoked, f.record.updated_at).await.unwrap();
     f.cache.invalidate(&hash).await;
 
     release_tx.send(()).unwrap();
@@ -222,7 +222,7 @@ async fn entries_read_before_mark_all_stale_are_re_read_once() {
     // have missed something.
     let mut revoked = f.record.clone();
     revoked.revoked_at = Some(OffsetDateTime::now_utc());
-    f.store.update(&revoked).await.unwrap();
+    f.store.update(&revoked, f.record.updated_at).await.unwrap();
     f.cache.mark_all_stale();
     release_tx.send(()).unwrap();
     racing.await.unwrap();

@@ -7,13 +7,16 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use keygate::config::{EmbeddedConfig, RedisConfig};
+use keygate::config::{CacheConfig, EmbeddedConfig, RedisConfig};
+use keygate::control::{Changed, KeyManager};
 use keygate::keys::{
     HashScheme, KeyId, KeyRecord, KeyStatus, SecretFormat, SecretHash, SecretHasher,
 };
+use keygate::store::cache::KeyCache;
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{
@@ -244,7 +247,7 @@ async fn update_replaces_the_record_but_keeps_usage<S: KeyStore>(store: &S) {
     edited.owner = Some("cust-9".into());
     edited.expires_at = Some(now_ms() + time::Duration::days(30));
     edited.updated_at = now_ms() + ms(2000);
-    store.update(&edited).await.expect("update");
+    store.update(&edited, r.updated_at).await.expect("update");
 
     let mut want = edited.clone();
     want.usage_count = 3;
@@ -260,18 +263,18 @@ async fn update_replaces_the_record_but_keeps_usage<S: KeyStore>(store: &S) {
 
     let ghost = record("acme", "never created");
     assert!(matches!(
-        store.update(&ghost).await,
+        store.update(&ghost, ghost.updated_at).await,
         Err(StoreError::NotFound)
     ));
     let mut other_ws = edited.clone();
     other_ws.workspace = "globex".into();
     assert!(matches!(
-        store.update(&other_ws).await,
+        store.update(&other_ws, edited.updated_at).await,
         Err(StoreError::NotFound)
     ));
     store.delete("acme", &r.id).await.expect("delete");
     assert!(matches!(
-        store.update(&edited).await,
+        store.update(&edited, edited.updated_at).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -290,8 +293,8 @@ async fn revoking_through_update_frees_an_active_slot<S: KeyStore>(store: &S) {
 
     let mut revoked = a.clone();
     revoked.revoked_at = Some(now);
-    revoked.updated_at = now;
-    store.update(&revoked).await.expect("revoke");
+    revoked.updated_at = a.updated_at + ms(1);
+    store.update(&revoked, a.updated_at).await.expect("revoke");
     let got = store
         .get("acme", &a.id)
         .await
@@ -316,7 +319,11 @@ async fn revoking_through_update_frees_an_active_slot<S: KeyStore>(store: &S) {
     // A later edit of the revoked key does not take its slot back.
     let mut renamed = revoked.clone();
     renamed.name = "a, revoked".into();
-    store.update(&renamed).await.expect("edit revoked");
+    renamed.updated_at = revoked.updated_at + ms(1);
+    store
+        .update(&renamed, revoked.updated_at)
+        .await
+        .expect("edit revoked");
     assert!(matches!(
         store.create(&d, Some(2), now).await,
         Err(StoreError::LimitReached)
@@ -595,7 +602,10 @@ async fn expired_and_revoked_keys_do_not_count<S: KeyStore>(store: &S) {
         Err(StoreError::LimitReached)
     ));
     revoked.revoked_at = Some(later);
-    store.update(&revoked).await.expect("revoke");
+    store
+        .update(&revoked, revoked.updated_at)
+        .await
+        .expect("revoke");
     store
         .create(&after, Some(2), later)
         .await
@@ -622,7 +632,10 @@ async fn expired_and_revoked_keys_do_not_count<S: KeyStore>(store: &S) {
     // Extending an expired key's expiry makes it count again.
     let mut revived = expiring.clone();
     revived.expires_at = Some(later + time::Duration::days(1));
-    store.update(&revived).await.expect("extend");
+    store
+        .update(&revived, expiring.updated_at)
+        .await
+        .expect("extend");
     assert!(matches!(
         store.create(&one_more, Some(3), later).await,
         Err(StoreError::LimitReached)
@@ -811,7 +824,7 @@ async fn sha256_imports_are_indexed_apart_until_upgraded<S: KeyStore>(store: &S)
     let mut edited = r.clone();
     edited.name = "imported, renamed".into();
     edited.updated_at = t + ms(1);
-    store.update(&edited).await.expect("update");
+    store.update(&edited, r.updated_at).await.expect("update");
     let before = KeyRecord {
         usage_count: 3,
         last_used_at: Some(t),
@@ -830,7 +843,7 @@ async fn sha256_imports_are_indexed_apart_until_upgraded<S: KeyStore>(store: &S)
     let mut wrong_scheme = edited.clone();
     wrong_scheme.hash_scheme = HashScheme::KeyedBlake3;
     assert!(matches!(
-        store.update(&wrong_scheme).await,
+        store.update(&wrong_scheme, edited.updated_at).await,
         Err(StoreError::Conflict)
     ));
 
@@ -877,12 +890,15 @@ async fn sha256_imports_are_indexed_apart_until_upgraded<S: KeyStore>(store: &S)
     // After: a record read before the upgrade is stale; the upgraded one edits fine, and usage
     // goes on adding up.
     assert!(matches!(
-        store.update(&edited).await,
+        store.update(&edited, edited.updated_at).await,
         Err(StoreError::Conflict)
     ));
     let mut renamed = want.clone();
     renamed.name = "upgraded".into();
-    store.update(&renamed).await.expect("update upgraded");
+    store
+        .update(&renamed, want.updated_at)
+        .await
+        .expect("update upgraded");
     store
         .add_usage(&[usage(&r, 2, t + ms(5))])
         .await
@@ -956,7 +972,7 @@ async fn a_sha256_import_deletes_and_refuses_a_taken_hash<S: KeyStore>(store: &S
     );
     let mut renamed = r.clone();
     renamed.name = "still a sha256 import".into();
-    store.update(&renamed).await.expect("update");
+    store.update(&renamed, r.updated_at).await.expect("update");
     // Refused, it is still a plain import: another, free hash upgrades it.
     let (other, other_new) = sha256_import("acme", "other import");
     store.create(&other, None, t).await.expect("create");
@@ -1082,7 +1098,10 @@ async fn sha256_imports_count_against_max_active<S: KeyStore>(store: &S) {
     store.create(&other, Some(1), now).await.expect("globex");
     let mut revoked = other.clone();
     revoked.revoked_at = Some(now);
-    store.update(&revoked).await.expect("revoke");
+    store
+        .update(&revoked, other.updated_at)
+        .await
+        .expect("revoke");
     assert_eq!(store.count_active("globex", now).await.expect("count"), 0);
     store
         .create(&record("globex", "next"), Some(1), now)
@@ -1111,7 +1130,10 @@ async fn count_active_counts_what_create_limits<S: KeyStore>(store: &S) {
 
     assert_eq!(store.count_active("acme", now).await.expect("count"), 3);
     to_revoke.revoked_at = Some(now);
-    store.update(&to_revoke).await.expect("revoke");
+    store
+        .update(&to_revoke, to_revoke.updated_at)
+        .await
+        .expect("revoke");
     assert_eq!(store.count_active("acme", now).await.expect("count"), 2);
     // At its expiry instant a key no longer counts (`expires_at <= now` is expired).
     let later = now + ms(10_000);
@@ -1398,6 +1420,222 @@ async fn quota_spends_are_exact_per_key_and_period<S: KeyStore>(store: &S) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Conditional updates: a write lands only on the version it read
+
+/// `r` with a new name, as an edit that read `r` writes it: one millisecond later.
+fn renamed(r: &KeyRecord, name: &str) -> KeyRecord {
+    KeyRecord {
+        name: name.into(),
+        updated_at: r.updated_at + ms(1),
+        ..r.clone()
+    }
+}
+
+async fn an_update_from_a_stale_read_is_a_conflict_and_changes_nothing<S: KeyStore>(store: &S) {
+    // Stored with nanoseconds and an offset (as a record written by hand or by an older
+    // version could be): the version compares to the millisecond, whatever the offset.
+    let mut r = record("acme", "original");
+    let offset = time::UtcOffset::from_hms(5, 30, 0).expect("offset");
+    r.updated_at = (now_ms() + time::Duration::nanoseconds(123_456)).to_offset(offset);
+    store.create(&r, None, now_ms()).await.expect("create");
+    let read_ms = whole_ms_utc(r.updated_at);
+    for off_by in [ms(-1), ms(1)] {
+        assert!(matches!(
+            store
+                .update(&renamed(&r, "off by 1 ms"), read_ms + off_by)
+                .await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    let first = renamed(&r, "first");
+    store
+        .update(&first, read_ms)
+        .await
+        .expect("the version read, to the millisecond, in UTC");
+
+    // A second writer read `r` too: its edit would overwrite the first one.
+    let stale = renamed(&r, "stale");
+    assert!(matches!(
+        store.update(&stale, r.updated_at).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.get("acme", &r.id).await.expect("get"),
+        Some(first.clone())
+    );
+
+    // The race this guards against: an edit that read the key before it was revoked.
+    let mut revoked = renamed(&first, "first");
+    revoked.revoked_at = Some(revoked.updated_at);
+    store
+        .update(&revoked, first.updated_at)
+        .await
+        .expect("revoke");
+    let late_edit = renamed(&first, "edited before the revoke");
+    assert!(matches!(
+        store.update(&late_edit, first.updated_at).await,
+        Err(StoreError::Conflict)
+    ));
+    let now = now_ms();
+    assert_eq!(
+        store.get("acme", &r.id).await.expect("get"),
+        Some(revoked.clone())
+    );
+    assert_eq!(
+        store.get_by_hash(&r.hash).await.expect("by hash"),
+        Some(revoked)
+    );
+    assert_eq!(
+        store.count_active("acme", now).await.expect("count"),
+        0,
+        "the refused edit gave the revoked key its slot back"
+    );
+}
+
+/// `t` rounded down to the millisecond, in UTC.
+fn whole_ms_utc(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .expect("a truncated nanosecond is valid")
+}
+
+async fn an_update_never_clears_a_revocation<S: KeyStore>(store: &S) {
+    let r = record("acme", "to revoke");
+    store.create(&r, None, now_ms()).await.expect("create");
+    let mut revoked = renamed(&r, "to revoke");
+    revoked.revoked_at = Some(revoked.updated_at);
+    store.update(&revoked, r.updated_at).await.expect("revoke");
+
+    // Even from the current version, clearing `revoked_at` is refused and changes nothing.
+    let mut unrevoked = renamed(&revoked, "unrevoked");
+    unrevoked.revoked_at = None;
+    assert!(matches!(
+        store.update(&unrevoked, revoked.updated_at).await,
+        Err(StoreError::Conflict)
+    ));
+    let now = now_ms();
+    assert_eq!(
+        store.get("acme", &r.id).await.expect("get"),
+        Some(revoked.clone())
+    );
+    assert_eq!(
+        store.get_by_hash(&r.hash).await.expect("by hash"),
+        Some(revoked.clone())
+    );
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 0);
+
+    // A revoked key can still be edited, and stays revoked.
+    let edited = renamed(&revoked, "revoked, renamed");
+    store
+        .update(&edited, revoked.updated_at)
+        .await
+        .expect("edit revoked");
+    assert_eq!(store.get("acme", &r.id).await.expect("get"), Some(edited));
+    assert_eq!(store.count_active("acme", now).await.expect("count"), 0);
+}
+
+/// A `KeyManager` over `store`, as the admin API and the CLI use it.
+fn key_manager(store: Store) -> (Arc<Store>, KeyManager) {
+    let store = Arc::new(store);
+    let cache = Arc::new(KeyCache::new(store.clone(), &CacheConfig::default()));
+    let keys = KeyManager::new(cache, SecretFormat::new("kg", "test"), hasher());
+    (store, keys)
+}
+
+async fn the_key_manager_writes_a_strictly_later_version(store: Store) {
+    let (store, keys) = key_manager(store);
+    // Written by an instance whose clock is ahead of ours: our writes must still come after it.
+    let mut r = record("acme", "ahead");
+    r.updated_at = now_ms() + time::Duration::days(1);
+    store.create(&r, None, now_ms()).await.expect("create");
+    for (i, name) in ["one", "two"].into_iter().enumerate() {
+        let written = keys
+            .modify("acme", &r.id, |record| {
+                record.name = name.into();
+                Ok::<_, StoreError>(Changed::Yes)
+            })
+            .await
+            .expect("edit");
+        let i = i64::try_from(i).expect("small");
+        assert_eq!(written.updated_at, r.updated_at + ms(i + 1));
+        assert_eq!(store.get("acme", &r.id).await.expect("get"), Some(written));
+    }
+}
+
+/// Edits through `KeyManager::modify` racing one another and a revoke: each either lands on
+/// the version it read or is re-applied to a newer one, so none is lost and none un-revokes.
+async fn edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked(store: Store) {
+    const EDITORS: usize = 10;
+    let (store, keys) = key_manager(store);
+    for round in 0..5 {
+        let ws = format!("ws{round}");
+        let r = record(&ws, "original");
+        store.create(&r, None, now_ms()).await.expect("create");
+        let start = Arc::new(tokio::sync::Barrier::new(EDITORS + 1));
+        let editors: Vec<_> = (0..EDITORS)
+            .map(|i| {
+                let (keys, start, ws, id) = (keys.clone(), start.clone(), ws.clone(), r.id.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    keys.modify(&ws, &id, |record| {
+                        record.name = format!("edit {i}");
+                        // Appended, not set: an edit written over another loses the other's tag.
+                        let tags = record.description.get_or_insert_with(String::new);
+                        tags.push_str(&format!("[{i}]"));
+                        Ok::<_, StoreError>(Changed::Yes)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let revoker = {
+            let (keys, start, ws, id) = (keys.clone(), start.clone(), ws.clone(), r.id.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                keys.revoke(&ws, &id).await
+            })
+        };
+        for editor in editors {
+            editor
+                .await
+                .expect("editor task")
+                .expect("every edit lands, re-applied if another write came first");
+        }
+        let revoked = revoker.await.expect("revoker task").expect("revoke");
+
+        let stored = store
+            .get(&ws, &r.id)
+            .await
+            .expect("get")
+            .expect("still there");
+        assert!(
+            stored.revoked_at.is_some(),
+            "round {round}: an edit un-revoked the key"
+        );
+        assert_eq!(stored.revoked_at, revoked.revoked_at);
+        let names: Vec<String> = (0..EDITORS).map(|i| format!("edit {i}")).collect();
+        assert!(names.contains(&stored.name), "{}", stored.name);
+        let tags = stored.description.clone().unwrap_or_default();
+        for i in 0..EDITORS {
+            assert_eq!(
+                tags.matches(&format!("[{i}]")).count(),
+                1,
+                "round {round}: edit {i} was lost or applied twice: {tags}"
+            );
+        }
+        assert_eq!(
+            store.get_by_hash(&r.hash).await.expect("by hash"),
+            Some(stored)
+        );
+        assert_eq!(
+            store.count_active(&ws, now_ms()).await.expect("count"),
+            0,
+            "round {round}: the revoked key holds an active slot"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Backends
 
 fn embedded_store() -> (Store, tempfile::TempDir) {
@@ -1437,15 +1675,24 @@ async fn redis_backend() -> (RedisStore, RedisServer) {
     (store, server)
 }
 
-/// Runs each scenario once per backend: `embedded::<name>` and `redis::<name>`.
+/// Runs each scenario once per backend: `embedded::<name>` and `redis::<name>`. Scenarios of
+/// the first list borrow the store; those after `owning:` take it (to put it behind a
+/// `KeyManager`) and run on a multi-threaded runtime, since they race tasks.
 macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
+    ($($scenario:ident),* $(,)?; owning: $($owning:ident),* $(,)?) => {
         mod embedded {
             $(
                 #[tokio::test]
                 async fn $scenario() {
                     let (store, _dir) = super::embedded_store();
                     super::$scenario(&store).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $owning() {
+                    let (store, _dir) = super::embedded_store();
+                    super::$owning(store).await;
                 }
             )*
         }
@@ -1455,6 +1702,13 @@ macro_rules! conformance {
                 async fn $scenario() {
                     let (store, _server) = super::redis_store().await;
                     super::$scenario(&store).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $owning() {
+                    let (store, _server) = super::redis_store().await;
+                    super::$owning(store).await;
                 }
             )*
         }
@@ -1479,6 +1733,11 @@ conformance!(
     count_active_counts_what_create_limits,
     audit_log_pages_newest_first_per_workspace_and_globally,
     quota_spends_are_exact_per_key_and_period,
+    an_update_from_a_stale_read_is_a_conflict_and_changes_nothing,
+    an_update_never_clears_a_revocation;
+    owning:
+    the_key_manager_writes_a_strictly_later_version,
+    edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked,
 );
 
 #[tokio::test]
@@ -2057,7 +2316,7 @@ async fn redis_upgrade_cut_short_stays_consistent_and_resumes() {
     );
     let mut revoked = b.clone();
     revoked.revoked_at = Some(t);
-    store.update(&revoked).await.expect("revoke");
+    store.update(&revoked, b.updated_at).await.expect("revoke");
     let copy = store
         .get_by_hash(&b_new)
         .await
@@ -2204,7 +2463,8 @@ async fn redis_instances_using_a_key_while_another_upgrades_it_miss_nothing() {
             let mut renamed = r.clone();
             renamed.name = "renamed".into();
             loop {
-                match editing.update(&renamed).await {
+                // Not a new version: the same edit lands again until the upgrade moves the key.
+                match editing.update(&renamed, r.updated_at).await {
                     Ok(()) if !upgraded.load(Ordering::SeqCst) => {}
                     Ok(()) => return None,
                     Err(StoreError::Conflict) => return None,

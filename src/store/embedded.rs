@@ -224,8 +224,13 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    async fn update(&self, record: &KeyRecord) -> Result<(), StoreError> {
+    async fn update(
+        &self,
+        record: &KeyRecord,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let record = record.clone();
+        let expected_ms = unix_ms(expected_updated_at);
         let json = encode_record(&record)?;
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
@@ -240,6 +245,15 @@ impl KeyStore for EmbeddedStore {
                 // The hash is the key's identity on the request path; a new secret is a new key
                 // (rotate), never an edit. A SHA-256 record read before an upgrade is stale.
                 if old.hash != record.hash || old.hash_scheme != record.hash_scheme {
+                    return Err(StoreError::Conflict);
+                }
+                // Compared in the write transaction, which redb runs one at a time: no write
+                // can land between this check and the insert below.
+                if unix_ms(old.updated_at) != expected_ms {
+                    return Err(StoreError::Conflict);
+                }
+                // Revocation is irreversible, whatever version the caller read.
+                if old.revoked_at.is_some() && record.revoked_at.is_none() {
                     return Err(StoreError::Conflict);
                 }
                 records.insert((ws, id), json.as_slice()).map_err(db_err)?;

@@ -28,8 +28,9 @@ pub enum StoreError {
     /// The key does not exist (update of a deleted key).
     #[error("key not found")]
     NotFound,
-    /// A key with this id or secret hash exists already.
-    #[error("a key with this id or secret already exists")]
+    /// A key with this id or secret hash exists already (`create`, `upgrade_hash`), or the
+    /// record changed since the caller read it (`update`).
+    #[error("a key with this id or secret already exists, or the key changed meanwhile")]
     Conflict,
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
@@ -209,12 +210,29 @@ pub trait KeyStore: Send + Sync + 'static {
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// Replaces a key's record (same id and workspace). Leaves `usage_count` and
-    /// `last_used_at` as stored, whatever the record says. [`StoreError::NotFound`] if the key is
-    /// gone; [`StoreError::Conflict`] if `hash` or `hash_scheme` differ from the stored ones (a
-    /// new secret is a new key; and a SHA-256 record read before [`KeyStore::upgrade_hash`]
-    /// moved the key is stale: read it again).
-    fn update(&self, record: &KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Replaces a key's record (same id and workspace), only if the stored record is still the
+    /// version the caller read: its `updated_at` equals `expected_updated_at` to the millisecond
+    /// (what both stores keep). The comparison and the write are one atomic step (one redb write
+    /// transaction; one Lua script on Redis), so of two writers that read the same version only
+    /// the first wins and the other must read again: no edit is lost, and an edit that read the
+    /// key before a revoke cannot write it back unrevoked. The caller gives `record` an
+    /// `updated_at` later than `expected_updated_at`, or later writers cannot tell its write from
+    /// the version before ([`crate::control::KeyManager`] does).
+    ///
+    /// Leaves `usage_count` and `last_used_at` as stored, whatever the record says.
+    /// [`StoreError::NotFound`] if the key is gone. [`StoreError::Conflict`], with nothing
+    /// written, if:
+    /// - the stored `updated_at` is not `expected_updated_at` (another write came first: read
+    ///   again and redo the change);
+    /// - `hash` or `hash_scheme` differ from the stored ones (a new secret is a new key; and a
+    ///   SHA-256 record read before [`KeyStore::upgrade_hash`] moved the key is stale);
+    /// - the stored record is revoked and `record` is not: revocation is irreversible, so an
+    ///   update never clears `revoked_at`, even one that read the revoked version.
+    fn update(
+        &self,
+        record: &KeyRecord,
+        expected_updated_at: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Removes a key, its hash index entry (whichever scheme) and its request logs. Returns the
     /// removed record, `None` if there was none. Its audit entries stay.
@@ -431,8 +449,12 @@ impl KeyStore for Store {
     async fn get(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         dispatch!(self, s => s.get(workspace, id))
     }
-    async fn update(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.update(record))
+    async fn update(
+        &self,
+        record: &KeyRecord,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.update(record, expected_updated_at))
     }
     async fn delete(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         dispatch!(self, s => s.delete(workspace, id))

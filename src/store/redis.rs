@@ -41,6 +41,13 @@
 //! entry goes to its workspace's log and the global log in one pipeline (two slots, so two
 //! scripts, not one transaction).
 //!
+//! An `update` is conditional (see [`KeyStore::update`]): `UPDATE_RECORD` reads the stored `rec`,
+//! compares its `updated_at` and revocation with what the caller expects, and writes, in one
+//! script on the record's slot. The workspace index is synced in its own script before (a key
+//! that stays active) or after (a revoked one); when the record write is refused, the index is
+//! synced again with the record that is stored, so a refused edit never gives a revoked key its
+//! active slot back.
+//!
 //! # Upgrading a SHA-256 import
 //!
 //! The record moves from `P{s:<old>}` to `P{h:<new>}` across three slots, in this order, so that
@@ -152,12 +159,67 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 ";
 
-/// Replaces `rec` of an existing record hash. KEYS: record. ARGV: JSON.
-const UPDATE_RECORD: &str = r"
-if redis.call('HEXISTS', KEYS[1], 'rec') == 0 then return 0 end
+/// Lua: `version(rec)`, what a conditional `update` compares: the stored record's `updated_at`
+/// in unix ms (rounded down, as `unix_ms`) and whether it is revoked; `nil` for a `rec` that is
+/// not a record. `updated_at` is RFC 3339 as serde writes it (any offset, 0–9 fraction digits),
+/// so records written before updates were conditional compare too. Doubles are exact here:
+/// years 0–9999 are under 2^53 ms.
+macro_rules! lua_version {
+    () => {
+        r"
+local function unix_ms(text)
+  if type(text) ~= 'string' then return nil end
+  local y, mo, d, h, mi, s, frac, zone = string.match(text,
+    '^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$')
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local secs = (era * 146097 + doe - 719468) * 86400
+    + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+  if zone ~= 'Z' and zone ~= 'z' then
+    local sign, oh, om = string.match(zone, '^([+-])(%d%d):(%d%d)$')
+    if not sign then return nil end
+    local offset = tonumber(oh) * 3600 + tonumber(om) * 60
+    if sign == '+' then secs = secs - offset else secs = secs + offset end
+  end
+  local ms = 0
+  if #frac > 1 then ms = tonumber(string.sub(frac .. '00', 2, 4)) end
+  return secs * 1000 + ms
+end
+local function version(rec)
+  local ok, record = pcall(cjson.decode, rec)
+  if not ok or type(record) ~= 'table' then return nil end
+  local at = unix_ms(record['updated_at'])
+  if not at then return nil end
+  local revoked = record['revoked_at'] ~= nil and record['revoked_at'] ~= cjson.null
+  return at, revoked
+end
+"
+    };
+}
+
+/// Replaces `rec` of an existing record hash if it is still the version the caller read, and
+/// never with an unrevoked record over a revoked one: read, compare and write in one script.
+/// KEYS: record. ARGV: JSON, expected `updated_at` ms, whether the JSON is revoked (1/0).
+/// Returns `ok`, `missing` (no record), `stale` (another version), `revoked` or `corrupt`.
+const UPDATE_RECORD: &str = concat!(
+    lua_version!(),
+    r"
+local rec = redis.call('HGET', KEYS[1], 'rec')
+if not rec then return 'missing' end
+local at, revoked = version(rec)
+if not at then return 'corrupt' end
+if at ~= tonumber(ARGV[2]) then return 'stale' end
+if revoked and ARGV[3] ~= '1' then return 'revoked' end
 redis.call('HSET', KEYS[1], 'rec', ARGV[1])
-return 1
-";
+return 'ok'
+"
+);
 
 /// Brings `created` and `active` in line with an updated record, unless the key was deleted
 /// meanwhile. KEYS: keys, created, active. ARGV: id, created ms, expiry score, active (1/0).
@@ -283,13 +345,21 @@ redis.call('DEL', KEYS[1])
 return fields
 ";
 
-/// Replaces `rec` of the copy an upgrade from `P{s:ARGV[2]}` wrote. KEYS: record.
-/// ARGV: JSON, SHA-256 hex.
-const UPDATE_COPY: &str = r"
+/// Replaces `rec` of the copy an upgrade from `P{s:ARGV[2]}` wrote, with a record that `update`
+/// has just written to the SHA-256 record. Two updates reach the copy in either order, so the
+/// copy never goes back to an older version, nor from revoked to unrevoked. KEYS: record.
+/// ARGV: JSON, SHA-256 hex, its `updated_at` ms, whether it is revoked (1/0).
+const UPDATE_COPY: &str = concat!(
+    lua_version!(),
+    r"
 if redis.call('HGET', KEYS[1], 'from') ~= ARGV[2] then return 0 end
+local at, revoked = version(redis.call('HGET', KEYS[1], 'rec') or '')
+if at and at > tonumber(ARGV[3]) then return 0 end
+if revoked and ARGV[4] ~= '1' then return 0 end
 redis.call('HSET', KEYS[1], 'rec', ARGV[1])
 return 1
-";
+"
+);
 
 /// Step 1 of an upgrade: marks the index entry `u:<old>:<new>`. KEYS: keys. ARGV: id, new hex.
 /// Returns `{'moving', old}` (also when resuming an upgrade to the same hash), `{'done'}` (keyed
@@ -728,6 +798,53 @@ impl RedisStore {
             )
             .await;
     }
+
+    /// Brings `created` and `active` in line with `record`, unless the key is gone.
+    async fn sync_index(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let ws = self.workspace_keys(&record.workspace);
+        let mut conn = self.conn.clone();
+        self.bounded(
+            SCRIPTS
+                .sync_index
+                .key(&ws.keys)
+                .key(&ws.created)
+                .key(&ws.active)
+                .arg(record.id.as_str())
+                .arg(unix_ms(record.created_at))
+                .arg(expiry_score(record))
+                .arg(if record.revoked_at.is_none() {
+                    "1"
+                } else {
+                    "0"
+                })
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Syncs the index with the record as stored now, after an update that synced it ahead
+    /// failed. The record is read again after the sync: if another write landed meanwhile, its
+    /// own sync may have come before ours, so ours is redone with the newer record.
+    async fn resync_index(&self, ws: &str, id: &KeyId) -> Result<(), StoreError> {
+        let mut seen = self.record_by_id(ws, id).await?;
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let Some(record) = &seen else {
+                // Deleted: `delete` removes the index entries itself.
+                return Ok(());
+            };
+            self.sync_index(record).await?;
+            let now = self.record_by_id(ws, id).await?;
+            let same = |a: &KeyRecord, b: &KeyRecord| {
+                a.updated_at == b.updated_at && a.revoked_at == b.revoked_at
+            };
+            if now.as_ref().is_none_or(|now| same(now, record)) {
+                return Ok(());
+            }
+            seen = now;
+        }
+        Ok(())
+    }
 }
 
 impl KeyStore for RedisStore {
@@ -807,7 +924,11 @@ impl KeyStore for RedisStore {
         self.record_by_id(workspace, id).await
     }
 
-    async fn update(&self, record: &KeyRecord) -> Result<(), StoreError> {
+    async fn update(
+        &self,
+        record: &KeyRecord,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let Some(entry) = self.index_entry(&record.workspace, &record.id).await? else {
             return Err(StoreError::NotFound);
         };
@@ -817,42 +938,50 @@ impl KeyStore for RedisStore {
             return Err(StoreError::Conflict);
         }
         let json = encode_record(record)?;
-        let ws = self.workspace_keys(&record.workspace);
         let is_active = record.revoked_at.is_none();
+        let revoked_flag = if is_active { "0" } else { "1" };
         let mut conn = self.conn.clone();
-        let sync_index = || {
-            let mut call = SCRIPTS.sync_index.key(&ws.keys);
-            call.key(&ws.created)
-                .key(&ws.active)
-                .arg(record.id.as_str())
-                .arg(unix_ms(record.created_at))
-                .arg(expiry_score(record))
-                .arg(if is_active { "1" } else { "0" });
-            call
-        };
         // A key that stays active takes its slot before the record changes; a revoked one gives
         // it back only after. Either way `create` never sees more active keys than there are.
         if is_active {
-            self.bounded(sync_index().invoke_async::<i64>(&mut conn))
-                .await?;
+            self.sync_index(record).await?;
         }
-        let replaced: i64 = self
+        let outcome: String = self
             .bounded(
                 SCRIPTS
                     .update_record
                     .key(self.record_key_of(&entry))
                     .arg(&json)
+                    .arg(unix_ms(expected_updated_at))
+                    .arg(revoked_flag)
                     .invoke_async(&mut conn),
             )
             .await?;
-        if replaced == 0 {
-            // Deleted, or a SHA-256 record moved by an upgrade since the index was read: then
-            // the caller's record is stale.
-            let now = self.index_entry(&record.workspace, &record.id).await?;
-            return Err(match now {
-                Some(now) if now != entry => StoreError::Conflict,
-                _ => StoreError::NotFound,
-            });
+        let refused = match outcome.as_str() {
+            "ok" => None,
+            "stale" | "revoked" => Some(StoreError::Conflict),
+            "missing" => {
+                // Deleted, or a SHA-256 record moved by an upgrade since the index was read:
+                // then the caller's record is stale.
+                let now = self.index_entry(&record.workspace, &record.id).await?;
+                Some(match now {
+                    Some(now) if now != entry => StoreError::Conflict,
+                    _ => StoreError::NotFound,
+                })
+            }
+            "corrupt" => Some(StoreError::Corrupt(format!(
+                "record of {}: undecodable",
+                record.id
+            ))),
+            _ => Some(StoreError::Corrupt("unexpected reply from redis".into())),
+        };
+        if let Some(e) = refused {
+            if is_active {
+                // The index was synced ahead with a record that was not written: bring it back
+                // in line with the one that is (a revoked key must not hold a slot again).
+                self.resync_index(&record.workspace, &record.id).await?;
+            }
+            return Err(e);
         }
         if let IndexEntry::Upgrading { sha256, keyed } = &entry {
             // The copy under the new hash answers lookups already: it must not keep working
@@ -865,13 +994,14 @@ impl KeyStore for RedisStore {
                     .key(self.record_key(keyed))
                     .arg(copy)
                     .arg(sha256)
+                    .arg(unix_ms(record.updated_at))
+                    .arg(revoked_flag)
                     .invoke_async::<i64>(&mut conn),
             )
             .await?;
         }
         if !is_active {
-            self.bounded(sync_index().invoke_async::<i64>(&mut conn))
-                .await?;
+            self.sync_index(record).await?;
         }
         Ok(())
     }
