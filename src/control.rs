@@ -205,9 +205,13 @@ impl KeyManager {
         // Strictly later than the version read, even within its millisecond or with a clock
         // behind the one that wrote it: else a writer that read this version could not tell.
         record.updated_at = now_ms().max(read.saturating_add(time::Duration::MILLISECOND));
-        self.store().update(&record, read).await?;
-        invalidate_everywhere(&self.cache, &record).await;
-        Ok(record)
+        let written = self.store().update(&record, read).await;
+        // A call that failed in transit may still have landed (a timed-out redb task commits
+        // anyway; a Redis reply can be lost): drop the cached copies unless the store refused.
+        if !matches!(written, Err(StoreError::Conflict | StoreError::NotFound)) {
+            invalidate_everywhere(&self.cache, &record).await;
+        }
+        written.map(|()| record)
     }
 
     /// Reads a key, lets `change` edit it, and writes it back if the key has not changed since
@@ -229,6 +233,9 @@ impl KeyManager {
                 .await?
                 .ok_or(StoreError::NotFound)?;
             if change(&mut record)? == Changed::No {
+                // Nothing to write, but a cache may still hold what an earlier call that failed
+                // in transit did write (a retried revoke lands here): drop it.
+                invalidate_everywhere(&self.cache, &record).await;
                 return Ok(record);
             }
             match self.update(record).await {
@@ -256,13 +263,18 @@ impl KeyManager {
 
     /// Deletes a key and its request logs.
     pub async fn delete(&self, workspace: &str, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        let record = self
+        // Read first: a delete that fails in transit may have landed, and its hash is what
+        // the caches must drop.
+        let known = self
             .store()
-            .delete(workspace, id)
+            .get(workspace, id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        invalidate_everywhere(&self.cache, &record).await;
-        Ok(record)
+        let deleted = self.store().delete(workspace, id).await;
+        if !matches!(deleted, Ok(None)) {
+            invalidate_everywhere(&self.cache, &known).await;
+        }
+        deleted?.ok_or(StoreError::NotFound)
     }
 }
 

@@ -292,18 +292,23 @@ impl Gateway {
         let client_ip = auth::client_ip(peer, headers, &self.trusted);
         if route.public {
             // No key is checked, but a credential the client sent anyway is still removed
-            // before forwarding (unless `keep_credentials`).
-            let sent = self
-                .sources
-                .extract(headers, req.uri().query())
-                .ok()
-                .flatten();
+            // before forwarding (unless `keep_credentials`). When the sources cannot be read as
+            // one credential (two different secrets, an empty one beside a real one), every
+            // source goes: none of them may reach the upstream.
+            let (credential_headers, credential_in_query) =
+                match self.sources.extract(headers, req.uri().query()) {
+                    Ok(sent) => (
+                        sent.as_ref().map_or(0, |c| c.header_mask),
+                        sent.is_some_and(|c| c.in_query),
+                    ),
+                    Err(_) => (u64::MAX, true),
+                };
             return Ok(Decision {
                 route,
                 key: None,
                 client_ip,
-                credential_headers: sent.as_ref().map_or(0, |c| c.header_mask),
-                credential_in_query: sent.is_some_and(|c| c.in_query),
+                credential_headers,
+                credential_in_query,
                 normalized_path,
                 limits: LimitHeaders::default(),
             });

@@ -842,9 +842,13 @@ async fn guessing_admin_tokens_hits_the_failure_limit_and_stops_being_audited() 
     )
     .await;
     for _ in 0..3 {
+        // Calls without a credential come between the guesses: they do not count.
+        let r = gw.admin(Method::GET, "/v1/audit", None, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         let r = gw
             .admin(Method::GET, "/v1/audit", Some("guess-0123456789"), None)
             .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.error_code(), "unauthorized");
     }
     let r = gw
@@ -854,8 +858,8 @@ async fn guessing_admin_tokens_hits_the_failure_limit_and_stops_being_audited() 
     assert_eq!(r.error_code(), "rate_limited");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
-    // Requests without a credential do not count; from this address, even the right token
-    // waits (the limit is checked before any comparison, as on the proxy).
+    // From this address even the right token waits: the limit is checked before any
+    // comparison, as on the proxy.
     let r = gw
         .admin(Method::GET, "/v1/audit", Some(OPS_TOKEN), None)
         .await;
@@ -866,5 +870,53 @@ async fn guessing_admin_tokens_hits_the_failure_limit_and_stops_being_audited() 
         .iter()
         .filter(|e| e.action == "admin.refused")
         .count();
-    assert_eq!(refused, 3, "only the refusals before the limit are audited");
+    assert_eq!(refused, 6, "only the refusals before the limit are audited");
+}
+
+#[tokio::test]
+async fn a_rotation_racing_a_revoke_never_leaves_a_successor_of_a_revoked_key() {
+    let gw = Arc::new(TestGateway::start(Backend::Embedded, "").await);
+    let listed = |gw: Arc<TestGateway>| async move {
+        gw.admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys?limit=100",
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await
+        .json()["keys"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    for round in 0..10 {
+        let created = gw
+            .admin_create(
+                "acme",
+                json!({"name": format!("r{round}"), "scopes": ["sessions:read"]}),
+            )
+            .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let before = listed(gw.clone()).await;
+        let rotate = format!("/v1/workspaces/acme/keys/{id}/rotate");
+        let revoke = format!("/v1/workspaces/acme/keys/{id}/revoke");
+        let (rotated, revoked) = tokio::join!(
+            gw.admin(Method::POST, &rotate, Some(OPS_TOKEN), None),
+            gw.admin(Method::POST, &revoke, Some(OPS_TOKEN), None),
+        );
+        assert_eq!(revoked.status, StatusCode::OK, "{:?}", revoked.body);
+        match rotated.status {
+            // Rotated first: the old key it answers with was not revoked yet.
+            StatusCode::CREATED => {
+                assert_eq!(rotated.json()["previous"]["revoked_at"], Value::Null);
+                assert_eq!(listed(gw.clone()).await, before + 1);
+            }
+            // Revoked first: refused, and no successor is left behind.
+            _ => {
+                assert_eq!(rotated.status, StatusCode::CONFLICT);
+                assert_eq!(rotated.error_code(), "key_revoked");
+                assert_eq!(listed(gw.clone()).await, before, "round {round}");
+            }
+        }
+    }
 }

@@ -371,18 +371,35 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         .await?;
     // A grace period past the end of time leaves the old key its own expiry.
     let stop = now.checked_add(grace);
-    let old = call
+    let ended = call
         .state
         .keys
         .modify(ws, &id, |old| {
+            // Checked again on the record being written: a revoke that landed since the read
+            // above must not leave its successor usable.
+            match old.status_at(now) {
+                KeyStatus::Revoked => return Err(AdminError::KeyRevoked),
+                KeyStatus::Expired => return Err(AdminError::KeyExpired),
+                KeyStatus::Active => {}
+            }
             old.expires_at = match (old.expires_at, stop) {
                 (Some(own), Some(stop)) => Some(own.min(stop)),
                 (own, None) => own,
                 (None, stop) => stop,
             };
-            Ok::<_, AdminError>(Changed::Yes)
+            Ok(Changed::Yes)
         })
-        .await?;
+        .await;
+    let old = match ended {
+        Ok(old) => old,
+        Err(e) => {
+            // The successor was never handed out: take it back.
+            if let Err(undo) = call.state.keys.delete(ws, &new.id).await {
+                tracing::warn!(key_id = %new.id, error = %undo, "a refused rotation's new key could not be deleted");
+            }
+            return Err(e);
+        }
+    };
     call.audit(
         "key.rotate",
         ws,

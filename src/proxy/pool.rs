@@ -5,10 +5,12 @@
 //! lock is held across an await, and there is no connection-key map (hyper-util's pool spawns a
 //! task per request for this). Idle connections are used last-in first-out (the warmest first)
 //! and dropped after the upstream's `idle_timeout`. With none idle, a request starts a new
-//! connection and takes whichever comes first, that one or one another request gives back, so
-//! a burst of requests does not open a connection each (and overflow the upstream's accept
-//! queue). A request that a reused connection hands back unsent (the upstream closed it as we
-//! picked it) is tried again on another one.
+//! connection and joins the queue of waiting requests; each connection that comes up or comes
+//! back goes to the oldest waiter, and each failed connect fails the oldest waiter. So in a
+//! burst a request never waits on its own slow connect while another request's connection is
+//! free (200 concurrent first requests would otherwise sit in SYN retransmits once the
+//! upstream's accept queue overflows). A request that a reused connection hands back unsent
+//! (the upstream closed it as we picked it) is tried again on another one.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -28,6 +30,13 @@ use tokio::sync::oneshot;
 const MAX_IDLE: usize = 1024;
 /// Connections tried for one request whose request came back unsent.
 const MAX_ATTEMPTS: usize = 3;
+/// How long a connection given back may take to be ready for the next request. It normally is
+/// at once; one that is not (hyper still writing a request body the upstream answered early)
+/// is closed rather than waited for.
+const READY_WAIT: Duration = Duration::from_millis(20);
+
+/// A connection, or why none could be made, for a waiting request.
+type Handoff = Result<Sender, SendError>;
 
 type Sender = SendRequest<Incoming>;
 
@@ -62,7 +71,7 @@ struct Slots {
     /// Open connections nobody uses, most recently used last.
     idle: Vec<Idle>,
     /// Requests waiting for a connection, oldest first.
-    waiters: VecDeque<oneshot::Sender<Sender>>,
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
 }
 
 struct Idle {
@@ -126,7 +135,7 @@ impl Pool {
         Response::from_parts(parts, body)
     }
 
-    /// An idle connection that is still open, else the first of a new one and one given back.
+    /// An idle connection that is still open, else the first to come up or come back.
     async fn checkout(&self) -> Result<Sender, SendError> {
         loop {
             let next = {
@@ -134,6 +143,10 @@ impl Pool {
                 match slots.idle.pop() {
                     Some(idle) => Ok(idle),
                     None => {
+                        // Requests that went away stop holding their place.
+                        while slots.waiters.front().is_some_and(|w| w.is_closed()) {
+                            slots.waiters.pop_front();
+                        }
                         let (tx, rx) = oneshot::channel();
                         slots.waiters.push_back(tx);
                         Err(rx)
@@ -147,46 +160,27 @@ impl Pool {
                     }
                     sender
                 }
-                Err(waiting) => self.wait_or_connect(waiting).await?,
+                Err(waiting) => {
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        let made = pool.connect().await;
+                        pool.inner.hand_over(made);
+                    });
+                    waiting
+                        .await
+                        .map_err(|_| SendError::Failed("connection pool closed".into()))??
+                }
             };
             if sender.is_closed() {
                 continue;
             }
-            // A connection given back as its last response ended: its task marks it ready on
-            // its next turn, or closes it.
-            if sender.is_ready() || sender.ready().await.is_ok() {
+            if sender.is_ready()
+                || matches!(
+                    tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
                 return Ok(sender);
-            }
-        }
-    }
-
-    /// Starts a connection that goes to the oldest waiter when it is up (this request's, or an
-    /// older one's), and waits for a connection for `waiting`: that one, or one given back.
-    async fn wait_or_connect(
-        &self,
-        mut waiting: oneshot::Receiver<Sender>,
-    ) -> Result<Sender, SendError> {
-        let (failed_tx, mut failed) = oneshot::channel();
-        let pool = self.clone();
-        tokio::spawn(async move {
-            match pool.connect().await {
-                Ok(sender) => pool.inner.put(sender),
-                Err(e) => {
-                    let _ = failed_tx.send(e);
-                }
-            }
-        });
-        let mut connecting = true;
-        loop {
-            tokio::select! {
-                got = &mut waiting => {
-                    return got.map_err(|_| SendError::Failed("connection pool closed".into()));
-                }
-                outcome = &mut failed, if connecting => match outcome {
-                    Ok(e) => return Err(e),
-                    // Connected and given to the oldest waiter: keep waiting.
-                    Err(_) => connecting = false,
-                },
             }
         }
     }
@@ -235,19 +229,26 @@ impl Inner {
     }
 
     /// A connection becomes available: to the oldest request still waiting, else idle.
-    fn put(&self, mut sender: Sender) {
-        if sender.is_closed() {
-            return;
+    fn put(&self, sender: Sender) {
+        if !sender.is_closed() {
+            self.hand_over(Ok(sender));
         }
+    }
+
+    /// Gives a new or returned connection, or a failed connect, to the oldest request still
+    /// waiting; a connection nobody waits for goes idle.
+    fn hand_over(&self, mut handoff: Handoff) {
         let mut slots = self.lock();
         while let Some(waiter) = slots.waiters.pop_front() {
-            match waiter.send(sender) {
+            match waiter.send(handoff) {
                 Ok(()) => return,
                 // That request went away: the next one.
-                Err(back) => sender = back,
+                Err(back) => handoff = back,
             }
         }
-        if slots.idle.len() < MAX_IDLE {
+        if let Ok(sender) = handoff
+            && slots.idle.len() < MAX_IDLE
+        {
             slots.idle.push(Idle {
                 sender,
                 since: Instant::now(),
