@@ -104,7 +104,7 @@ fn decision(c: &mut Criterion) {
             recorder.record(
                 key,
                 &method,
-                String::from("/api/v1/sessions/42"),
+                "/api/v1/sessions/42",
                 http::StatusCode::OK,
                 peer,
                 std::time::Duration::from_micros(300),

@@ -815,14 +815,8 @@ impl Config {
             }
         }
         let mut check_limit = |path: String, spec: &RateLimitSpec| {
-            if spec.period.is_zero() {
-                problem(format!("{path}.period"), "must be above 0".into());
-            } else if spec.period.as_nanos() / u128::from(spec.requests.get()) < 1_000 {
-                // `mode: redis` keeps time in microseconds.
-                problem(
-                    format!("{path}.requests"),
-                    "at most one request per microsecond of `period`".into(),
-                );
+            if let Err((field, message)) = check_rate_limit(spec) {
+                problem(format!("{path}.{field}"), message.into());
             }
         };
         if let Some(l) = &self.auth.failure_limit {
@@ -1020,6 +1014,21 @@ impl Config {
     /// The scopes a role grants, if the role exists.
     pub fn role_scopes(&self, role: &str) -> Option<&[String]> {
         self.roles.get(role).map(Vec::as_slice)
+    }
+}
+
+/// Checks a rate limit: a period above 0, and at most one request per microsecond of it
+/// (`mode: redis` keeps time in microseconds). On failure, the field to blame and why.
+pub fn check_rate_limit(spec: &RateLimitSpec) -> Result<(), (&'static str, &'static str)> {
+    if spec.period.is_zero() {
+        Err(("period", "must be above 0"))
+    } else if spec.period.as_nanos() / u128::from(spec.requests.get()) < 1_000 {
+        Err((
+            "requests",
+            "at most one request per microsecond of `period`",
+        ))
+    } else {
+        Ok(())
     }
 }
 

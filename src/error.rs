@@ -3,6 +3,8 @@
 //!
 //! The client gets a fixed message per code; details go to the log through the variant's
 //! fields, never into the body, and never contain a secret.
+//!
+//! Also [`error_chain`], the one rendering of an error with its causes for messages and logs.
 
 use std::borrow::Cow;
 
@@ -170,6 +172,19 @@ pub fn error_response(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// An error followed by its causes, `: `-separated (hyper and the HTTP clients put the useful
+/// part, such as "connection refused", in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -205,7 +205,8 @@ impl Gateway {
         let started = Instant::now();
         let request_id = self.ids.for_request(req.headers());
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A shared handle on the request line (no copy) for the access and usage logs.
+        let uri = req.uri().clone();
 
         let (mut response, key, client_ip, upstream_time) =
             match self.authorize(&req, conn.peer.ip()).await {
@@ -220,15 +221,16 @@ impl Gateway {
                     let key = decision.key.clone();
                     let client_ip = decision.client_ip;
                     let upstream = &self.upstreams[decision.route.upstream];
-                    let scopes = key
-                        .as_deref()
-                        .map(|k| self.effective_scopes(k).join(","))
-                        .unwrap_or_default();
+                    // Joined once into the header value's own buffer.
+                    let scopes = key.as_deref().map(|k| {
+                        HeaderValue::try_from(self.effective_scopes(k).join(","))
+                            .unwrap_or_else(|_| HeaderValue::from_static(""))
+                    });
                     let limits = decision.limits;
                     let sent = Instant::now();
                     let mut response = match self
                         .forwarding
-                        .forward(req, &decision, &scopes, upstream, conn, &request_id)
+                        .forward(req, &decision, scopes, upstream, conn, &request_id)
                         .await
                     {
                         Ok(r) => {
@@ -253,7 +255,7 @@ impl Gateway {
             log_access(
                 &request_id,
                 &method,
-                &path,
+                uri.path(),
                 &response,
                 key.as_deref(),
                 client_ip,
@@ -263,8 +265,14 @@ impl Gateway {
         }
         // Only requests that passed every check carry a key here: those are the uses.
         if let Some(key) = key {
-            self.usage
-                .record(key, &method, path, response.status(), client_ip, latency);
+            self.usage.record(
+                key,
+                &method,
+                uri.path(),
+                response.status(),
+                client_ip,
+                latency,
+            );
         }
         response
     }

@@ -124,7 +124,12 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
             }
         }
     }
-    Some(Cow::Owned(out))
+    // Already normal despite a `%` (`/a%20b`): the request's own path goes on unchanged.
+    Some(if out == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(out)
+    })
 }
 
 /// Prefix match on segment boundaries: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.

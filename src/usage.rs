@@ -96,7 +96,7 @@ impl Recorder {
         &self,
         key: Arc<KeyRecord>,
         method: &Method,
-        path: String,
+        path: &str,
         status: StatusCode,
         client_ip: IpAddr,
         latency: Duration,
@@ -106,9 +106,10 @@ impl Recorder {
         };
         let latency_time = time::Duration::try_from(latency).unwrap_or(time::Duration::ZERO);
         let at = OffsetDateTime::now_utc().saturating_sub(latency_time);
+        // The path is copied only when request logs are kept.
         let log = self.keep_logs.then(|| LogFields {
             method: method.clone(),
-            path,
+            path: path.to_owned(),
             status: status.as_u16(),
             client_ip,
             latency,
@@ -629,7 +630,7 @@ mod tests {
             recorder.record(
                 k.clone(),
                 &Method::GET,
-                "/x".into(),
+                "/x",
                 StatusCode::OK,
                 "127.0.0.1".parse().expect("ip"),
                 Duration::ZERO,

@@ -778,6 +778,19 @@ async fn invalid_bodies_are_refused_naming_the_field() {
             "rate_limit.requests",
         ),
         (
+            json!({"name": "x", "rate_limit": {"requests": 10, "period": "0s"}}),
+            "rate_limit.period",
+        ),
+        // As in config: at most one request per microsecond of the period.
+        (
+            json!({"name": "x", "rate_limit": {"requests": 2000000, "period": "1s"}}),
+            "rate_limit.requests",
+        ),
+        (
+            json!({"name": "x", "quota": {"limit": 5, "refill": "daily", "refill_day": 3}}),
+            "quota.refill_day",
+        ),
+        (
             json!({"name": "x", "secret": "kg_live_whatever_it_is_123"}),
             "secret",
         ),

@@ -174,6 +174,7 @@ async fn a_fill_racing_an_invalidation_cannot_restore_the_old_record() {
     // Meanwhile the key is revoked: store write, then invalidation.
     let mut revoked = f.record.clone();
     revoked.revoked_at = Some(OffsetDateTime::now_utc());
+    revoked.updated_at = f.record.updated_at + time::Duration::milliseconds(1);
     f.store.update(&revoked, f.record.updated_at).await.unwrap();
     f.cache.invalidate(&hash).await;
 
@@ -222,6 +223,7 @@ async fn entries_read_before_mark_all_stale_are_re_read_once() {
     // have missed something.
     let mut revoked = f.record.clone();
     revoked.revoked_at = Some(OffsetDateTime::now_utc());
+    revoked.updated_at = f.record.updated_at + time::Duration::milliseconds(1);
     f.store.update(&revoked, f.record.updated_at).await.unwrap();
     f.cache.mark_all_stale();
     release_tx.send(()).unwrap();

@@ -602,10 +602,9 @@ async fn expired_and_revoked_keys_do_not_count<S: KeyStore>(store: &S) {
         Err(StoreError::LimitReached)
     ));
     revoked.revoked_at = Some(later);
-    store
-        .update(&revoked, revoked.updated_at)
-        .await
-        .expect("revoke");
+    let read = revoked.updated_at;
+    revoked.updated_at = read + ms(1);
+    store.update(&revoked, read).await.expect("revoke");
     store
         .create(&after, Some(2), later)
         .await
@@ -1130,10 +1129,9 @@ async fn count_active_counts_what_create_limits<S: KeyStore>(store: &S) {
 
     assert_eq!(store.count_active("acme", now).await.expect("count"), 3);
     to_revoke.revoked_at = Some(now);
-    store
-        .update(&to_revoke, to_revoke.updated_at)
-        .await
-        .expect("revoke");
+    let read = to_revoke.updated_at;
+    to_revoke.updated_at = read + ms(1);
+    store.update(&to_revoke, read).await.expect("revoke");
     assert_eq!(store.count_active("acme", now).await.expect("count"), 2);
     // At its expiry instant a key no longer counts (`expires_at <= now` is expired).
     let later = now + ms(10_000);

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::AdminError;
-use crate::config::{Config, QuotaSpec, RateLimitSpec, Refill, check_scope, ip_list};
+use crate::config::{self, Config, QuotaSpec, RateLimitSpec, check_scope, ip_list};
 use crate::keys::KeyRecord;
 
 /// Longest key name.
@@ -318,24 +318,12 @@ impl KeyFields {
             Patch::Null => Patch::Value(Vec::new()),
             Patch::Absent => Patch::Absent,
         };
-        if let Patch::Value(l) = &self.rate_limit
-            && l.period.is_zero()
-        {
-            return Err(AdminError::field("rate_limit.period", "must be above 0"));
+        if let Patch::Value(l) = &self.rate_limit {
+            config::check_rate_limit(l)
+                .map_err(|(field, m)| AdminError::field(format!("rate_limit.{field}"), m))?;
         }
         if let Patch::Value(q) = &self.quota {
-            match (q.refill, q.refill_day) {
-                (Refill::Monthly, Some(d)) if !(1..=28).contains(&d) => {
-                    return Err(AdminError::field("quota.refill_day", "must be 1–28"));
-                }
-                (Refill::None | Refill::Daily, Some(_)) => {
-                    return Err(AdminError::field(
-                        "quota.refill_day",
-                        "only for `refill: monthly`",
-                    ));
-                }
-                _ => {}
-            }
+            config::check_quota(q).map_err(|m| AdminError::field("quota.refill_day", m))?;
         }
         let metadata = match self.metadata {
             Patch::Value(serde_json::Value::Object(map)) => {

@@ -2,7 +2,6 @@
 //! the mapping of every answer to a JSON value or a [`Failure`]. Owns the token; nothing it
 //! returns or prints contains it.
 
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,11 +82,13 @@ impl AdminClient {
             .body(Full::new(body))
             .map_err(|e| Failure::Usage(format!("cannot build the request: {e}")))?;
         let exchange = async {
-            let response = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| Failure::Unreachable(format!("{}: {}", self.base, chain(&e))))?;
+            let response = self.http.request(req).await.map_err(|e| {
+                Failure::Unreachable(format!(
+                    "{}: {}",
+                    self.base,
+                    keygate::error::error_chain(&e)
+                ))
+            })?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -245,19 +246,6 @@ pub(super) fn encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// An error and its causes, `: `-joined (hyper's top-level errors alone say little, e.g.
-/// "client error (Connect)").
-fn chain(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

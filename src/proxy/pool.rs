@@ -26,6 +26,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::error::error_chain;
+
 /// Idle connections kept per upstream, beyond which a finished connection is closed.
 const MAX_IDLE: usize = 1024;
 /// Connections tried for one request whose request came back unsent.
@@ -111,7 +113,7 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on another connection, whatever the method.
                     Some(unsent) if attempt < MAX_ATTEMPTS => req = unsent,
-                    _ => return Err(SendError::Failed(describe(&e.into_error()))),
+                    _ => return Err(SendError::Failed(error_chain(&e.into_error()))),
                 },
             }
             attempt += 1;
@@ -206,7 +208,7 @@ impl Pool {
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| SendError::Failed(describe(&e)))?;
+            .map_err(|e| SendError::Failed(error_chain(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -337,19 +339,6 @@ impl Drop for PooledBody {
             self.release();
         }
     }
-}
-
-/// An error with its chain of causes, for the `upstream_unavailable` message and the log.
-fn describe(e: &hyper::Error) -> String {
-    use std::error::Error as _;
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    detail
 }
 
 #[cfg(test)]

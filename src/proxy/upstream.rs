@@ -140,12 +140,13 @@ impl Forwarding {
 
     /// Rewrites the request for the upstream, sends it, and prepares the response for the
     /// client. `Upgrade` requests (WebSocket and others) become a tunnel once the upstream
-    /// answers 101. `scopes` is the key's effective scope list for the identity header.
+    /// answers 101. `scopes` is the key's effective scope list, as the identity header's value
+    /// (`None` on public routes).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         decision: &Decision<'_>,
-        scopes: &str,
+        scopes: Option<HeaderValue>,
         upstream: &Upstream,
         conn: ConnInfo,
         request_id: &HeaderValue,
@@ -186,7 +187,10 @@ impl Forwarding {
         if let Some(key) = &decision.key {
             headers.insert(self.key_id.clone(), header_value(key.id.as_str()));
             headers.insert(self.workspace.clone(), header_value(&key.workspace));
-            headers.insert(self.scopes.clone(), header_value(scopes));
+            headers.insert(
+                self.scopes.clone(),
+                scopes.unwrap_or_else(|| HeaderValue::from_static("")),
+            );
         }
 
         let mut response = upstream.send(req).await?;

@@ -35,7 +35,8 @@ use time::OffsetDateTime;
 
 use super::{
     AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
-    RequestLogEntry, StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
+    RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, parse_cursor,
+    parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -162,7 +163,7 @@ impl KeyStore for EmbeddedStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let record = record.clone();
-        let json = encode_record(&record)?;
+        let json = stored_json(&record)?;
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             let ws = record.workspace.as_str();
@@ -187,7 +188,7 @@ impl KeyStore for EmbeddedStore {
                         return Err(StoreError::LimitReached);
                     }
                 }
-                records.insert((ws, id), json.as_slice()).map_err(db_err)?;
+                records.insert((ws, id), json.as_bytes()).map_err(db_err)?;
                 by_hash.insert(&record.hash.0, (ws, id)).map_err(db_err)?;
                 txn.open_table(BY_CREATED)
                     .map_err(db_err)?
@@ -231,7 +232,7 @@ impl KeyStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let record = record.clone();
         let expected_ms = unix_ms(expected_updated_at);
-        let json = encode_record(&record)?;
+        let json = stored_json(&record)?;
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             let ws = record.workspace.as_str();
@@ -256,7 +257,7 @@ impl KeyStore for EmbeddedStore {
                 if old.revoked_at.is_some() && record.revoked_at.is_none() {
                     return Err(StoreError::Conflict);
                 }
-                records.insert((ws, id), json.as_slice()).map_err(db_err)?;
+                records.insert((ws, id), json.as_bytes()).map_err(db_err)?;
                 let (old_ms, new_ms) = (unix_ms(old.created_at), unix_ms(record.created_at));
                 if old_ms != new_ms {
                     let mut by_created = txn.open_table(BY_CREATED).map_err(db_err)?;
@@ -344,7 +345,7 @@ impl KeyStore for EmbeddedStore {
                 let Some(record) = read_record(&txn, ws, id)? else {
                     continue;
                 };
-                if !matches_query(&record, &query, now) {
+                if !query.matches(&record, now) {
                     continue;
                 }
                 if keys.len() == limit {
@@ -596,7 +597,7 @@ impl KeyStore for EmbeddedStore {
                         record.hash = new_hash;
                         record.hash_scheme = HashScheme::KeyedBlake3;
                         records
-                            .insert((ws, id), encode_record(&record)?.as_slice())
+                            .insert((ws, id), stored_json(&record)?.as_bytes())
                             .map_err(db_err)?;
                     }
                 }
@@ -804,23 +805,6 @@ fn apply_usage(record: &mut KeyRecord, (count, last_ms): (u64, Option<i64>)) {
     record.last_used_at = last_ms.and_then(from_unix_ms);
 }
 
-fn matches_query(record: &KeyRecord, query: &ListQuery, now: OffsetDateTime) -> bool {
-    query.status.is_none_or(|s| record.status_at(now) == s)
-        && query
-            .owner
-            .as_deref()
-            .is_none_or(|o| record.owner.as_deref() == Some(o))
-}
-
-/// The record as stored: usage fields zeroed, since they live in `usage_v1`.
-fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
-    let mut stored = record.clone();
-    stored.usage_count = 0;
-    stored.last_used_at = None;
-    serde_json::to_vec(&stored)
-        .map_err(|_| StoreError::Corrupt(format!("record of {} cannot be encoded", record.id)))
-}
-
 fn decode_record(bytes: &[u8], id: &str) -> Result<KeyRecord, StoreError> {
     // Only the position: serde's message could quote a stored value.
     serde_json::from_slice(bytes).map_err(|e| {
@@ -842,17 +826,6 @@ fn expiry_ns(record: &KeyRecord) -> i128 {
     record
         .expires_at
         .map_or(NEVER, OffsetDateTime::unix_timestamp_nanos)
-}
-
-/// Unix milliseconds, rounded down.
-fn unix_ms(t: OffsetDateTime) -> i64 {
-    // i64 milliseconds cover ±292 million years; `OffsetDateTime` covers ±9999 years.
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
-        .expect("an OffsetDateTime in milliseconds fits in i64")
-}
-
-fn from_unix_ms(ms: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
 fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {

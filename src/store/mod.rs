@@ -97,6 +97,39 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+impl ListQuery {
+    /// Whether `record` passes the status and owner filters at `now`.
+    pub fn matches(&self, record: &KeyRecord, now: OffsetDateTime) -> bool {
+        self.status.is_none_or(|s| record.status_at(now) == s)
+            && self
+                .owner
+                .as_deref()
+                .is_none_or(|o| record.owner.as_deref() == Some(o))
+    }
+}
+
+/// The record as both stores keep it: JSON with the usage fields zeroed, since those live
+/// beside it and change without rewriting it.
+fn stored_json(record: &KeyRecord) -> Result<String, StoreError> {
+    let mut stored = record.clone();
+    stored.usage_count = 0;
+    stored.last_used_at = None;
+    serde_json::to_string(&stored)
+        .map_err(|_| StoreError::Corrupt(format!("record of {} cannot be encoded", record.id)))
+}
+
+/// A time as whole milliseconds since the Unix epoch, the precision both stores keep.
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    // i64 milliseconds cover ±292 million years; `OffsetDateTime` covers ±9999 years.
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+        .expect("an OffsetDateTime in milliseconds fits in i64")
+}
+
+/// The inverse of [`unix_ms`]; `None` outside `OffsetDateTime`'s range.
+fn from_unix_ms(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
 /// One page of [`KeyStore::list`], newest first.
 #[derive(Clone, Debug, Default)]
 pub struct KeyPage {

@@ -95,7 +95,8 @@ use time::OffsetDateTime;
 use super::invalidation::InvalidationStats;
 use super::{
     AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
-    RequestLogEntry, StoreError, UsageDelta, cursor_at, parse_cursor, parse_key_cursor,
+    RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, parse_cursor,
+    parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::RedisConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -147,16 +148,6 @@ return 1
 const ROLLBACK_RECORD: &str = r"
 if redis.call('HGET', KEYS[1], 'rec') == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0
-";
-
-/// Removes the index entries a failed create added. KEYS: keys, created, active.
-/// ARGV: id, index entry.
-const ROLLBACK_INDEX: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
 ";
 
 /// Lua: `version(rec)`, what a conditional `update` compares: the stored record's `updated_at`
@@ -317,7 +308,8 @@ return 1
 ";
 
 /// Removes a key's index entries and request log, if its index entry is still the one the caller
-/// removed the record of. KEYS: keys, created, active, logs. ARGV: id, index entry.
+/// removed the record of (a delete, or a failed create undone). KEYS: keys, created, active,
+/// logs. ARGV: id, index entry.
 const DELETE_INDEX_IF: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -327,16 +319,8 @@ redis.call('DEL', KEYS[4])
 return 1
 ";
 
-/// Removes a record hash if it holds the record of key ARGV[1]. KEYS: record. ARGV: id.
-const DELETE_IF_KEY: &str = r"
-local rec = redis.call('HGET', KEYS[1], 'rec')
-if not rec or cjson.decode(rec)['id'] ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-";
-
-/// Reads and removes a record hash if it holds the record of key ARGV[1]; `{}` otherwise.
-/// KEYS: record. ARGV: id.
+/// Reads and removes a record hash if it holds the record of key ARGV[1]; `{}` otherwise
+/// (callers that only remove ignore the reply). KEYS: record. ARGV: id.
 const TAKE_IF_KEY: &str = r"
 local rec = redis.call('HGET', KEYS[1], 'rec')
 if not rec or cjson.decode(rec)['id'] ~= ARGV[1] then return {} end
@@ -460,12 +444,10 @@ struct Scripts {
     create_index: Script,
     create_record: Script,
     rollback_record: Script,
-    rollback_index: Script,
     update_record: Script,
     sync_index: Script,
     delete_record: Script,
     delete_index_if: Script,
-    delete_if_key: Script,
     take_if_key: Script,
     update_copy: Script,
     begin_upgrade: Script,
@@ -483,12 +465,10 @@ impl Scripts {
             create_index: Script::new(CREATE_INDEX),
             create_record: Script::new(CREATE_RECORD),
             rollback_record: Script::new(ROLLBACK_RECORD),
-            rollback_index: Script::new(ROLLBACK_INDEX),
             update_record: Script::new(UPDATE_RECORD),
             sync_index: Script::new(SYNC_INDEX),
             delete_record: Script::new(DELETE_RECORD),
             delete_index_if: Script::new(DELETE_INDEX_IF),
-            delete_if_key: Script::new(DELETE_IF_KEY),
             take_if_key: Script::new(TAKE_IF_KEY),
             update_copy: Script::new(UPDATE_COPY),
             begin_upgrade: Script::new(BEGIN_UPGRADE),
@@ -788,10 +768,11 @@ impl RedisStore {
         let _ = self
             .bounded(
                 SCRIPTS
-                    .rollback_index
+                    .delete_index_if
                     .key(&ws.keys)
                     .key(&ws.created)
                     .key(&ws.active)
+                    .key(self.logs_key(&record.workspace, &record.id))
                     .arg(record.id.as_str())
                     .arg(entry.value())
                     .invoke_async::<i64>(&mut conn),
@@ -855,7 +836,7 @@ impl KeyStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let entry = IndexEntry::of(record);
-        let json = encode_record(record)?;
+        let json = stored_json(record)?;
         let ws = self.workspace_keys(&record.workspace);
         let is_active = record.status_at(now) == KeyStatus::Active;
         // A key born revoked or expired takes no slot, so the limit does not apply to it.
@@ -937,7 +918,7 @@ impl KeyStore for RedisStore {
         if entry.stored_hash() != (record.hash_scheme, record.hash.to_hex().as_str()) {
             return Err(StoreError::Conflict);
         }
-        let json = encode_record(record)?;
+        let json = stored_json(record)?;
         let is_active = record.revoked_at.is_none();
         let revoked_flag = if is_active { "0" } else { "1" };
         let mut conn = self.conn.clone();
@@ -987,7 +968,7 @@ impl KeyStore for RedisStore {
             // The copy under the new hash answers lookups already: it must not keep working
             // as it was (a revoke above all). If the upgrade carries this edit over as well, it
             // writes the same record.
-            let copy = encode_record(&upgraded(record.clone(), keyed)?)?;
+            let copy = stored_json(&upgraded(record.clone(), keyed)?)?;
             self.bounded(
                 SCRIPTS
                     .update_copy
@@ -1038,10 +1019,10 @@ impl KeyStore for RedisStore {
             if let Some(key) = leftover {
                 self.bounded(
                     SCRIPTS
-                        .delete_if_key
+                        .take_if_key
                         .key(key)
                         .arg(id.as_str())
-                        .invoke_async::<i64>(&mut conn),
+                        .invoke_async::<redis::Value>(&mut conn),
                 )
                 .await?;
             }
@@ -1138,7 +1119,7 @@ impl KeyStore for RedisStore {
                 };
                 if record.id.as_str() != id
                     || record.workspace != workspace
-                    || !matches_query(&record, query, now)
+                    || !query.matches(&record, now)
                 {
                     continue;
                 }
@@ -1378,7 +1359,7 @@ impl KeyStore for RedisStore {
             // Being deleted: `delete` removes the record before the index entry.
             return Err(StoreError::NotFound);
         };
-        let copy = encode_record(&upgraded(record, &new_hex)?)?;
+        let copy = stored_json(&upgraded(record, &new_hex)?)?;
         let written: Vec<String> = self
             .bounded(
                 SCRIPTS
@@ -1431,10 +1412,10 @@ impl KeyStore for RedisStore {
             // Deleted meanwhile: the copy must not outlive the key.
             self.bounded(
                 SCRIPTS
-                    .delete_if_key
+                    .take_if_key
                     .key(&new_key)
                     .arg(id.as_str())
-                    .invoke_async::<i64>(&mut conn),
+                    .invoke_async::<redis::Value>(&mut conn),
             )
             .await?;
             return Err(StoreError::NotFound);
@@ -1498,7 +1479,7 @@ impl KeyStore for RedisStore {
                     .invoke_async(&mut conn),
             )
             .await?;
-        let page = parse_audit_page(&flat)?;
+        let page = parse_triples(&flat)?;
         let next_cursor = (page.len() > limit)
             .then(|| page.get(limit - 1).map(|(ms, id, _)| cursor_at(*ms, id)))
             .flatten();
@@ -1577,7 +1558,7 @@ impl RedisStore {
             .map(|pair| (pair[0].clone(), pair[1].clone()))
             .collect();
         let last = match decode_record_hash(&fields)? {
-            Some(record) => encode_record(&upgraded(record, new_hex)?)?,
+            Some(record) => stored_json(&upgraded(record, new_hex)?)?,
             None => String::new(),
         };
         self.bounded(
@@ -1738,13 +1719,6 @@ fn parse_page(
         .collect()
 }
 
-/// `(time ms, id, JSON)` triples of a [`ZSET_PAGE`] reply.
-fn parse_audit_page(
-    flat: &[Option<String>],
-) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
-    parse_triples(flat)
-}
-
 /// `[member, score, value | nil]` triples of a paging script.
 fn parse_triples(
     flat: &[Option<String>],
@@ -1786,23 +1760,6 @@ fn decode_record_hash(fields: &HashMap<String, String>) -> Result<Option<KeyReco
     Ok(Some(record))
 }
 
-fn matches_query(record: &KeyRecord, query: &ListQuery, now: OffsetDateTime) -> bool {
-    query.status.is_none_or(|s| record.status_at(now) == s)
-        && query
-            .owner
-            .as_deref()
-            .is_none_or(|o| record.owner.as_deref() == Some(o))
-}
-
-/// The record as stored in `rec`: usage fields zeroed, since they live in `uc` and `lu`.
-fn encode_record(record: &KeyRecord) -> Result<String, StoreError> {
-    let mut stored = record.clone();
-    stored.usage_count = 0;
-    stored.last_used_at = None;
-    serde_json::to_string(&stored)
-        .map_err(|_| StoreError::Corrupt(format!("record of {} cannot be encoded", record.id)))
-}
-
 /// A SHA-256 import's record as it reads once upgraded to the keyed hash `new_hex`.
 fn upgraded(mut record: KeyRecord, new_hex: &str) -> Result<KeyRecord, StoreError> {
     record.hash = SecretHash::from_hex(new_hex)
@@ -1834,17 +1791,6 @@ fn expiry_score(record: &KeyRecord) -> String {
 /// HINCRBY takes a signed 64-bit number.
 fn clamp_count(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-/// Unix milliseconds, rounded down.
-fn unix_ms(t: OffsetDateTime) -> i64 {
-    // i64 milliseconds cover ±292 million years; `OffsetDateTime` covers ±9999 years.
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
-        .expect("an OffsetDateTime in milliseconds fits in i64")
-}
-
-fn from_unix_ms(ms: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
 /// Maps a client error without its detail, which may quote a reply (and so stored data).
