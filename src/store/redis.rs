@@ -927,7 +927,7 @@ impl KeyStore for RedisStore {
         if is_active {
             self.sync_index(record).await?;
         }
-        let outcome: String = self
+        let outcome: Result<String, StoreError> = self
             .bounded(
                 SCRIPTS
                     .update_record
@@ -937,11 +937,13 @@ impl KeyStore for RedisStore {
                     .arg(revoked_flag)
                     .invoke_async(&mut conn),
             )
-            .await?;
-        let refused = match outcome.as_str() {
-            "ok" => None,
-            "stale" | "revoked" => Some(StoreError::Conflict),
-            "missing" => {
+            .await;
+        let refused = match outcome.as_deref() {
+            // The call failed, and may or may not have written.
+            Err(e) => Some(e.clone()),
+            Ok("ok") => None,
+            Ok("stale" | "revoked") => Some(StoreError::Conflict),
+            Ok("missing") => {
                 // Deleted, or a SHA-256 record moved by an upgrade since the index was read:
                 // then the caller's record is stale.
                 let now = self.index_entry(&record.workspace, &record.id).await?;
@@ -950,17 +952,20 @@ impl KeyStore for RedisStore {
                     _ => StoreError::NotFound,
                 })
             }
-            "corrupt" => Some(StoreError::Corrupt(format!(
+            Ok("corrupt") => Some(StoreError::Corrupt(format!(
                 "record of {}: undecodable",
                 record.id
             ))),
-            _ => Some(StoreError::Corrupt("unexpected reply from redis".into())),
+            Ok(_) => Some(StoreError::Corrupt("unexpected reply from redis".into())),
         };
         if let Some(e) = refused {
             if is_active {
-                // The index was synced ahead with a record that was not written: bring it back
-                // in line with the one that is (a revoked key must not hold a slot again).
-                self.resync_index(&record.workspace, &record.id).await?;
+                // The index was synced ahead with a record that may not have been written:
+                // bring it back in line with the stored one (a revoked key must not hold a
+                // slot again). The caller still learns why the update did not go through.
+                if let Err(resync) = self.resync_index(&record.workspace, &record.id).await {
+                    tracing::warn!(key_id = %record.id, error = %resync, "active-key index left ahead of a refused update");
+                }
             }
             return Err(e);
         }
