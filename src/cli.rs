@@ -36,14 +36,13 @@ mod render;
 
 use std::fmt;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Subcommand};
 use http::{Method, StatusCode};
-use ipnet::IpNet;
+use keygate::config::duration_text::parse as parse_duration_text;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -130,7 +129,7 @@ struct Connection {
         global = true,
         default_value = "10s",
         value_name = "DURATION",
-        value_parser = parse_timeout
+        value_parser = parse_positive_duration
     )]
     timeout: Duration,
 }
@@ -906,16 +905,6 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
     }
 }
 
-fn parse_duration_text(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("not a duration like 30s, 24h or 90d: {e}"))
-}
-
-/// `--timeout`: a non-zero duration.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    parse_positive_duration(s)
-}
-
 /// A non-zero duration (`--expires-in`, `--timeout`).
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration_text(s)? {
@@ -936,14 +925,9 @@ fn parse_rfc3339(s: &str) -> Result<String, String> {
         .map_err(|e| format!("not an RFC 3339 time like 2027-01-01T00:00:00Z: {e}"))
 }
 
-/// `--ip`: an IPv4/IPv6 address or CIDR.
+/// `--ip`: an IPv4/IPv6 address or CIDR, checked as the API will, passed on as typed.
 fn parse_ip(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s.parse::<IpAddr>().is_ok() || s.parse::<IpNet>().is_ok() {
-        Ok(s.to_owned())
-    } else {
-        Err("not an IP address or CIDR (e.g. 203.0.113.7, 10.0.0.0/8, 2001:db8::/32)".into())
-    }
+    keygate::config::ip_list::parse(s).map(|_| s.trim().to_owned())
 }
 
 /// `--metadata`: a JSON object.

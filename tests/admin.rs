@@ -186,6 +186,7 @@ async fn update_rotate_revoke_delete_take_effect_on_the_next_request(backend: Ba
             Some(json!({"description": null})),
         )
         .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert!(r.json()["description"].is_null(), "null clears");
 
     // Rotate (no grace): the old secret stops at once, the new one works.

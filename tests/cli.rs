@@ -436,7 +436,7 @@ async fn update_sends_only_the_given_fields_and_the_no_flags_clear() {
     assert!(v["description"].is_null(), "{v}");
     assert!(v["expires_at"].is_null(), "{v}");
     assert!(v["owner"].is_null(), "{v}");
-    assert_eq!(v["scopes"].as_array().map(Vec::len).unwrap_or(0), 0, "{v}");
+    assert_eq!(v["scopes"], serde_json::json!([]), "{v}");
     assert_eq!(v["role"], "viewer");
     assert_eq!(v["ip_allowlist"], serde_json::json!(["10.0.0.0/8"]));
 
@@ -548,8 +548,14 @@ async fn revoke_refuses_without_yes_off_a_terminal_and_revokes_with_it() {
         .expect(0)
         .json();
     assert_eq!(v["keys"][0]["id"], id.as_str());
+    let first_revoked_at = v["keys"][0]["revoked_at"].clone();
+    assert!(first_revoked_at.is_string(), "{v}");
     // Revoking again changes nothing; updating a revoked key is refused.
-    keys(&gw, &["revoke", &id, "-y", "--json"]).await.expect(0);
+    let again = keys(&gw, &["revoke", &id, "-y", "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(again["revoked_at"], first_revoked_at, "{again}");
     keys(&gw, &["update", &id, "--name", "back"])
         .await
         .expect(1)

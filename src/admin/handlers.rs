@@ -104,6 +104,16 @@ fn workspace<'a>(call: &Call<'a>, ws: &str, permission: &str) -> Result<&'a Work
         .ok_or(AdminError::NotFound("workspace"))
 }
 
+/// A workspace the caller may create keys in, and whose plan includes API access (creating,
+/// rotating and importing keys all need both).
+fn workspace_for_new_keys<'a>(call: &Call<'a>, ws: &str) -> Result<&'a Workspace, AdminError> {
+    let workspace = workspace(call, ws, CREATE)?;
+    if !workspace.api_access {
+        return Err(AdminError::UpgradeRequired);
+    }
+    Ok(workspace)
+}
+
 fn key_id(id: &str) -> Result<KeyId, AdminError> {
     KeyId::parse(id).ok_or(AdminError::NotFound("key"))
 }
@@ -123,8 +133,8 @@ fn now() -> OffsetDateTime {
 /// The scopes a key would hold with `scopes` and `role`, for the escalation check.
 fn granted<'a>(call: &'a Call<'_>, scopes: &'a [String], role: Option<&'a str>) -> Vec<&'a str> {
     let role_scopes = role
-        .and_then(|r| call.state.config.roles.get(r))
-        .map_or(&[][..], Vec::as_slice);
+        .and_then(|r| call.state.config.role_scopes(r))
+        .unwrap_or_default();
     scopes
         .iter()
         .chain(role_scopes)
@@ -162,10 +172,7 @@ fn limit_error(e: StoreError, ws: &Workspace) -> AdminError {
 }
 
 async fn create(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
-    let workspace = workspace(call, ws, CREATE)?;
-    if !workspace.api_access {
-        return Err(AdminError::UpgradeRequired);
-    }
+    let workspace = workspace_for_new_keys(call, ws)?;
     let valid = validate(call, parse_json(body)?, Purpose::Create)?;
     let new = new_key(ws, valid, &call.caller.actor);
     call.caller
@@ -338,10 +345,7 @@ struct RotateBody {
 }
 
 async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
-    let workspace = workspace(call, ws, CREATE)?;
-    if !workspace.api_access {
-        return Err(AdminError::UpgradeRequired);
-    }
+    workspace_for_new_keys(call, ws)?;
     let id = key_id(id)?;
     let grace = if body.iter().all(u8::is_ascii_whitespace) {
         Duration::ZERO
@@ -501,10 +505,7 @@ fn audit_json(e: &AuditEntry) -> serde_json::Value {
 }
 
 async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
-    let workspace = workspace(call, ws, CREATE)?;
-    if !workspace.api_access {
-        return Err(AdminError::UpgradeRequired);
-    }
+    let workspace = workspace_for_new_keys(call, ws)?;
     let mut fields: KeyFields = parse_json(body)?;
     let secret = std::mem::take(&mut fields.secret).value();
     let sha256 = std::mem::take(&mut fields.sha256).value();
