@@ -40,7 +40,27 @@ impl std::fmt::Debug for Credential<'_> {
     }
 }
 
+/// `Authorization`, as a static: [`CredentialSources::headers`] lends it out.
+static AUTHORIZATION_HEADER: HeaderName = AUTHORIZATION;
+
 impl CredentialSources {
+    /// From `auth:` in a validated config.
+    pub fn new(config: &crate::config::Config) -> Self {
+        CredentialSources {
+            extra_headers: config.auth.extra_headers.clone(),
+            query_param: config.auth.query_param.clone(),
+        }
+    }
+
+    /// Every header a credential may come in, with its bit in [`Credential::header_mask`]:
+    /// `Authorization` first, then `extra_headers` in order.
+    pub fn headers(&self) -> impl Iterator<Item = (u64, &HeaderName)> {
+        std::iter::once(&AUTHORIZATION_HEADER)
+            .chain(&self.extra_headers)
+            .enumerate()
+            .map(|(i, name)| (1 << i, name))
+    }
+
     /// Finds the request's credential. `Ok(None)` when there is none; two different secrets are
     /// [`Reject::ConflictingCredentials`]; an `Authorization` header with another scheme or an
     /// empty secret is [`Reject::InvalidKey`].
@@ -67,22 +87,24 @@ impl CredentialSources {
             }
             Ok(())
         };
-        for value in headers.get_all(AUTHORIZATION) {
-            let text = value
-                .to_str()
-                .map_err(|_| Reject::InvalidKey("authorization header is not visible ASCII"))?;
-            offer(Cow::Borrowed(parse_authorization(text)?), 1, false)?;
-        }
-        for (i, name) in self.extra_headers.iter().enumerate() {
+        for (bit, name) in self.headers() {
             for value in headers.get_all(name) {
-                let text = value
-                    .to_str()
-                    .map_err(|_| Reject::InvalidKey("key header is not visible ASCII"))?
-                    .trim();
-                if text.is_empty() {
-                    return Err(Reject::InvalidKey("empty key header"));
-                }
-                offer(Cow::Borrowed(text), 1 << (i + 1), false)?;
+                let secret = if bit == 1 {
+                    let text = value.to_str().map_err(|_| {
+                        Reject::InvalidKey("authorization header is not visible ASCII")
+                    })?;
+                    parse_authorization(text)?
+                } else {
+                    let text = value
+                        .to_str()
+                        .map_err(|_| Reject::InvalidKey("key header is not visible ASCII"))?
+                        .trim();
+                    if text.is_empty() {
+                        return Err(Reject::InvalidKey("empty key header"));
+                    }
+                    text
+                };
+                offer(Cow::Borrowed(secret), bit, false)?;
             }
         }
         if let (Some(param), Some(query)) = (&self.query_param, query) {
@@ -189,7 +211,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
+/// Whether `addr` is one of `trusted_proxies`.
+pub fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&addr))
 }
 

@@ -149,10 +149,7 @@ impl Gateway {
             keys,
             format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
             hasher: SecretHasher::new(&config.secrets.pepper),
-            sources: CredentialSources {
-                extra_headers: config.auth.extra_headers.clone(),
-                query_param: config.auth.query_param.clone(),
-            },
+            sources: CredentialSources::new(config),
             roles: config
                 .roles
                 .iter()

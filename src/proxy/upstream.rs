@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use super::pool::{Pool, PooledBody, SendError};
 use super::{ConnInfo, Decision, X_REQUEST_ID};
-use crate::auth::X_FORWARDED_FOR;
+use crate::auth::{self, CredentialSources, X_FORWARDED_FOR};
 use crate::config::{self, Config};
 use crate::error::Reject;
 
@@ -116,8 +116,7 @@ pub struct Forwarding {
     key_id: HeaderName,
     workspace: HeaderName,
     scopes: HeaderName,
-    credential_headers: Vec<HeaderName>,
-    query_param: Option<String>,
+    sources: CredentialSources,
     trusted: Vec<ipnet::IpNet>,
 }
 
@@ -125,15 +124,12 @@ impl Forwarding {
     /// Rules from a validated config.
     pub fn new(config: &Config) -> Self {
         let ih = &config.forward.identity_headers;
-        let mut credential_headers = vec![http::header::AUTHORIZATION];
-        credential_headers.extend(config.auth.extra_headers.iter().cloned());
         Forwarding {
             keep_credentials: config.forward.keep_credentials,
             key_id: ih.key_id.clone(),
             workspace: ih.workspace.clone(),
             scopes: ih.scopes.clone(),
-            credential_headers,
-            query_param: config.auth.query_param.clone(),
+            sources: CredentialSources::new(config),
             trusted: config.trusted_proxies.clone(),
         }
     }
@@ -175,8 +171,8 @@ impl Forwarding {
         }
         self.remove_identity_headers(headers);
         if !self.keep_credentials {
-            for (i, name) in self.credential_headers.iter().enumerate() {
-                if decision.credential_headers & (1 << i) != 0 {
+            for (bit, name) in self.sources.headers() {
+                if decision.credential_headers & bit != 0 {
                     headers.remove(name);
                 }
             }
@@ -233,6 +229,7 @@ impl Forwarding {
     /// query can go as they are.
     fn rewrite(&self, uri: &Uri, path: Option<&str>, strip_credential: bool) -> Option<String> {
         let param = self
+            .sources
             .query_param
             .as_ref()
             .filter(|_| strip_credential && !self.keep_credentials);
@@ -263,7 +260,7 @@ impl Forwarding {
     /// else's are replaced, so the upstream never sees a client-chosen address.
     fn set_forwarded(&self, headers: &mut HeaderMap, conn: &ConnInfo, host: Option<HeaderValue>) {
         let peer = conn.peer.ip().to_canonical();
-        let trusted = self.trusted.iter().any(|n| n.contains(&peer));
+        let trusted = auth::is_trusted(peer, &self.trusted);
         let previous: Vec<&str> = if trusted {
             headers
                 .get_all(X_FORWARDED_FOR)
