@@ -179,18 +179,9 @@ impl RedisLimiter {
             .arg(tolerance_us)
             .arg(if peek { "1" } else { "0" });
         let reply: Vec<i64> =
-            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                // The error names the failure kind, never a value (there are no secrets here
-                // anyway: the key name holds the public key id).
-                Ok(Err(e)) => return Err(format!("redis: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "redis did not answer within {} ms",
-                        self.timeout.as_millis()
-                    ));
-                }
-            };
+            crate::store::redis::bounded(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|e| e.to_string())?;
         let [allowed, remaining, reset_us, retry_us] = reply[..] else {
             return Err("unexpected reply from the rate-limit script".into());
         };

@@ -689,14 +689,7 @@ impl RedisStore {
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(redis_err(&e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        bounded(self.timeout, call).await
     }
 
     /// What the workspace index holds for `id`.
@@ -1796,6 +1789,22 @@ fn expiry_score(record: &KeyRecord) -> String {
 /// HINCRBY takes a signed 64-bit number.
 fn clamp_count(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A Redis call bounded by `timeout`, its error mapped by [`redis_err`] (the limiter's calls
+/// share it with the store's).
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(redis_err(&e)),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "redis did not answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
 }
 
 /// Maps a client error without its detail, which may quote a reply (and so stored data).
