@@ -134,6 +134,7 @@ impl Reject {
             self.code(),
             &self.message(),
             request_id.to_str().unwrap_or(""),
+            None,
         );
         let headers = response.headers_mut();
         match self {
@@ -155,18 +156,38 @@ impl Reject {
     }
 }
 
-/// `{"error": {"code", "message", "request_id"}}` with the given status. Shared with the admin
-/// API, whose codes are its own.
+/// `{"error": {"code", "message", "request_id"}}` (plus `field` when one is to blame) with the
+/// given status. Shared with the admin API, whose codes are its own.
 pub fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
     request_id: &str,
+    field: Option<&str>,
 ) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({
-        "error": { "code": code, "message": message, "request_id": request_id }
-    });
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Fields<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Fields<'a> {
+        code: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<&'a str>,
+    }
+    // Written straight from borrowed fields: refusals can come in floods (key guessing).
+    let body = serde_json::to_vec(&Body {
+        error: Fields {
+            code,
+            message,
+            request_id,
+            field,
+        },
+    })
+    .expect("strings always serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -157,18 +157,11 @@ impl AdminError {
 
     fn into_response(self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
         let rid = request_id.to_str().unwrap_or("");
-        let mut response = match &self {
-            AdminError::InvalidRequest {
-                field: Some(field), ..
-            } => {
-                let body = serde_json::json!({"error": {
-                    "code": self.code(), "message": self.message(),
-                    "request_id": rid, "field": field,
-                }});
-                json_response(StatusCode::BAD_REQUEST, &body)
-            }
-            _ => error_response(self.status(), self.code(), &self.message(), rid),
+        let field = match &self {
+            AdminError::InvalidRequest { field, .. } => field.as_deref(),
+            _ => None,
         };
+        let mut response = error_response(self.status(), self.code(), &self.message(), rid, field);
         match self {
             AdminError::Unauthorized(_) => {
                 response.headers_mut().insert(
