@@ -1474,19 +1474,29 @@ async fn an_update_from_a_stale_read_is_a_conflict_and_changes_nothing<S: KeySto
         store.update(&late_edit, first.updated_at).await,
         Err(StoreError::Conflict)
     ));
-    let now = now_ms();
-    assert_eq!(
-        store.get("acme", &r.id).await.expect("get"),
-        Some(revoked.clone())
-    );
-    assert_eq!(
-        store.get_by_hash(&r.hash).await.expect("by hash"),
-        Some(revoked)
-    );
-    assert_eq!(
-        store.count_active("acme", now).await.expect("count"),
+    assert_stored(
+        store,
+        &revoked,
         0,
-        "the refused edit gave the revoked key its slot back"
+        "the refused edit gave the revoked key its slot back",
+    )
+    .await;
+}
+
+/// The store answers `want` by id and by hash, and counts `active` active keys in `acme`.
+async fn assert_stored<S: KeyStore>(store: &S, want: &KeyRecord, active: u32, why: &str) {
+    assert_eq!(
+        store.get("acme", &want.id).await.expect("get"),
+        Some(want.clone())
+    );
+    assert_eq!(
+        store.get_by_hash(&want.hash).await.expect("by hash"),
+        Some(want.clone())
+    );
+    assert_eq!(
+        store.count_active("acme", now_ms()).await.expect("count"),
+        active,
+        "{why}"
     );
 }
 
@@ -1511,16 +1521,7 @@ async fn an_update_never_clears_a_revocation<S: KeyStore>(store: &S) {
         store.update(&unrevoked, revoked.updated_at).await,
         Err(StoreError::Conflict)
     ));
-    let now = now_ms();
-    assert_eq!(
-        store.get("acme", &r.id).await.expect("get"),
-        Some(revoked.clone())
-    );
-    assert_eq!(
-        store.get_by_hash(&r.hash).await.expect("by hash"),
-        Some(revoked.clone())
-    );
-    assert_eq!(store.count_active("acme", now).await.expect("count"), 0);
+    assert_stored(store, &revoked, 0, "a revoked key holds no active slot").await;
 
     // A revoked key can still be edited, and stays revoked.
     let edited = renamed(&revoked, "revoked, renamed");
@@ -1528,8 +1529,7 @@ async fn an_update_never_clears_a_revocation<S: KeyStore>(store: &S) {
         .update(&edited, revoked.updated_at)
         .await
         .expect("edit revoked");
-    assert_eq!(store.get("acme", &r.id).await.expect("get"), Some(edited));
-    assert_eq!(store.count_active("acme", now).await.expect("count"), 0);
+    assert_stored(store, &edited, 0, "a revoked key edited stays inactive").await;
 }
 
 /// A `KeyManager` over `store`, as the admin API and the CLI use it.
