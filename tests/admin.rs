@@ -72,6 +72,8 @@ async fn create_list_show_and_use_a_key(backend: Backend) {
 
     // Listing: newest first, filters, pagination, never a secret.
     for i in 0..4 {
+        // Creation times are kept to the millisecond: keys made within one have no order.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         gw.admin_create("acme", json!({"name": format!("k{i}"), "owner": "cust_7"}))
             .await;
     }
