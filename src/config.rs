@@ -17,6 +17,11 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod limits;
+pub use limits::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits, MAX_HEADER_READ_TIMEOUT,
+};
+
 /// Default proxy listener.
 pub const DEFAULT_PROXY_ADDR: &str = "0.0.0.0:8080";
 /// Default admin listener: loopback only, the admin API must be exposed on purpose.
@@ -153,6 +158,9 @@ pub struct Config {
     /// Admin API callers.
     #[serde(default)]
     pub admin: Admin,
+    /// Client connection limits.
+    #[serde(default)]
+    pub limits: Limits,
     /// How long in-flight requests may drain on shutdown.
     #[serde(default = "d_shutdown", with = "duration_text")]
     pub shutdown_timeout: Duration,
@@ -787,6 +795,9 @@ impl Config {
         }
         if self.cache.capacity == 0 {
             problem("cache.capacity".into(), "must be above 0".into());
+        }
+        for (path, message) in self.limits.problems() {
+            problem(path, message);
         }
         if self.cache.ttl.is_zero() {
             problem("cache.ttl".into(), "must be above 0".into());

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::control::KeyManager;
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::proxy::Gateway;
 use crate::store::cache::KeyCache;
 use crate::store::{Store, StoreError};
@@ -181,7 +181,8 @@ impl App {
         let gateway = self.gateway.clone();
         let proxy = server::accept_loop(
             listeners.proxy,
-            tls,
+            server::ListenerOptions::new(Listener::Proxy, &self.config.limits, &self.metrics)
+                .with_tls(tls),
             move |req, conn| {
                 let gateway = gateway.clone();
                 async move { gateway.handle(req, conn).await }
@@ -197,7 +198,7 @@ impl App {
         );
         let admin = server::accept_loop(
             listeners.admin,
-            None,
+            server::ListenerOptions::new(Listener::Admin, &self.config.limits, &self.metrics),
             move |req, conn| {
                 let admin = admin_handler.clone();
                 async move { admin.handle(req, conn).await }

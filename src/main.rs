@@ -83,6 +83,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: the default soft limit (often 1024) runs
+/// out long before `limits.max_connections`, and an `accept` that fails for want of descriptors
+/// stalls every client. Warns when even the hard limit is below what the connection caps need.
+fn raise_nofile_limit(config: &Config) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            // Each proxied connection may hold one upstream connection too; both listeners have
+            // their own cap; the store, files and the runtime need a few more.
+            let cap = config.limits.max_connections.get() as u64;
+            let needed = 3 * cap + 256;
+            if soft < needed {
+                tracing::warn!(
+                    nofile = soft,
+                    max_connections = cap,
+                    "the file-descriptor limit is low for limits.max_connections; raise the hard \
+                     limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+                );
+            } else {
+                tracing::debug!(nofile = soft, "file-descriptor limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
+}
+
 fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -92,6 +117,7 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
         }
     };
     keygate::telemetry::init(&config.log);
+    raise_nofile_limit(&config);
     // One worker: a current-thread runtime does the same work without the multi-thread
     // scheduler's cross-thread wake-ups.
     let mut builder = match worker_threads {

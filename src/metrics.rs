@@ -18,6 +18,9 @@
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
 //! | `keygate_usage_pending_keys`, `keygate_usage_queue_depth` | gauge | |
 //! | `keygate_request_log_entries_dropped_total` | counter | |
+//! | `keygate_connections_open` | gauge | `listener` (`proxy`, `admin`) |
+//! | `keygate_connections_refused_total` | counter | `listener`: closed at accept, over `limits.max_connections` |
+//! | `keygate_connections_timed_out_total` | counter | `listener`: closed without a request head within `limits.header_read_timeout` |
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +140,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -167,6 +175,7 @@ struct Inner {
     upstream: Histogram,
     store: StoreMetrics,
     usage: UsageMetrics,
+    connections: [ConnectionMetrics; 2],
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
 }
 
@@ -233,6 +242,7 @@ impl Metrics {
 
         let store = StoreMetrics::register(&mut registry);
         let usage = UsageMetrics::register(&mut registry);
+        let connections = ConnectionMetrics::register(&mut registry);
         let cache = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(CacheCollector {
             cache: cache.clone(),
@@ -248,6 +258,7 @@ impl Metrics {
                 upstream,
                 store,
                 usage,
+                connections,
                 cache,
             }),
         }
@@ -308,6 +319,11 @@ impl Metrics {
     /// Usage recorder and flusher counters.
     pub fn usage(&self) -> &UsageMetrics {
         &self.inner.usage
+    }
+
+    /// Client connection counters of a listener.
+    pub fn connections(&self, listener: Listener) -> &ConnectionMetrics {
+        &self.inner.connections[listener as usize]
     }
 
     /// The exposition: OpenMetrics text when `openmetrics`, else the classic Prometheus text
@@ -472,6 +488,68 @@ pub enum UsageDrop {
     QueueClosed,
     /// The flusher already buffered `usage.max_pending_keys` other keys.
     TooManyKeys,
+}
+
+/// The client-facing listeners, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The data plane.
+    Proxy = 0,
+    /// The admin API.
+    Admin = 1,
+}
+
+impl Listener {
+    /// The label value (and the name in logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Proxy => "proxy",
+            Listener::Admin => "admin",
+        }
+    }
+}
+
+/// Client connection counters of one listener.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now (TLS handshakes included).
+    pub open: Gauge,
+    /// Connections closed at accept because `limits.max_connections` were open.
+    pub refused: Counter,
+    /// Connections closed because no request head was complete within
+    /// `limits.header_read_timeout` of accept.
+    pub timed_out: Counter,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> [ConnectionMetrics; 2] {
+        let open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "keygate_connections_open",
+            "Client connections open now, by listener",
+            open.clone(),
+        );
+        let refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "keygate_connections_refused",
+            "Client connections closed at accept because limits.max_connections were open",
+            refused.clone(),
+        );
+        let timed_out = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "keygate_connections_timed_out",
+            "Client connections closed without a request head within limits.header_read_timeout",
+            timed_out.clone(),
+        );
+        [Listener::Proxy, Listener::Admin].map(|l| {
+            let labels = ListenerLabels { listener: l.name() };
+            ConnectionMetrics {
+                open: open.get_or_create_owned(&labels),
+                refused: refused.get_or_create_owned(&labels),
+                timed_out: timed_out.get_or_create_owned(&labels),
+            }
+        })
+    }
 }
 
 /// Counters of the usage recorder and flusher.

@@ -6,7 +6,8 @@ use std::convert::Infallible;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -16,17 +17,17 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+use crate::config::{Limits, TlsFiles};
+use crate::metrics::{ConnectionMetrics, Listener, Metrics};
 use crate::proxy::ConnInfo;
 
-/// Time a client has to send a request head; stops slow-header (slowloris) connections.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to finish a TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after an accept error (e.g. out of file descriptors) before accepting again.
+/// Pause after an accept error (e.g. out of file descriptors) before accepting again: without
+/// it a failing `accept` would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Loads a rustls server config with ALPN `h2` and `http/1.1`.
@@ -60,12 +61,12 @@ fn display(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -73,11 +74,61 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// How one listener serves its connections.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// Which listener, for logs and metrics.
+    pub listener: Listener,
+    /// TLS termination, if any.
+    pub tls: Option<TlsAcceptor>,
+    /// `limits:`.
+    pub limits: Limits,
+    /// Where open, refused and timed-out connections are counted.
+    pub metrics: ConnectionMetrics,
+}
+
+impl ListenerOptions {
+    /// Plain HTTP with `limits`, counted in `metrics`.
+    pub fn new(listener: Listener, limits: &Limits, metrics: &Metrics) -> Self {
+        ListenerOptions {
+            listener,
+            tls: None,
+            limits: limits.clone(),
+            metrics: metrics.connections(listener).clone(),
+        }
+    }
+
+    /// Terminates TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<TlsAcceptor>) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// One open connection's place under `limits.max_connections`, given back (and the open gauge
+/// lowered) when the connection's task ends, however it ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// Accepts connections on `listener` until `stop` turns true, serving each with the service
 /// `make` builds for it. Connections are registered with `graceful` so shutdown can drain them.
+///
+/// At most `limits.max_connections` are open at once: a connection accepted beyond that is
+/// closed at once and counted, so a flood of idle connections cannot take the file
+/// descriptors that the connections being served, the upstreams and the store need. Each
+/// connection must complete its first request head (TLS handshake included) within
+/// `limits.header_read_timeout` of accept, or it is closed.
 pub async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    options: ListenerOptions,
     handler: F,
     mut stop: watch::Receiver<bool>,
     graceful: &GracefulShutdown,
@@ -88,38 +139,100 @@ pub async fn accept_loop<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let name = options.listener.name();
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    let max = options.limits.max_connections.get();
+    let permits = Arc::new(Semaphore::new(max));
+    // Episodes, so that a flood is one warning and one all-clear rather than a line per event.
+    let mut accept_errors: u64 = 0;
+    let mut refused: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if accept_errors == 0 {
+                        tracing::warn!(
+                            listener = name,
+                            error = %e,
+                            "accept failing; retrying every {ACCEPT_ERROR_PAUSE:?} until it succeeds"
+                        );
+                    }
+                    accept_errors += 1;
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
             _ = stopped(&mut stop) => return,
         };
+        if accept_errors > 0 {
+            tracing::info!(listener = name, failures = accept_errors, "accepting again");
+            accept_errors = 0;
+        }
+        let deadline = Instant::now() + options.limits.header_read_timeout;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            options.metrics.refused.inc();
+            if refused == 0 {
+                tracing::warn!(
+                    listener = name,
+                    max_connections = max,
+                    "limits.max_connections reached; closing new connections until some end"
+                );
+            }
+            refused += 1;
+            drop(stream);
+            continue;
+        };
+        if refused > 0 {
+            tracing::info!(
+                listener = name,
+                refused,
+                "below limits.max_connections again; accepting"
+            );
+            refused = 0;
+        }
+        options.metrics.open.inc();
+        let slot = Slot {
+            _permit: permit,
+            open: options.metrics.open.clone(),
+        };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo::new(peer, scheme);
+        let conn = Conn {
+            info: ConnInfo::new(peer, scheme),
+            slot,
+            deadline,
+            header_read_timeout: options.limits.header_read_timeout,
+            timed_out: options.metrics.timed_out.clone(),
+        };
         let handler = handler.clone();
         let watcher = graceful.watcher();
-        match &tls {
+        match &options.tls {
             None => serve(stream, conn, handler, watcher),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
+                    match tokio::time::timeout_at(deadline.into(), acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => serve(stream, conn, handler, watcher),
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            conn.timed_out.inc();
+                            tracing::debug!(%peer, "TLS handshake not done within header_read_timeout");
+                        }
                     }
                 });
             }
         }
     }
+}
+
+/// An accepted connection, before HTTP.
+struct Conn {
+    info: ConnInfo,
+    slot: Slot,
+    /// When the first request head must be complete.
+    deadline: Instant,
+    header_read_timeout: Duration,
+    timed_out: Counter,
 }
 
 /// Completes once `stop` is (or becomes) true, or its sender is gone.
@@ -135,7 +248,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-fn serve<I, F, Fut, B>(io: I, conn: ConnInfo, handler: F, watcher: Watcher)
+fn serve<I, F, Fut, B>(io: I, conn: Conn, handler: F, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Send + Sync + 'static,
@@ -144,17 +257,46 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let peer = conn.peer;
+    let Conn {
+        info,
+        slot,
+        deadline,
+        header_read_timeout,
+        timed_out,
+    } = conn;
+    let peer = info.peer;
+    // Set when the first request head has been read. hyper's own header timeout starts only
+    // once bytes arrive (the h1/h2 detection waits for them without a limit), so the first
+    // head's deadline, counted from accept, is kept here.
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
     let service = service_fn(move |req| {
-        let response = handler(req, conn.clone());
+        seen.store(true, Ordering::Relaxed);
+        let response = handler(req, info.clone());
         async move { Ok::<_, Infallible>(response.await) }
     });
     tokio::spawn(async move {
-        let connection = builder()
+        let _slot = slot;
+        let connection = builder(header_read_timeout)
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        if let Err(e) = watcher.watch(connection).await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let first_head = async {
+            tokio::time::sleep_until(deadline.into()).await;
+            if started.load(Ordering::Relaxed) {
+                // From here on hyper's header_read_timeout covers each further request head.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = watcher.watch(connection) => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            () = first_head => {
+                timed_out.inc();
+                tracing::debug!(%peer, "no request head within header_read_timeout of accept; closing");
+            }
         }
     });
 }

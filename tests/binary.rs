@@ -200,3 +200,36 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
             .any(|v| v["path"] == "/stream/upload" && v["status"] == 200)
     );
 }
+
+/// `(soft, hard)` "Max open files" of a process.
+fn nofile_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut values = line["Max open files".len()..].split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_the_soft_file_descriptor_limit_to_the_hard_limit() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{BASE_CONFIG}\n\
+         store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
+         upstreams: {{ app: {{ url: \"{}\" }} }}\n",
+        dir.path().join("keygate.redb").display(),
+        upstream.url()
+    );
+    // Started with a soft limit of 256, as a service manager may start it.
+    let mut running = KeygateProcess::start_with(dir.path(), "keygate", &text, Some(256)).await;
+    let (soft, hard) = nofile_limits(running.pid());
+    assert_ne!(hard, "256", "the hard limit here is too low to tell");
+    assert_eq!(soft, hard, "soft RLIMIT_NOFILE not raised");
+    running.terminate().await;
+}

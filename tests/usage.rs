@@ -381,7 +381,11 @@ async fn a_full_queue_drops_and_counts_the_uses_it_cannot_hold() {
     let gateway = app.gateway().clone();
     let serving = keygate::server::accept_loop(
         listener,
-        None,
+        keygate::server::ListenerOptions::new(
+            keygate::metrics::Listener::Proxy,
+            &keygate::config::Limits::default(),
+            app.metrics(),
+        ),
         move |req, conn| {
             let gateway = gateway.clone();
             async move { gateway.handle(req, conn).await }

@@ -46,6 +46,17 @@ impl KeygateProcess {
     /// Writes `config` plus `listen:` on free ports to `dir/<name>.yaml`, starts the binary on
     /// it and waits until `/readyz` answers 200.
     pub async fn start(dir: &Path, name: &str, config: &str) -> KeygateProcess {
+        Self::start_with(dir, name, config, None).await
+    }
+
+    /// As [`KeygateProcess::start`], with the soft `RLIMIT_NOFILE` set to `soft_nofile` (through
+    /// the shell's `ulimit`, which then execs keygate under the same PID).
+    pub async fn start_with(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        soft_nofile: Option<u64>,
+    ) -> KeygateProcess {
         let (proxy, admin) = (free_port(), free_port());
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -56,7 +67,16 @@ impl KeygateProcess {
         )
         .expect("write config");
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        let bin = env!("CARGO_BIN_EXE_keygate");
+        let mut command = match soft_nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -S -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
