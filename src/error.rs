@@ -40,6 +40,14 @@ pub enum Reject {
     /// No route matches.
     #[error("no_route")]
     NoRoute,
+    /// The request cannot be read as HTTP (malformed chunked framing, a body that breaks off);
+    /// the detail is for logs.
+    #[error("malformed_request: {0}")]
+    MalformedRequest(String),
+    /// A method the gateway never forwards (`CONNECT`: it would open a raw tunnel past every
+    /// check).
+    #[error("method_not_allowed")]
+    MethodNotAllowed,
     /// Rate limit reached; retry after this many seconds.
     #[error("rate_limited (retry after {0}s)")]
     RateLimited(u64),
@@ -65,7 +73,8 @@ impl Reject {
             | Reject::InvalidKey(_)
             | Reject::KeyRevoked
             | Reject::KeyExpired => StatusCode::UNAUTHORIZED,
-            Reject::ConflictingCredentials => StatusCode::BAD_REQUEST,
+            Reject::ConflictingCredentials | Reject::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reject::IpNotAllowed | Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::RateLimited(_) | Reject::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -86,6 +95,8 @@ impl Reject {
             Reject::IpNotAllowed => "ip_not_allowed",
             Reject::InsufficientScope(_) => "insufficient_scope",
             Reject::NoRoute => "no_route",
+            Reject::MalformedRequest(_) => "malformed_request",
+            Reject::MethodNotAllowed => "method_not_allowed",
             Reject::RateLimited(_) => "rate_limited",
             Reject::QuotaExceeded(_) => "quota_exceeded",
             Reject::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -115,6 +126,10 @@ impl Reject {
                 ));
             }
             Reject::NoRoute => "No route matches this request.",
+            Reject::MalformedRequest(_) => {
+                "The request is malformed: its body framing is invalid or it ended early."
+            }
+            Reject::MethodNotAllowed => "This method is not forwarded by the gateway.",
             Reject::RateLimited(_) => "Too many requests. Retry after the time in Retry-After.",
             Reject::QuotaExceeded(_) => {
                 "This API key's usage quota is used up until its next refill."

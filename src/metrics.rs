@@ -77,6 +77,8 @@ fn all_refusals() -> [Reject; REFUSALS] {
         Reject::IpNotAllowed,
         Reject::InsufficientScope(String::new()),
         Reject::NoRoute,
+        Reject::MalformedRequest(String::new()),
+        Reject::MethodNotAllowed,
         Reject::RateLimited(0),
         Reject::QuotaExceeded(None),
         Reject::UpstreamUnavailable(String::new()),
@@ -86,7 +88,7 @@ fn all_refusals() -> [Reject; REFUSALS] {
 }
 
 /// Number of [`Reject`] variants.
-const REFUSALS: usize = 13;
+const REFUSALS: usize = 15;
 
 /// The slot of a refusal in the pre-resolved arrays. Exhaustive on purpose: a new error code
 /// does not compile until it has its series.
@@ -100,11 +102,13 @@ fn refusal_index(reject: &Reject) -> usize {
         Reject::IpNotAllowed => 5,
         Reject::InsufficientScope(_) => 6,
         Reject::NoRoute => 7,
-        Reject::RateLimited(_) => 8,
-        Reject::QuotaExceeded(_) => 9,
-        Reject::UpstreamUnavailable(_) => 10,
-        Reject::UpstreamTimeout => 11,
-        Reject::StoreUnavailable(_) => 12,
+        Reject::MalformedRequest(_) => 8,
+        Reject::MethodNotAllowed => 9,
+        Reject::RateLimited(_) => 10,
+        Reject::QuotaExceeded(_) => 11,
+        Reject::UpstreamUnavailable(_) => 12,
+        Reject::UpstreamTimeout => 13,
+        Reject::StoreUnavailable(_) => 14,
     }
 }
 
@@ -120,6 +124,8 @@ fn is_auth_failure(reject: &Reject) -> bool {
         | Reject::IpNotAllowed
         | Reject::InsufficientScope(_) => true,
         Reject::NoRoute
+        | Reject::MalformedRequest(_)
+        | Reject::MethodNotAllowed
         | Reject::RateLimited(_)
         | Reject::QuotaExceeded(_)
         | Reject::UpstreamUnavailable(_)

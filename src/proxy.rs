@@ -1,5 +1,5 @@
 //! The data plane's one ordering of stages, read top to bottom in [`Gateway::handle`]:
-//! request id → route → credential → failed-authentication limit → key lookup (cache, then
+//! request id → method (never `CONNECT`) → route → credential → failed-authentication limit → key lookup (cache, then
 //! store) → revoked → expired → client IP allowlist → scopes → rate limit → quota → forward →
 //! access log, metrics and usage.
 //!
@@ -280,6 +280,10 @@ impl Gateway {
         req: &Request<B>,
         peer: IpAddr,
     ) -> Result<Decision<'_>, Refusal> {
+        // CONNECT would turn the connection into a raw tunnel that no route, scope or limit sees.
+        if req.method() == http::Method::CONNECT {
+            return Err(Reject::MethodNotAllowed.into());
+        }
         let headers = req.headers();
         let host = headers
             .get(HOST)

@@ -728,3 +728,104 @@ async fn encoded_and_doubled_slash_paths_are_normalised_before_routing_and_forwa
         assert_eq!(r.error_code(), "no_route", "{bad}");
     }
 }
+
+/// Sends `raw` on a fresh connection and reads the reply until the gateway closes it (at most
+/// 5 s): `(status, body)`.
+async fn raw_exchange(gw: &TestGateway, raw: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+            // One response is all a test needs; the gateway may keep the connection.
+            let text = String::from_utf8_lossy(&reply);
+            if let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Some(len) = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                && body.len() >= len
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert!(read.is_ok() || !text.is_empty(), "no answer to {raw:?}");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?} for {raw:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_are_400_malformed_request_not_an_upstream_failure() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let cases: [&[u8]; 5] = [
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n-0\r\n\r\n",
+        b"5\nhello\n0\n\n",
+        b"5\r\nhello, world\r\n0\r\n\r\n",
+    ];
+    for body in cases {
+        let mut raw = format!(
+            "POST /stream/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            secret.expose()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        let (status, text) = raw_exchange(&gw, &raw).await;
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(status, 400, "{shown:?}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "malformed_request", "{shown:?}");
+    }
+    let (text, _) = gw.app.metrics().render(false);
+    assert!(
+        text.contains("keygate_requests_total{decision=\"malformed_request\",status=\"400\"} 5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keygate_requests_total{decision=\"upstream_unavailable\",status=\"502\"} 0\n"),
+        "{text}"
+    );
+    // A well-formed chunked body still goes through.
+    let mut raw = format!(
+        "POST /stream/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        secret.expose()
+    )
+    .into_bytes();
+    raw.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+    let (status, text) = raw_exchange(&gw, &raw).await;
+    assert_eq!((status, text.as_str()), (200, "{\"bytes\":5}"));
+}
+
+#[tokio::test]
+async fn connect_is_refused_even_on_public_routes() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    for target in ["/health", "127.0.0.1:9", "gw:443"] {
+        let raw = format!("CONNECT {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let (status, text) = raw_exchange(&gw, raw.as_bytes()).await;
+        assert_eq!(status, 405, "{target}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{target}");
+    }
+}

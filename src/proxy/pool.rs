@@ -49,6 +49,9 @@ pub(super) enum SendError {
     ConnectTimeout,
     /// The connection or the exchange failed; the text says how.
     Failed(String),
+    /// The client's request body failed while being sent (malformed chunked framing, or the
+    /// client went away mid-body): the client's fault, not the upstream's.
+    ClientBody(String),
 }
 
 /// The connections of one upstream.
@@ -113,7 +116,14 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on another connection, whatever the method.
                     Some(unsent) if attempt < MAX_ATTEMPTS => req = unsent,
-                    _ => return Err(SendError::Failed(error_chain(&e.into_error()))),
+                    _ => {
+                        let e = e.into_error();
+                        return Err(if is_client_body_error(&e) {
+                            SendError::ClientBody(error_chain(&e))
+                        } else {
+                            SendError::Failed(error_chain(&e))
+                        });
+                    }
                 },
             }
             attempt += 1;
@@ -339,6 +349,15 @@ impl Drop for PooledBody {
             self.release();
         }
     }
+}
+
+/// Whether hyper's client failed because the request body it was sending failed: a "user
+/// body" error whose cause is the error of the incoming (client-side) body.
+fn is_client_body_error(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    e.is_user()
+        && e.source()
+            .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ impl Upstream {
             Err(_) | Ok(Err(SendError::ConnectTimeout)) => Err(Reject::UpstreamTimeout),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(SendError::Failed(detail))) => Err(Reject::UpstreamUnavailable(detail)),
+            Ok(Err(SendError::ClientBody(detail))) => Err(Reject::MalformedRequest(detail)),
         }
     }
 }
