@@ -811,21 +811,24 @@ async fn invalid_bodies_are_refused_naming_the_field() {
         assert_eq!(r.error_code(), "invalid_request");
         assert_eq!(r.json()["error"]["field"], field, "{body}: {}", r.json());
     }
-    // Not JSON at all, and too large.
-    let req = http::Request::post(format!("http://{}/v1/workspaces/acme/keys", gw.admin))
-        .header("authorization", format!("Bearer {OPS_TOKEN}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            b"{\"name\": ",
-        )))
-        .unwrap();
-    let r = gw.send(req).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid JSON")
-    );
+    // Not JSON at all (cut off, or broken inside a field): no field is named (it used to say
+    // `"field": "?"`), the message gives the position.
+    for broken in [
+        &b"{\"name\": "[..],
+        b"{\"name\": \"x\", \"scopes\": [\"a\" \"b\"]}",
+    ] {
+        let req = http::Request::post(format!("http://{}/v1/workspaces/acme/keys", gw.admin))
+            .header("authorization", format!("Bearer {OPS_TOKEN}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(broken)))
+            .unwrap();
+        let r = gw.send(req).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let error = &r.json()["error"];
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("not valid JSON"), "{error}");
+        assert!(message.contains("line 1 column"), "{error}");
+        assert!(error.get("field").is_none(), "{error}");
+    }
     let huge = json!({"name": "x", "description": "d".repeat(70 * 1024)});
     let r = gw
         .admin(
@@ -935,4 +938,162 @@ async fn a_rotation_racing_a_revoke_never_leaves_a_successor_of_a_revoked_key() 
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_cannot_change_rotate_revoke_or_delete_a_stronger_key() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let manager = gw
+        .admin_create(
+            "acme",
+            json!({"name": "automation", "scopes": [
+                "api.key.view", "api.key.create", "api.key.update", "api.key.delete", "sessions:read"
+            ]}),
+        )
+        .await;
+    let token = manager["secret"].as_str().unwrap().to_owned();
+    // Stronger: by a role (`full_access` = `*`) and by an explicit scope the manager lacks.
+    let by_role = gw
+        .admin_create(
+            "acme",
+            json!({"name": "root", "role": "full_access", "ip_allowlist": ["192.0.2.1"],
+                   "expires_at": "2099-01-01T00:00:00Z", "rate_limit": {"requests": 1, "period": "1s"}}),
+        )
+        .await;
+    let by_scope = gw
+        .admin_create(
+            "acme",
+            json!({"name": "writer", "scopes": ["sessions:read", "sessions:write"]}),
+        )
+        .await;
+    for target in [&by_role, &by_scope] {
+        let path = format!(
+            "/v1/workspaces/acme/keys/{}",
+            target["id"].as_str().unwrap()
+        );
+        // Every field, one at a time: none touches a scope, each would widen or alter the key.
+        for body in [
+            json!({"ip_allowlist": []}),
+            json!({"expires_at": null}),
+            json!({"rate_limit": {"requests": 1000, "period": "1s"}}),
+            json!({"quota": null}),
+            json!({"name": "renamed"}),
+            json!({"description": "mine now"}),
+            json!({"metadata": {"a": 1}}),
+        ] {
+            let r = gw
+                .admin(Method::PATCH, &path, Some(&token), Some(body.clone()))
+                .await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}: {:?}", r.body);
+            assert_eq!(r.error_code(), "forbidden");
+        }
+        for action in ["rotate", "revoke"] {
+            let r = gw
+                .admin(
+                    Method::POST,
+                    &format!("{path}/{action}"),
+                    Some(&token),
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{action}: {:?}", r.body);
+        }
+        let r = gw.admin(Method::DELETE, &path, Some(&token), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "delete: {:?}", r.body);
+        // Nothing changed.
+        let now = gw
+            .admin(Method::GET, &path, Some(OPS_TOKEN), None)
+            .await
+            .json();
+        assert_eq!(now["status"], "active");
+        assert_eq!(now["name"], target["name"]);
+        assert_eq!(now["ip_allowlist"], target["ip_allowlist"]);
+        assert_eq!(now["expires_at"], target["expires_at"]);
+        assert_eq!(now["rate_limit"], target["rate_limit"]);
+    }
+    let r = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys?limit=100",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.json()["keys"].as_array().unwrap().len(),
+        3,
+        "no successor was created"
+    );
+
+    // A key it fully covers stays manageable, every operation included.
+    let peer = gw
+        .admin_create(
+            "acme",
+            json!({"name": "reader", "scopes": ["sessions:read"]}),
+        )
+        .await;
+    let path = format!("/v1/workspaces/acme/keys/{}", peer["id"].as_str().unwrap());
+    let r = gw
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"ip_allowlist": ["192.0.2.9"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = gw
+        .admin(
+            Method::POST,
+            &format!("{path}/rotate"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let successor = r.json()["key"]["id"].as_str().unwrap().to_owned();
+    let r = gw
+        .admin(Method::POST, &format!("{path}/revoke"), Some(&token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = gw
+        .admin(
+            Method::DELETE,
+            &format!("/v1/workspaces/acme/keys/{successor}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn rotation_grace_periods_are_capped_at_30_days() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let key = gw.admin_create("acme", json!({"name": "k"})).await;
+    let path = format!(
+        "/v1/workspaces/acme/keys/{}/rotate",
+        key["id"].as_str().unwrap()
+    );
+    for grace in ["99999999999999h", "721h", "31days"] {
+        let r = gw
+            .admin(
+                Method::POST,
+                &path,
+                Some(OPS_TOKEN),
+                Some(json!({"grace_period": grace})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{grace}: {:?}", r.body);
+        assert_eq!(r.json()["error"]["field"], "grace_period");
+    }
+    let r = gw
+        .admin(
+            Method::POST,
+            &path,
+            Some(OPS_TOKEN),
+            Some(json!({"grace_period": "720h"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }

@@ -59,7 +59,10 @@ async fn silent_connections_are_closed_within_the_header_timeout_while_keys_are_
         );
     }
     assert_eq!(
-        metric(&gw, "keygate_connections_timed_out_total{listener=\"proxy\"}"),
+        metric(
+            &gw,
+            "keygate_connections_timed_out_total{listener=\"proxy\"}"
+        ),
         SILENT as f64
     );
     assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, 200);
@@ -97,10 +100,7 @@ async fn connections_over_max_connections_are_closed_at_accept_and_counted() {
         assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
     }
     assert_eq!(
-        metric(
-            &gw,
-            "keygate_connections_refused_total{listener=\"proxy\"}"
-        ),
+        metric(&gw, "keygate_connections_refused_total{listener=\"proxy\"}"),
         5.0
     );
     assert_eq!(metric(&gw, open), 20.0);
@@ -111,7 +111,10 @@ async fn connections_over_max_connections_are_closed_at_accept_and_counted() {
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     while metric(&gw, open) > 0.0 {
-        assert!(Instant::now() < deadline, "closed connections still counted");
+        assert!(
+            Instant::now() < deadline,
+            "closed connections still counted"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, 200);

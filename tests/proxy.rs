@@ -803,7 +803,9 @@ async fn malformed_chunked_bodies_are_400_malformed_request_not_an_upstream_fail
         "{text}"
     );
     assert!(
-        text.contains("keygate_requests_total{decision=\"upstream_unavailable\",status=\"502\"} 0\n"),
+        text.contains(
+            "keygate_requests_total{decision=\"upstream_unavailable\",status=\"502\"} 0\n"
+        ),
         "{text}"
     );
     // A well-formed chunked body still goes through.

@@ -99,15 +99,37 @@ impl Caller {
     /// Refuses when a key caller would hand out a scope it does not hold itself. Admin tokens
     /// are configured by the operator and may grant anything.
     pub fn may_grant(&self, granted: &[&str]) -> Result<(), AdminError> {
-        let Kind::Key { scopes, .. } = &self.kind else {
-            return Ok(());
-        };
-        match granted.iter().find(|s| !auth::has_scope(scopes, &[], s)) {
+        match self.missing_scope(granted) {
             None => Ok(()),
             Some(s) => Err(AdminError::Forbidden(format!(
                 "an API key cannot grant the scope `{s}`, which it does not hold"
             ))),
         }
+    }
+
+    /// Refuses when a key caller would change (update, rotate, revoke or delete) a key that
+    /// holds a scope the caller does not: whatever the field, since lifting a stronger key's
+    /// allowlist, expiry or limits widens access as surely as adding a scope, and revoking or
+    /// deleting it would let a weaker key cut off a stronger one. `held` is the target's own
+    /// scopes plus its role's.
+    pub fn may_manage(&self, held: &[&str]) -> Result<(), AdminError> {
+        match self.missing_scope(held) {
+            None => Ok(()),
+            Some(s) => Err(AdminError::Forbidden(format!(
+                "an API key cannot change a key that holds the scope `{s}`, which it does not hold"
+            ))),
+        }
+    }
+
+    /// The first of `scopes` a key caller does not hold (never one for admin tokens).
+    fn missing_scope<'s>(&self, scopes: &[&'s str]) -> Option<&'s str> {
+        let Kind::Key { scopes: own, .. } = &self.kind else {
+            return None;
+        };
+        scopes
+            .iter()
+            .find(|s| !auth::has_scope(own, &[], s))
+            .copied()
     }
 }
 
@@ -207,8 +229,14 @@ mod tests {
             Err(AdminError::Forbidden(m)) if m.contains("sessions:write")
         ));
         assert!(c.may_grant(&["*"]).is_err(), "`*` is more than it holds");
+        assert!(c.may_manage(&["sessions:read"]).is_ok());
+        assert!(matches!(
+            c.may_manage(&["*"]),
+            Err(AdminError::Forbidden(m)) if m.contains("cannot change")
+        ));
         let all = key_caller(&["*"]);
         assert!(all.may(DELETE, "acme"));
+        assert!(all.may_manage(&["*"]).is_ok());
         assert!(all.may_grant(&["*", "anything"]).is_ok());
     }
 
@@ -226,5 +254,6 @@ mod tests {
         assert!(!c.may(CREATE, "acme"));
         assert!(!c.may_everywhere(VIEW));
         assert!(c.may_grant(&["*"]).is_ok());
+        assert!(c.may_manage(&["*"]).is_ok());
     }
 }

@@ -24,6 +24,9 @@ pub const MAX_METADATA_BYTES: usize = 1024;
 pub const MAX_ALLOWLIST: usize = 100;
 /// Most scopes on a key.
 pub const MAX_SCOPES: usize = 100;
+/// Longest rotation grace period: the old key of a rotation is meant to be retired, and a
+/// grace period of years would keep it as a second live credential in all but name.
+pub const MAX_GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// A field of a PATCH body: absent (keep), `null` (clear) or a value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,12 +120,16 @@ pub fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminE
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = (path != ".").then_some(path);
-        let message = match inner.classify() {
+        let (field, message) = match inner.classify() {
+            // A syntax error belongs to no field (the path would read `?`): the message gives
+            // its line and column instead.
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("the body is not valid JSON: {inner}")
+                (None, format!("the body is not valid JSON: {inner}"))
             }
-            _ => inner.to_string(),
+            _ => (
+                (path != "." && !path.contains('?')).then_some(path),
+                inner.to_string(),
+            ),
         };
         // serde reports an unknown field at its parent; name it in `field` too.
         let field = field.or_else(|| unknown_field_name(&message));

@@ -12,7 +12,9 @@ use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::caller::{CREATE, DELETE, UPDATE, VIEW};
-use super::fields::{KeyFields, Patch, Purpose, Valid, key_json, known_scopes, parse_json};
+use super::fields::{
+    KeyFields, MAX_GRACE_PERIOD, Patch, Purpose, Valid, key_json, known_scopes, parse_json,
+};
 use super::{AdminError, Call, json_response, read_body};
 use crate::auth::query_pairs;
 use crate::config::{Workspace, duration_text};
@@ -298,6 +300,9 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             if record.revoked_at.is_some() {
                 return Err(AdminError::KeyRevoked);
             }
+            // On the record being written, so a scope added meanwhile is seen.
+            call.caller
+                .may_manage(&granted(call, &record.scopes, record.role.as_deref()))?;
             valid.clone().apply_to(record);
             if changes_access {
                 call.caller
@@ -357,8 +362,16 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             }
         }
     };
-    let grace = time::Duration::try_from(grace)
-        .map_err(|_| AdminError::field("grace_period", "grace_period is too long"))?;
+    if grace > MAX_GRACE_PERIOD {
+        return Err(AdminError::field(
+            "grace_period",
+            format!(
+                "grace_period may be at most {}",
+                humantime::format_duration(MAX_GRACE_PERIOD)
+            ),
+        ));
+    }
+    let grace = time::Duration::try_from(grace).expect("at most 30 days fits");
     let old = existing(call, ws, &id).await?;
     let now = now();
     match old.status_at(now) {
@@ -366,8 +379,9 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         KeyStatus::Expired => return Err(AdminError::KeyExpired),
         KeyStatus::Active => {}
     }
-    call.caller
-        .may_grant(&granted(call, &old.scopes, old.role.as_deref()))?;
+    let held = granted(call, &old.scopes, old.role.as_deref());
+    call.caller.may_manage(&held)?;
+    call.caller.may_grant(&held)?;
     let (new, secret) = call
         .state
         .keys
@@ -386,6 +400,8 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
                 KeyStatus::Expired => return Err(AdminError::KeyExpired),
                 KeyStatus::Active => {}
             }
+            call.caller
+                .may_manage(&granted(call, &old.scopes, old.role.as_deref()))?;
             old.expires_at = match (old.expires_at, stop) {
                 (Some(own), Some(stop)) => Some(own.min(stop)),
                 (own, None) => own,
@@ -423,7 +439,10 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
 async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     workspace(call, ws, DELETE)?;
     let id = key_id(id)?;
-    let was_revoked = existing(call, ws, &id).await?.revoked_at.is_some();
+    let target = existing(call, ws, &id).await?;
+    call.caller
+        .may_manage(&granted(call, &target.scopes, target.role.as_deref()))?;
+    let was_revoked = target.revoked_at.is_some();
     let record = call.state.keys.revoke(ws, &id).await?;
     if !was_revoked {
         call.audit("key.revoke", ws, Some(&id), "ok", serde_json::Value::Null)
@@ -435,6 +454,9 @@ async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
 async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     workspace(call, ws, DELETE)?;
     let id = key_id(id)?;
+    let target = existing(call, ws, &id).await?;
+    call.caller
+        .may_manage(&granted(call, &target.scopes, target.role.as_deref()))?;
     let record = call.state.keys.delete(ws, &id).await?;
     call.audit(
         "key.delete",

@@ -72,7 +72,11 @@ impl KeygateProcess {
             None => Command::new(bin),
             Some(n) => {
                 let mut c = Command::new("sh");
-                c.args(["-c", &format!("ulimit -S -n {n} && exec \"$0\" \"$@\""), bin]);
+                c.args([
+                    "-c",
+                    &format!("ulimit -S -n {n} && exec \"$0\" \"$@\""),
+                    bin,
+                ]);
                 c
             }
         };
