@@ -221,7 +221,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `max_active`, refuses with [`StoreError::LimitReached`] when the workspace already has
     /// that many active keys; the check and the insert are one atomic step, exact under
     /// concurrent creates. A key born revoked or expired takes no slot and is stored whatever
-    /// the count. [`StoreError::Conflict`] if the id, or the hash within its namespace, is taken.
+    /// the count. [`StoreError::Conflict`] if the id, or the hash within its namespace, is taken,
+    /// or if `record.sha256_tag` is held by another key (checked in the same atomic step as the
+    /// insert, so of concurrent imports of one secret, in either form, one wins). The tag is
+    /// held until [`KeyStore::delete`], whatever [`KeyStore::upgrade_hash`] does meanwhile.
     fn create(
         &self,
         record: &KeyRecord,
@@ -267,7 +270,8 @@ pub trait KeyStore: Send + Sync + 'static {
         expected_updated_at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Removes a key, its hash index entry (whichever scheme) and its request logs. Returns the
+    /// Removes a key, its hash index entry (whichever scheme), its `sha256_tag` and its
+    /// request logs. Returns the
     /// removed record, `None` if there was none. Its audit entries stay.
     fn delete(
         &self,

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `P{h:<hash hex>}` | HASH | a key by the keyed BLAKE3 hash of its secret. `rec`: `KeyRecord` JSON with usage fields zeroed; `uc`: usage count; `lu`: last use, unix ms. While an upgrade from SHA-256 is under way, also `from`: the SHA-256 digest hex, and `mv`: the usage count copied from there. The request path reads it with one `HGETALL`. |
 //! | `P{s:<sha256 hex>}` | HASH | a key imported with only the SHA-256 digest of its secret, until upgraded; the same fields as `P{h:…}`. Read by `get_by_sha256` only, never by `get_by_hash`. |
+//! | `P{t:<tag hex>}` | STRING | `<key id> <workspace>`: the imported key that holds this `sha256_tag`, for the key's lifetime. Claimed by `create` between the index entry and the record, so that one secret is one key whatever form it was imported in; removed by `delete`. A claim whose key has no index entry any more (a create or delete cut short) is taken over by the next import of the secret. |
 //! | `P{ws:<workspace>}:keys` | HASH | key id → where its record is: `<hex>` for `P{h:<hex>}`; `s:<hex>` for `P{s:<hex>}`; `u:<sha256 hex>:<hex>` while an upgrade is under way (or was cut short): `P{s:…}` is still the record, `P{h:…}` a copy kept in step |
 //! | `P{ws:<workspace>}:created` | ZSET | key id scored by `created_at` unix ms: newest-first listing, ties by id |
 //! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`, and by `count_active`. |
@@ -141,6 +142,23 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'uc', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'lu', ARGV[3]) end
 return 1
+";
+
+/// Claims an import's `sha256_tag` for a key. KEYS: tag. ARGV: `<id> <workspace>`, the claim
+/// this caller found stale and takes over ('' for none). Returns `{'ok'}` (also when the key
+/// holds it already) or `{'taken', holder}`.
+const CLAIM_TAG: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then return {'ok'} end
+if v and v ~= ARGV[2] then return {'taken', v} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {'ok'}
+";
+
+/// Releases a tag claim if it is still this key's. KEYS: tag. ARGV: `<id> <workspace>`.
+const RELEASE_TAG: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
 ";
 
 /// Removes a record hash only if it still holds exactly what this create wrote.
@@ -444,6 +462,8 @@ struct Scripts {
     create_index: Script,
     create_record: Script,
     rollback_record: Script,
+    claim_tag: Script,
+    release_tag: Script,
     update_record: Script,
     sync_index: Script,
     delete_record: Script,
@@ -465,6 +485,8 @@ impl Scripts {
             create_index: Script::new(CREATE_INDEX),
             create_record: Script::new(CREATE_RECORD),
             rollback_record: Script::new(ROLLBACK_RECORD),
+            claim_tag: Script::new(CLAIM_TAG),
+            release_tag: Script::new(RELEASE_TAG),
             update_record: Script::new(UPDATE_RECORD),
             sync_index: Script::new(SYNC_INDEX),
             delete_record: Script::new(DELETE_RECORD),
@@ -649,6 +671,11 @@ impl RedisStore {
         format!("{}{{h:{hash_hex}}}", self.prefix)
     }
 
+    /// `P{t:<hex>}`: the claim of an import's `sha256_tag`.
+    fn tag_key(&self, tag: &SecretHash) -> String {
+        format!("{}{{t:{}}}", self.prefix, tag.to_hex())
+    }
+
     /// `P{s:<hex>}`: a record by the SHA-256 digest it was imported with.
     fn sha256_key(&self, hex: &str) -> String {
         format!("{}{{s:{hex}}}", self.prefix)
@@ -738,6 +765,62 @@ impl RedisStore {
             previous = Some(entry);
         }
         Ok(None)
+    }
+
+    /// Claims `record.sha256_tag` (if any) for it. A claim held by a key that has no index
+    /// entry any more is left over from a create or delete cut short (a create writes its index
+    /// entry before claiming, a delete removes it last), so it is taken over; one held by a key
+    /// being created or still there is [`StoreError::Conflict`].
+    async fn claim_tag(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let Some(tag) = &record.sha256_tag else {
+            return Ok(());
+        };
+        let mut conn = self.conn.clone();
+        let mine = tag_holder(record);
+        let mut stale = String::new();
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let reply: Vec<String> = self
+                .bounded(
+                    SCRIPTS
+                        .claim_tag
+                        .key(self.tag_key(tag))
+                        .arg(&mine)
+                        .arg(&stale)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            let holder = match reply.as_slice() {
+                [state] if state == "ok" => return Ok(()),
+                [state, holder] if state == "taken" => holder.clone(),
+                _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
+            };
+            let (id, ws) = holder
+                .split_once(' ')
+                .and_then(|(id, ws)| Some((KeyId::parse(id)?, ws)))
+                .ok_or_else(|| StoreError::Corrupt("unreadable sha256 tag claim".into()))?;
+            if self.index_entry(ws, &id).await?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            stale = holder;
+        }
+        Err(StoreError::Conflict)
+    }
+
+    /// Releases `record.sha256_tag` (if any) if `record` still holds it.
+    async fn release_tag(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let Some(tag) = &record.sha256_tag else {
+            return Ok(());
+        };
+        let mut conn = self.conn.clone();
+        self.bounded(
+            SCRIPTS
+                .release_tag
+                .key(self.tag_key(tag))
+                .arg(tag_holder(record))
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Undoes the index entries of a create whose record write failed. Best effort: when the
@@ -861,6 +944,12 @@ impl KeyStore for RedisStore {
             "limit" => return Err(StoreError::LimitReached),
             _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
         }
+        // Between the index entry and the record: a claim is never left by a key without an
+        // index entry, except by one cut short, which `claim_tag` recognises.
+        if let Err(e) = self.claim_tag(record).await {
+            self.roll_back_create(record, &entry, &json).await;
+            return Err(e);
+        }
         let last_used = record
             .last_used_at
             .map_or_else(String::new, |t| unix_ms(t).to_string());
@@ -879,6 +968,7 @@ impl KeyStore for RedisStore {
             Ok(1) => Ok(()),
             Ok(_) => {
                 // Another key has this secret: the record is not ours to remove.
+                let _ = self.release_tag(record).await;
                 self.roll_back_create(record, &entry, &json).await;
                 Err(StoreError::Conflict)
             }
@@ -1027,6 +1117,8 @@ impl KeyStore for RedisStore {
             if let Some(record) =
                 decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace)
             {
+                // The secret may be imported again: its tag goes with the key.
+                self.release_tag(&record).await?;
                 removed = Some(record);
             }
             let done: i64 = self
@@ -1756,6 +1848,11 @@ fn decode_record_hash(fields: &HashMap<String, String>) -> Result<Option<KeyReco
         .and_then(|ms| ms.parse::<i64>().ok())
         .and_then(from_unix_ms);
     Ok(Some(record))
+}
+
+/// The value of a `P{t:…}` claim held by `record`.
+fn tag_holder(record: &KeyRecord) -> String {
+    format!("{} {}", record.id, record.workspace)
 }
 
 /// A SHA-256 import's record as it reads once upgraded to the keyed hash `new_hex`.
