@@ -1733,6 +1733,72 @@ async fn edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked(store: St
     }
 }
 
+/// A revoke racing the hash upgrade of a `sha256` import, the upgrade stopped (as by a crash)
+/// as soon as the revoke returns: whatever the upgrade had done by then, no copy of the record
+/// answers unrevoked, by either hash, and resuming the upgrade keeps the key revoked.
+async fn a_revoke_racing_an_upgrade_is_never_lost(store: Store) {
+    let store = Arc::new(store);
+    for round in 0..200 {
+        let ws = format!("ws{round}");
+        let (r, new_hash) = sha256_import(&ws, "racing");
+        store.create(&r, None, now_ms()).await.expect("create");
+        let upgrade = {
+            let (store, ws, id) = (store.clone(), ws.clone(), r.id.clone());
+            tokio::spawn(async move { store.upgrade_hash(&ws, &id, &new_hash).await })
+        };
+        // Shifts the revoke across the upgrade's steps from round to round.
+        for _ in 0..round % 7 {
+            tokio::task::yield_now().await;
+        }
+        let mut revoked = r.clone();
+        revoked.revoked_at = Some(now_ms());
+        revoked.updated_at = r.updated_at + ms(1);
+        match store.update(&revoked, r.updated_at).await {
+            Ok(()) => {}
+            // Upgraded first: the record read before it is stale; revoke the upgraded one.
+            Err(StoreError::Conflict) => {
+                let mut now = store.get(&ws, &r.id).await.expect("get").expect("there");
+                let read = now.updated_at;
+                now.revoked_at = Some(now_ms());
+                now.updated_at = read + ms(1);
+                store.update(&now, read).await.expect("revoke upgraded");
+            }
+            Err(e) => panic!("round {round}: revoke failed: {e}"),
+        }
+        upgrade.abort();
+        let _ = upgrade.await;
+        let by_id = store.get(&ws, &r.id).await.expect("get").expect("there");
+        assert!(by_id.revoked_at.is_some(), "round {round}: by id");
+        for (how, found) in [
+            (
+                "by new hash",
+                store.get_by_hash(&new_hash).await.expect("by hash"),
+            ),
+            (
+                "by sha256",
+                store.get_by_sha256(&r.hash).await.expect("by sha256"),
+            ),
+        ] {
+            if let Some(found) = found {
+                assert!(
+                    found.revoked_at.is_some(),
+                    "round {round}: an unrevoked copy answers {how}"
+                );
+            }
+        }
+        match store.upgrade_hash(&ws, &r.id, &new_hash).await {
+            Ok(resumed) => assert!(resumed.revoked_at.is_some(), "round {round}: resumed"),
+            Err(e) => panic!("round {round}: resuming the upgrade failed: {e}"),
+        }
+        let done = store
+            .get_by_hash(&new_hash)
+            .await
+            .expect("by hash")
+            .expect("upgraded");
+        assert!(done.revoked_at.is_some(), "round {round}: after resuming");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backends
 
@@ -1838,6 +1904,7 @@ conformance!(
     owning:
     the_key_manager_writes_a_strictly_later_version,
     edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked,
+    a_revoke_racing_an_upgrade_is_never_lost,
 );
 
 #[tokio::test]

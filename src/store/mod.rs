@@ -348,7 +348,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `updated_at` and everything else are kept. Returns the upgraded record with its usage.
     ///
     /// Idempotent: a key already upgraded to `new_hash` is returned as it is, and an upgrade cut
-    /// short (crash, timeout) is completed by the next call. [`StoreError::NotFound`] if the key
+    /// short (crash, timeout) is completed by the next call. An [`KeyStore::update`] (a revoke
+    /// above all) racing it is never lost, whichever side stops at any step: no record answers
+    /// by either hash unrevoked once the key is revoked. [`StoreError::NotFound`] if the key
     /// is gone; [`StoreError::Conflict`] if it is keyed by another hash already, or if `new_hash`
     /// indexes another key.
     fn upgrade_hash(
