@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
@@ -134,6 +136,8 @@ impl KeyManager {
     }
 
     /// Imports a key that already exists elsewhere; its clients keep their secret.
+    /// [`StoreError::Conflict`] if a key has this secret already, whatever form either was
+    /// imported in (plaintext or SHA-256; before or after the upgrade of a `sha256` import).
     pub async fn import(
         &self,
         new: NewKey,
@@ -142,16 +146,28 @@ impl KeyManager {
     ) -> Result<KeyRecord, StoreError> {
         let record = match secret {
             ImportedSecret::Plaintext(secret) => {
+                let digest = SecretHash(Sha256::digest(secret.expose().as_bytes()).into());
+                // Imports from before keys carried a tag are found by their digest only, as
+                // long as they are not upgraded (once upgraded, `hash` is the same as ours).
+                if self.store().get_by_sha256(&digest).await?.is_some() {
+                    return Err(StoreError::Conflict);
+                }
                 let prefix = match self.format.shape(secret.expose()) {
                     Shape::Native => self.format.display_prefix(&secret),
                     Shape::Foreign | Shape::Malformed => keys::foreign_display_prefix(&secret),
                 };
-                self.record(new, self.keyed(&secret), prefix)
+                let mut record = self.record(new, self.keyed(&secret), prefix);
+                record.sha256_tag = Some(self.hasher.sha256_tag(&digest));
+                record
             }
             ImportedSecret::Sha256 { digest, prefix } => {
-                self.record(new, (digest, HashScheme::Sha256), prefix)
+                let mut record = self.record(new, (digest, HashScheme::Sha256), prefix);
+                record.sha256_tag = Some(self.hasher.sha256_tag(&digest));
+                record
             }
         };
+        // The tag makes one secret one key whatever form either import came in: the store
+        // refuses a taken tag in the same atomic step as the insert.
         self.store()
             .create(&record, max_active, OffsetDateTime::now_utc())
             .await?;
@@ -192,6 +208,7 @@ impl KeyManager {
             revoked_at: None,
             last_used_at: None,
             usage_count: 0,
+            sha256_tag: None,
         }
     }
 

@@ -31,6 +31,8 @@ pub const FOREIGN_MAX_LEN: usize = 256;
 
 /// Domain-separation context for deriving the hashing key from the configured pepper.
 const PEPPER_CONTEXT: &str = "keygate 2026-11 secret hashing key v1";
+/// Context deriving the key of [`SecretHasher::sha256_tag`] from the hashing key.
+const SHA256_TAG_CONTEXT: &str = "keygate 2026-11 sha256 tag key v1";
 
 /// Encodes `bytes` (big-endian) as exactly `width` base62 digits.
 fn base62_fixed(bytes: &[u8], width: usize, out: &mut String) {
@@ -265,6 +267,14 @@ impl SecretHasher {
     pub fn hash(&self, secret: &str) -> SecretHash {
         SecretHash(*blake3::keyed_hash(&self.key, secret.as_bytes()).as_bytes())
     }
+
+    /// The keyed tag of a secret's SHA-256 digest ([`KeyRecord::sha256_tag`]): what an import
+    /// in either form (plaintext or digest) can compute, hashed with a key of its own derived
+    /// from the pepper, so that the store never keeps an unkeyed digest longer than it did.
+    pub fn sha256_tag(&self, digest: &SecretHash) -> SecretHash {
+        let key = blake3::derive_key(SHA256_TAG_CONTEXT, &self.key);
+        SecretHash(*blake3::keyed_hash(&key, &digest.0).as_bytes())
+    }
 }
 
 impl fmt::Debug for SecretHasher {
@@ -442,6 +452,11 @@ pub struct KeyRecord {
     /// Successful uses (maintained by the usage flusher, not by record writes).
     #[serde(default)]
     pub usage_count: u64,
+    /// An imported key's [`SecretHasher::sha256_tag`], kept for the key's lifetime (also after
+    /// the upgrade of a `sha256` import): the stores index it, so one secret is one key whatever
+    /// form it was imported in. `None` for keys keygate issued, whose secrets are never imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256_tag: Option<SecretHash>,
 }
 
 impl KeyRecord {

@@ -595,6 +595,7 @@ mod tests {
             revoked_at: None,
             last_used_at: None,
             usage_count: 0,
+            sha256_tag: None,
         })
     }
 

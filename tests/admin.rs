@@ -21,6 +21,7 @@ on_both_backends!(
     rotation_grace_period_keeps_the_old_key_until_it_ends,
     max_active_keys_is_exact_under_concurrent_creates,
     import_plaintext_and_sha256_keys_keep_working,
+    a_secret_is_one_key_whatever_form_it_was_imported_in,
     audit_log_records_who_did_what_and_never_a_secret,
 );
 
@@ -494,6 +495,117 @@ async fn import_plaintext_and_sha256_keys_keep_working(backend: Backend) {
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(r.json()["error"]["field"], field);
     }
+}
+
+fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A repeat import is `key_exists` whatever form either import came in, also once a `sha256`
+/// import was upgraded by its first use; deleting the key frees the secret and stops it at once.
+async fn a_secret_is_one_key_whatever_form_it_was_imported_in(backend: Backend) {
+    let gw = TestGateway::start(backend, "").await;
+    let import = |body: Value| {
+        gw.admin(
+            Method::POST,
+            "/v1/workspaces/acme/keys/import",
+            Some(OPS_TOKEN),
+            Some(body),
+        )
+    };
+    let hashed = "sk_prod_OnlyItsDigestIsKnown42";
+    let first = import(
+        json!({"name": "hashed", "sha256": sha256_hex(hashed), "scopes": ["sessions:read"]}),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let secret = Secret::new(hashed.into());
+    // Its first use upgrades its hash.
+    let used = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(used.status, StatusCode::OK);
+    for (body, why) in [
+        (
+            json!({"name": "again", "sha256": sha256_hex(hashed)}),
+            "the same digest",
+        ),
+        (
+            json!({"name": "again", "sha256": sha256_hex(hashed).to_uppercase()}),
+            "in capitals",
+        ),
+        (json!({"name": "again", "secret": hashed}), "the plaintext"),
+    ] {
+        let r = import(body).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{why}: {:?}", r.body);
+        assert_eq!(r.error_code(), "key_exists", "{why}");
+    }
+    // Not upgraded yet, and a plaintext import first: the same.
+    let unused = "sk_prod_ImportedButNeverUsed7";
+    let r = import(json!({"name": "unused", "sha256": sha256_hex(unused)})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        import(json!({"name": "again", "sha256": sha256_hex(unused)}))
+            .await
+            .error_code(),
+        "key_exists"
+    );
+    assert_eq!(
+        import(json!({"name": "again", "secret": unused}))
+            .await
+            .error_code(),
+        "key_exists"
+    );
+    let plain = "sk_prod_ImportedAsPlaintext99";
+    let r = import(json!({"name": "plain", "secret": plain})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        import(json!({"name": "again", "sha256": sha256_hex(plain)}))
+            .await
+            .error_code(),
+        "key_exists"
+    );
+    let listed = gw
+        .admin(
+            Method::GET,
+            "/v1/workspaces/acme/keys",
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 3, "{listed}");
+
+    // Deleted: the secret stops working at once (the cache held it), and may be imported again.
+    // (Not used again here: the refusal just made is cached negatively for `cache.negative_ttl`
+    // under the keyed hash, which a `sha256` import cannot name.)
+    let r = gw
+        .admin(
+            Method::DELETE,
+            &format!("/v1/workspaces/acme/keys/{id}"),
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let refused = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error_code(), "invalid_key");
+    assert_eq!(
+        gw.app
+            .store()
+            .get_by_sha256(&keygate::keys::SecretHash::from_hex(&sha256_hex(hashed)).unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    let back =
+        import(json!({"name": "back", "sha256": sha256_hex(hashed), "scopes": ["sessions:read"]}))
+            .await;
+    assert_eq!(back.status, StatusCode::CREATED, "{:?}", back.body);
 }
 
 async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {

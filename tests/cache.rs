@@ -126,6 +126,7 @@ async fn fixture() -> Fixture {
         revoked_at: None,
         last_used_at: None,
         usage_count: 0,
+        sha256_tag: None,
     };
     store.create(&record, None, now).await.unwrap();
     let cache = Arc::new(KeyCache::new(store.clone(), &CacheConfig::default()));

@@ -727,6 +727,9 @@ async fn bulk_import_reports_every_line_and_exits_5_when_one_failed() {
     assert_eq!(results[0]["line"], 3);
     assert_eq!(results[0]["ok"], false);
     assert_eq!(results[0]["error"]["code"], "key_exists");
+    // The `sha256` line too, although its key was upgraded by its use above.
+    assert_eq!(results[1]["ok"], false, "{}", r.stdout);
+    assert_eq!(results[1]["error"]["code"], "key_exists");
     assert_eq!(results[2]["error"]["code"], "invalid_line");
 
     // A clean file exits 0; stdin works as `-`.

@@ -66,6 +66,7 @@ fn record(ws: &str, name: &str) -> KeyRecord {
         revoked_at: None,
         last_used_at: None,
         usage_count: 0,
+        sha256_tag: None,
     }
 }
 
@@ -1532,6 +1533,105 @@ async fn an_update_never_clears_a_revocation<S: KeyStore>(store: &S) {
     assert_stored(store, &edited, 0, "a revoked key edited stays inactive").await;
 }
 
+/// `r` as an import carrying the `sha256_tag` of the secret whose digest is `digest`.
+fn tagged(mut r: KeyRecord, digest: &SecretHash) -> KeyRecord {
+    r.sha256_tag = Some(hasher().sha256_tag(digest));
+    r
+}
+
+/// One secret is one key whatever form it was imported in: the `sha256_tag` is refused while
+/// a key holds it (before and after the upgrade of a `sha256` import, and for a plaintext
+/// import), and is free again once that key is deleted.
+async fn an_imported_secret_is_one_key_whatever_its_form<S: KeyStore>(store: &S) {
+    let t = now_ms();
+    let (a, a_new) = sha256_import("acme", "by digest");
+    let a = tagged(a.clone(), &a.hash);
+    store.create(&a, None, t).await.expect("create");
+    // The same secret imported as plaintext: another hash namespace, the same tag.
+    let mut plain = tagged(record("acme", "by plaintext"), &a.hash);
+    plain.hash = a_new;
+    assert!(matches!(
+        store.create(&plain, None, t).await,
+        Err(StoreError::Conflict)
+    ));
+    store
+        .upgrade_hash("acme", &a.id, &a_new)
+        .await
+        .expect("upgrade");
+    // Upgraded: the digest is free in the SHA-256 index, the tag is still held.
+    let mut again = tagged(sha256_import("globex", "again").0, &a.hash);
+    again.hash = a.hash;
+    assert!(matches!(
+        store.create(&again, None, t).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.get_by_sha256(&a.hash).await.expect("by sha256"), None);
+    assert_eq!(store.get("globex", &again.id).await.expect("get"), None);
+
+    // A plaintext import holds its tag the same way.
+    let (digest_b, _) = sha256_import("acme", "b");
+    let b = tagged(record("acme", "plaintext b"), &digest_b.hash);
+    store.create(&b, None, t).await.expect("create");
+    let mut b_by_digest = tagged(digest_b.clone(), &digest_b.hash);
+    b_by_digest.id = KeyId::generate();
+    assert!(matches!(
+        store.create(&b_by_digest, None, t).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // Deleting the key frees its tag and every index entry.
+    store.delete("acme", &a.id).await.expect("delete");
+    assert_eq!(store.get_by_hash(&a_new).await.expect("by hash"), None);
+    assert_eq!(store.get_by_sha256(&a.hash).await.expect("by sha256"), None);
+    store.create(&again, None, t).await.expect("free again");
+    assert_eq!(
+        store.get_by_sha256(&a.hash).await.expect("by sha256"),
+        Some(again.clone())
+    );
+    store.delete("acme", &b.id).await.expect("delete");
+    store
+        .create(&b_by_digest, None, t)
+        .await
+        .expect("free again");
+}
+
+/// Concurrent imports of one secret, in both forms: exactly one becomes a key.
+async fn concurrent_imports_of_one_secret_make_one_key<S: KeyStore>(store: &S) {
+    for round in 0..5 {
+        let (digest, _) = sha256_import("acme", "contender");
+        let contenders: Vec<KeyRecord> = (0..8)
+            .map(|i| {
+                let mut r = tagged(digest.clone(), &digest.hash);
+                r.id = KeyId::generate();
+                if i % 2 == 1 {
+                    // Plaintext imports of the same secret.
+                    r.hash =
+                        SecretHash(*blake3::hash(format!("{round}/{i}").as_bytes()).as_bytes());
+                    r.hash_scheme = HashScheme::KeyedBlake3;
+                }
+                r
+            })
+            .collect();
+        let results = join_all(contenders.iter().map(|r| store.create(r, None, now_ms()))).await;
+        let won: Vec<&KeyRecord> = contenders
+            .iter()
+            .zip(&results)
+            .filter(|(_, res)| res.is_ok())
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        for res in &results {
+            assert!(matches!(res, Ok(()) | Err(StoreError::Conflict)), "{res:?}");
+        }
+        let listed = store
+            .list("acme", &query(100), now_ms())
+            .await
+            .expect("list");
+        assert_eq!(ids(&listed.keys), vec![won[0].id.clone()]);
+        store.delete("acme", &won[0].id).await.expect("delete");
+    }
+}
+
 /// A `KeyManager` over `store`, as the admin API and the CLI use it.
 fn key_manager(store: Store) -> (Arc<Store>, KeyManager) {
     let store = Arc::new(store);
@@ -1630,6 +1730,72 @@ async fn edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked(store: St
             0,
             "round {round}: the revoked key holds an active slot"
         );
+    }
+}
+
+/// A revoke racing the hash upgrade of a `sha256` import, the upgrade stopped (as by a crash)
+/// as soon as the revoke returns: whatever the upgrade had done by then, no copy of the record
+/// answers unrevoked, by either hash, and resuming the upgrade keeps the key revoked.
+async fn a_revoke_racing_an_upgrade_is_never_lost(store: Store) {
+    let store = Arc::new(store);
+    for round in 0..200 {
+        let ws = format!("ws{round}");
+        let (r, new_hash) = sha256_import(&ws, "racing");
+        store.create(&r, None, now_ms()).await.expect("create");
+        let upgrade = {
+            let (store, ws, id) = (store.clone(), ws.clone(), r.id.clone());
+            tokio::spawn(async move { store.upgrade_hash(&ws, &id, &new_hash).await })
+        };
+        // Shifts the revoke across the upgrade's steps from round to round.
+        for _ in 0..round % 7 {
+            tokio::task::yield_now().await;
+        }
+        let mut revoked = r.clone();
+        revoked.revoked_at = Some(now_ms());
+        revoked.updated_at = r.updated_at + ms(1);
+        match store.update(&revoked, r.updated_at).await {
+            Ok(()) => {}
+            // Upgraded first: the record read before it is stale; revoke the upgraded one.
+            Err(StoreError::Conflict) => {
+                let mut now = store.get(&ws, &r.id).await.expect("get").expect("there");
+                let read = now.updated_at;
+                now.revoked_at = Some(now_ms());
+                now.updated_at = read + ms(1);
+                store.update(&now, read).await.expect("revoke upgraded");
+            }
+            Err(e) => panic!("round {round}: revoke failed: {e}"),
+        }
+        upgrade.abort();
+        let _ = upgrade.await;
+        let by_id = store.get(&ws, &r.id).await.expect("get").expect("there");
+        assert!(by_id.revoked_at.is_some(), "round {round}: by id");
+        for (how, found) in [
+            (
+                "by new hash",
+                store.get_by_hash(&new_hash).await.expect("by hash"),
+            ),
+            (
+                "by sha256",
+                store.get_by_sha256(&r.hash).await.expect("by sha256"),
+            ),
+        ] {
+            if let Some(found) = found {
+                assert!(
+                    found.revoked_at.is_some(),
+                    "round {round}: an unrevoked copy answers {how}"
+                );
+            }
+        }
+        match store.upgrade_hash(&ws, &r.id, &new_hash).await {
+            Ok(resumed) => assert!(resumed.revoked_at.is_some(), "round {round}: resumed"),
+            Err(e) => panic!("round {round}: resuming the upgrade failed: {e}"),
+        }
+        let done = store
+            .get_by_hash(&new_hash)
+            .await
+            .expect("by hash")
+            .expect("upgraded");
+        assert!(done.revoked_at.is_some(), "round {round}: after resuming");
     }
 }
 
@@ -1732,10 +1898,13 @@ conformance!(
     audit_log_pages_newest_first_per_workspace_and_globally,
     quota_spends_are_exact_per_key_and_period,
     an_update_from_a_stale_read_is_a_conflict_and_changes_nothing,
-    an_update_never_clears_a_revocation;
+    an_update_never_clears_a_revocation,
+    an_imported_secret_is_one_key_whatever_its_form,
+    concurrent_imports_of_one_secret_make_one_key;
     owning:
     the_key_manager_writes_a_strictly_later_version,
     edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked,
+    a_revoke_racing_an_upgrade_is_never_lost,
 );
 
 #[tokio::test]

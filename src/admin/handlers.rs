@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
-use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::caller::{CREATE, DELETE, UPDATE, VIEW};
@@ -548,12 +547,7 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
                     "prefix is derived from `secret`",
                 ));
             }
-            let secret = Secret::new(secret);
-            let digest = SecretHash(sha2::Sha256::digest(secret.expose().as_bytes()).into());
-            if call.state.store.get_by_sha256(&digest).await?.is_some() {
-                return Err(AdminError::KeyExists);
-            }
-            ImportedSecret::Plaintext(secret)
+            ImportedSecret::Plaintext(Secret::new(secret))
         }
         (None, Some(hex)) => {
             let digest = SecretHash::from_hex(&hex.to_ascii_lowercase())

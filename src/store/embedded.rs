@@ -11,6 +11,7 @@
 //! | `records_v1` | `(workspace, id)` | `KeyRecord` JSON, usage fields zeroed |
 //! | `by_hash_v1` | keyed BLAKE3 secret hash (32 bytes) | `(workspace, id)` |
 //! | `by_sha256_v1` | SHA-256 digest of an imported secret (32 bytes), until upgraded | `(workspace, id)` |
+//! | `by_sha256_tag_v1` | `sha256_tag` of an imported key (32 bytes), for the key's lifetime | `(workspace, id)` |
 //! | `by_created_v1` | `(workspace, created_at unix ms, id)` | `()`; read backwards: newest first |
 //! | `active_v1` | `(workspace, id)` | `expires_at` unix ns, `i128::MAX` for never; revoked keys are absent |
 //! | `usage_v1` | `(workspace, id)` | `(usage_count, last_used_at unix ms)` |
@@ -49,6 +50,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records_v1");
 const BY_HASH: HashIndex = TableDefinition::new("by_hash_v1");
 const BY_SHA256: HashIndex = TableDefinition::new("by_sha256_v1");
+const BY_SHA256_TAG: HashIndex = TableDefinition::new("by_sha256_tag_v1");
 const BY_CREATED: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("by_created_v1");
 const ACTIVE: TableDefinition<(&str, &str), i128> = TableDefinition::new("active_v1");
 const USAGE: TableDefinition<(&str, &str), (u64, Option<i64>)> = TableDefinition::new("usage_v1");
@@ -107,6 +109,7 @@ impl EmbeddedStore {
             txn.open_table(RECORDS).map_err(db_err)?;
             txn.open_table(BY_HASH).map_err(db_err)?;
             txn.open_table(BY_SHA256).map_err(db_err)?;
+            txn.open_table(BY_SHA256_TAG).map_err(db_err)?;
             txn.open_table(BY_CREATED).map_err(db_err)?;
             txn.open_table(ACTIVE).map_err(db_err)?;
             txn.open_table(USAGE).map_err(db_err)?;
@@ -173,7 +176,13 @@ impl KeyStore for EmbeddedStore {
                 let mut by_hash = txn
                     .open_table(hash_index(record.hash_scheme))
                     .map_err(db_err)?;
-                if records.get((ws, id)).map_err(db_err)?.is_some()
+                let mut by_tag = txn.open_table(BY_SHA256_TAG).map_err(db_err)?;
+                let tag_taken = match &record.sha256_tag {
+                    Some(tag) => by_tag.get(&tag.0).map_err(db_err)?.is_some(),
+                    None => false,
+                };
+                if tag_taken
+                    || records.get((ws, id)).map_err(db_err)?.is_some()
                     || by_hash.get(&record.hash.0).map_err(db_err)?.is_some()
                 {
                     return Err(StoreError::Conflict);
@@ -190,6 +199,9 @@ impl KeyStore for EmbeddedStore {
                 }
                 records.insert((ws, id), json.as_bytes()).map_err(db_err)?;
                 by_hash.insert(&record.hash.0, (ws, id)).map_err(db_err)?;
+                if let Some(tag) = &record.sha256_tag {
+                    by_tag.insert(&tag.0, (ws, id)).map_err(db_err)?;
+                }
                 txn.open_table(BY_CREATED)
                     .map_err(db_err)?
                     .insert((ws, unix_ms(record.created_at), id), ())
@@ -296,6 +308,12 @@ impl KeyStore for EmbeddedStore {
                     .map_err(db_err)?
                     .remove(&record.hash.0)
                     .map_err(db_err)?;
+                if let Some(tag) = &record.sha256_tag {
+                    txn.open_table(BY_SHA256_TAG)
+                        .map_err(db_err)?
+                        .remove(&tag.0)
+                        .map_err(db_err)?;
+                }
                 txn.open_table(BY_CREATED)
                     .map_err(db_err)?
                     .remove((ws, unix_ms(record.created_at), id))

@@ -221,7 +221,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `max_active`, refuses with [`StoreError::LimitReached`] when the workspace already has
     /// that many active keys; the check and the insert are one atomic step, exact under
     /// concurrent creates. A key born revoked or expired takes no slot and is stored whatever
-    /// the count. [`StoreError::Conflict`] if the id, or the hash within its namespace, is taken.
+    /// the count. [`StoreError::Conflict`] if the id, or the hash within its namespace, is taken,
+    /// or if `record.sha256_tag` is held by another key (checked in the same atomic step as the
+    /// insert, so of concurrent imports of one secret, in either form, one wins). The tag is
+    /// held until [`KeyStore::delete`], whatever [`KeyStore::upgrade_hash`] does meanwhile.
     fn create(
         &self,
         record: &KeyRecord,
@@ -267,7 +270,8 @@ pub trait KeyStore: Send + Sync + 'static {
         expected_updated_at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Removes a key, its hash index entry (whichever scheme) and its request logs. Returns the
+    /// Removes a key, its hash index entry (whichever scheme), its `sha256_tag` and its
+    /// request logs. Returns the
     /// removed record, `None` if there was none. Its audit entries stay.
     fn delete(
         &self,
@@ -344,7 +348,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `updated_at` and everything else are kept. Returns the upgraded record with its usage.
     ///
     /// Idempotent: a key already upgraded to `new_hash` is returned as it is, and an upgrade cut
-    /// short (crash, timeout) is completed by the next call. [`StoreError::NotFound`] if the key
+    /// short (crash, timeout) is completed by the next call. An [`KeyStore::update`] (a revoke
+    /// above all) racing it is never lost, whichever side stops at any step: no record answers
+    /// by either hash unrevoked once the key is revoked. [`StoreError::NotFound`] if the key
     /// is gone; [`StoreError::Conflict`] if it is keyed by another hash already, or if `new_hash`
     /// indexes another key.
     fn upgrade_hash(

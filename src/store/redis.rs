@@ -9,8 +9,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{h:<hash hex>}` | HASH | a key by the keyed BLAKE3 hash of its secret. `rec`: `KeyRecord` JSON with usage fields zeroed; `uc`: usage count; `lu`: last use, unix ms. While an upgrade from SHA-256 is under way, also `from`: the SHA-256 digest hex, and `mv`: the usage count copied from there. The request path reads it with one `HGETALL`. |
-//! | `P{s:<sha256 hex>}` | HASH | a key imported with only the SHA-256 digest of its secret, until upgraded; the same fields as `P{h:…}`. Read by `get_by_sha256` only, never by `get_by_hash`. |
+//! | `P{h:<hash hex>}` | HASH | a key by the keyed BLAKE3 hash of its secret. `rec`: `KeyRecord` JSON with usage fields zeroed; `uc`: usage count; `lu`: last use, unix ms. While an upgrade from SHA-256 is under way, also `from`: the SHA-256 digest hex, `mv`: the usage count copied from there, and `m`: written since the record was marked. The request path reads it with one `HGETALL`. |
+//! | `P{s:<sha256 hex>}` | HASH | a key imported with only the SHA-256 digest of its secret, until upgraded; the same fields as `P{h:…}`, and `to`: the keyed hash hex an upgrade is moving it to, once marked. Read by `get_by_sha256` only, never by `get_by_hash`. |
+//! | `P{t:<tag hex>}` | STRING | `<key id> <workspace>`: the imported key that holds this `sha256_tag`, for the key's lifetime. Claimed by `create` between the index entry and the record, so that one secret is one key whatever form it was imported in; removed by `delete`. A claim whose key has no index entry any more (a create or delete cut short) is taken over by the next import of the secret. |
 //! | `P{ws:<workspace>}:keys` | HASH | key id → where its record is: `<hex>` for `P{h:<hex>}`; `s:<hex>` for `P{s:<hex>}`; `u:<sha256 hex>:<hex>` while an upgrade is under way (or was cut short): `P{s:…}` is still the record, `P{h:…}` a copy kept in step |
 //! | `P{ws:<workspace>}:created` | ZSET | key id scored by `created_at` unix ms: newest-first listing, ties by id |
 //! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`, and by `count_active`. |
@@ -54,27 +55,36 @@
 //! at every point the key works (by one hash or both), is listed, and can be edited, revoked and
 //! deleted:
 //!
-//! 1. the index entry becomes `u:<old>:<new>`: from here `update` writes both records and
-//!    `delete` removes both;
-//! 2. `P{h:<new>}` is written: a copy of the record with the new hash, its usage, and `from`,
-//!    `mv`; the key now works by its new hash;
+//! 1. the index entry becomes `u:<old>:<new>`: from here `delete` removes both records;
+//! 2. `P{s:<old>}` is marked `to: <new>` and read in one script, then `P{h:<new>}` is written
+//!    from that read unless a copy is there: the record with the new hash, its usage, and
+//!    `from`, `mv`, `m`; the key now works by its new hash. From the mark on, `update` writes
+//!    the copy first, conditionally on its version (`CAS_COPY`; writing the copy itself from a
+//!    fresh read if there is none yet), and only then the record, which follows it (only
+//!    forward, never un-revoking). So the record cannot change while there is no copy, every
+//!    copy is written from a current read, and a revoke racing the upgrade reaches the copy
+//!    before (or at the same time as) the record: no copy ever answers unrevoked for a revoked
+//!    key, whatever step either side stops at. Reads by id take the copy once it is marked `m`;
 //! 3. the index entry becomes `<new>`: `P{h:<new>}` is the record;
 //! 4. `P{s:<old>}` is removed, reading what it held last: usage counted after step 2 and an edit
-//!    that landed there are carried to `P{h:<new>}`, which then drops `from` and `mv`.
+//!    that landed there are carried to `P{h:<new>}`, which then drops `from`, `mv` and `m`.
 //!
 //! Every step is idempotent and `upgrade_hash` resumes from the index entry, so concurrent
 //! upgrades of one key (its first use on several instances) and retries agree. A crash leaves:
 //!
 //! - after step 1: the import as it was, marked; the next use upgrades it;
-//! - after step 2: a key that works by both hashes and stays consistent, because step 1 makes
-//!   `update` keep the copy in step (a revoke reaches both) and `delete` remove both. The request
+//! - after step 2: a key that works by both hashes and stays consistent, because the mark makes
+//!   `update` write the copy first (a revoke reaches both) and step 1 makes `delete` remove
+//!   both (as does the mark, for a `delete` that read the index before step 1). The request
 //!   path finds the copy by the new hash and so never calls `upgrade_hash` again: the key stays
 //!   listed as a SHA-256 import, with usage counted there, until something resumes it;
 //! - after step 3: the upgraded key, with `P{s:<old>}` and `from`, `mv` left over (usage counted
 //!   between steps 2 and 4 is lost); `delete` removes the leftover `P{s:…}` with the key.
 //!
-//! The one window left: a crash between steps 2 and 3 of an upgrade racing a `delete` of the
-//! same key can leave an unlisted `P{h:…}` behind.
+//! An `update` cut short between the copy and the record leaves the copy one version ahead: reads
+//! by id see the copy, and the upgrade carries it over. The one window left: a crash between
+//! steps 2 and 3 of an upgrade racing a `delete` of the same key can leave an unlisted `P{h:…}`
+//! behind.
 //!
 //! # Connection
 //!
@@ -143,6 +153,23 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'lu', ARGV[3]) end
 return 1
 ";
 
+/// Claims an import's `sha256_tag` for a key. KEYS: tag. ARGV: `<id> <workspace>`, the claim
+/// this caller found stale and takes over ('' for none). Returns `{'ok'}` (also when the key
+/// holds it already) or `{'taken', holder}`.
+const CLAIM_TAG: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then return {'ok'} end
+if v and v ~= ARGV[2] then return {'taken', v} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {'ok'}
+";
+
+/// Releases a tag claim if it is still this key's. KEYS: tag. ARGV: `<id> <workspace>`.
+const RELEASE_TAG: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+";
+
 /// Removes a record hash only if it still holds exactly what this create wrote.
 /// KEYS: record. ARGV: JSON.
 const ROLLBACK_RECORD: &str = r"
@@ -196,8 +223,12 @@ end
 
 /// Replaces `rec` of an existing record hash if it is still the version the caller read, and
 /// never with an unrevoked record over a revoked one: read, compare and write in one script.
-/// KEYS: record. ARGV: JSON, expected `updated_at` ms, whether the JSON is revoked (1/0).
-/// Returns `ok`, `missing` (no record), `stale` (another version), `revoked` or `corrupt`.
+/// KEYS: record. ARGV: JSON, expected `updated_at` ms, whether the JSON is revoked (1/0), the
+/// keyed hex whose copy the caller has written this version to ('' for none), the JSON's
+/// `updated_at` ms. Returns `ok`, `missing` (no record), `stale` (another version), `revoked`,
+/// `corrupt`, or `moving:<keyed hex>` for a SHA-256 record an upgrade has marked (`to`): its
+/// copy is written first (`CAS_COPY`), then this record follows it (ARGV[4] = `to`): only
+/// forward, and never to unrevoked over revoked.
 const UPDATE_RECORD: &str = concat!(
     lua_version!(),
     r"
@@ -205,6 +236,14 @@ local rec = redis.call('HGET', KEYS[1], 'rec')
 if not rec then return 'missing' end
 local at, revoked = version(rec)
 if not at then return 'corrupt' end
+local to = redis.call('HGET', KEYS[1], 'to')
+if to and to ~= ARGV[4] then return 'moving:' .. to end
+if to then
+  if at <= tonumber(ARGV[5]) and not (revoked and ARGV[3] ~= '1') then
+    redis.call('HSET', KEYS[1], 'rec', ARGV[1])
+  end
+  return 'ok'
+end
 if at ~= tonumber(ARGV[2]) then return 'stale' end
 if revoked and ARGV[3] ~= '1' then return 'revoked' end
 redis.call('HSET', KEYS[1], 'rec', ARGV[1])
@@ -345,6 +384,50 @@ return 1
 "
 );
 
+/// Step 2 of an upgrade, first half: marks the SHA-256 record `to` = the new hash and reads it,
+/// in one step. From here `update` writes the copy under the new hash before this record
+/// (`UPDATE_RECORD` answers `moving`), so this record cannot change before a copy exists, and
+/// every copy written from a read taken after the mark is current. KEYS: SHA-256 record.
+/// ARGV: id, new hex. Returns the record's fields, `{}` if it is not this key's.
+const MARK_UPGRADE: &str = r"
+local rec = redis.call('HGET', KEYS[1], 'rec')
+if not rec then return {} end
+local ok, record = pcall(cjson.decode, rec)
+if not ok or type(record) ~= 'table' or record['id'] ~= ARGV[1] then return {} end
+redis.call('HSET', KEYS[1], 'to', ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// Undoes `MARK_UPGRADE` when the new hash is another key's. KEYS: SHA-256 record. ARGV: hex.
+const UNMARK_UPGRADE: &str = r"
+if redis.call('HGET', KEYS[1], 'to') == ARGV[1] then redis.call('HDEL', KEYS[1], 'to') end
+return 1
+";
+
+/// Writes an edit to the copy of a marked upgrade, if the copy is still the version the caller
+/// read (as `UPDATE_RECORD`): the copy is the key from the mark on. KEYS: copy. ARGV: JSON
+/// (upgraded), SHA-256 hex, expected `updated_at` ms, whether the JSON is revoked (1/0), id.
+/// Returns `ok`, `absent` (no copy yet), `stale`, `revoked`, `corrupt`, `moved` (the upgrade
+/// finished: the copy is the record) or `foreign` (another key's record).
+const CAS_COPY: &str = concat!(
+    lua_version!(),
+    r"
+local rec = redis.call('HGET', KEYS[1], 'rec')
+if not rec then return 'absent' end
+if redis.call('HGET', KEYS[1], 'from') ~= ARGV[2] then
+  local ok, record = pcall(cjson.decode, rec)
+  if ok and type(record) == 'table' and record['id'] == ARGV[5] then return 'moved' end
+  return 'foreign'
+end
+local at, revoked = version(rec)
+if not at then return 'corrupt' end
+if at ~= tonumber(ARGV[3]) then return 'stale' end
+if revoked and ARGV[4] ~= '1' then return 'revoked' end
+redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'm', '1')
+return 'ok'
+"
+);
+
 /// Step 1 of an upgrade: marks the index entry `u:<old>:<new>`. KEYS: keys. ARGV: id, new hex.
 /// Returns `{'moving', old}` (also when resuming an upgrade to the same hash), `{'done'}` (keyed
 /// by the new hash already), `{'missing'}` or `{'conflict'}` (keyed by, or moving to, another).
@@ -362,19 +445,24 @@ if moving and target == ARGV[2] then return {'moving', moving} end
 return {'conflict'}
 ";
 
-/// Step 2 of an upgrade: writes the copy under the new hash, unless one is there already.
-/// KEYS: record. ARGV: JSON, usage count, last used ms ('' for never), SHA-256 hex.
-/// Returns `{'ok', rec}` with the `rec` now stored (ours, or one an earlier attempt wrote), or
-/// `{'taken'}` when the hash holds a record that no upgrade from this digest is writing.
+/// Step 2 of an upgrade, second half: writes the copy under the new hash from a read taken
+/// after the mark, unless one is there already (`m`: written since the mark, by this or an
+/// edit, and so current). A copy without `m` was written before marks existed, possibly from a
+/// stale read: it is replaced. KEYS: record. ARGV: JSON, usage count, last used ms ('' for
+/// never), SHA-256 hex. Returns `{'ok', rec}` with the `rec` now stored, or `{'taken'}` when
+/// the hash holds a record that no upgrade from this digest is writing.
 const WRITE_COPY: &str = r"
 local rec = redis.call('HGET', KEYS[1], 'rec')
 if not rec then
-  redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'uc', ARGV[2], 'mv', ARGV[2], 'from', ARGV[4])
+  redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'uc', ARGV[2], 'mv', ARGV[2], 'from', ARGV[4],
+    'm', '1')
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'lu', ARGV[3]) end
   return {'ok', ARGV[1]}
 end
-if redis.call('HGET', KEYS[1], 'from') == ARGV[4] then return {'ok', rec} end
-return {'taken'}
+if redis.call('HGET', KEYS[1], 'from') ~= ARGV[4] then return {'taken'} end
+if redis.call('HGET', KEYS[1], 'm') then return {'ok', rec} end
+redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'm', '1')
+return {'ok', ARGV[1]}
 ";
 
 /// Replaces an index entry if it is still `ARGV[2]`; already `ARGV[3]` counts as done.
@@ -403,7 +491,7 @@ if ARGV[4] ~= '' then
   local lu = tonumber(redis.call('HGET', KEYS[1], 'lu') or '0')
   if tonumber(ARGV[4]) > lu then redis.call('HSET', KEYS[1], 'lu', ARGV[4]) end
 end
-redis.call('HDEL', KEYS[1], 'mv', 'from')
+redis.call('HDEL', KEYS[1], 'mv', 'from', 'm')
 return 1
 ";
 
@@ -444,6 +532,8 @@ struct Scripts {
     create_index: Script,
     create_record: Script,
     rollback_record: Script,
+    claim_tag: Script,
+    release_tag: Script,
     update_record: Script,
     sync_index: Script,
     delete_record: Script,
@@ -451,6 +541,9 @@ struct Scripts {
     take_if_key: Script,
     update_copy: Script,
     begin_upgrade: Script,
+    mark_upgrade: Script,
+    unmark_upgrade: Script,
+    cas_copy: Script,
     write_copy: Script,
     swap_index: Script,
     finish_upgrade: Script,
@@ -465,6 +558,8 @@ impl Scripts {
             create_index: Script::new(CREATE_INDEX),
             create_record: Script::new(CREATE_RECORD),
             rollback_record: Script::new(ROLLBACK_RECORD),
+            claim_tag: Script::new(CLAIM_TAG),
+            release_tag: Script::new(RELEASE_TAG),
             update_record: Script::new(UPDATE_RECORD),
             sync_index: Script::new(SYNC_INDEX),
             delete_record: Script::new(DELETE_RECORD),
@@ -472,6 +567,9 @@ impl Scripts {
             take_if_key: Script::new(TAKE_IF_KEY),
             update_copy: Script::new(UPDATE_COPY),
             begin_upgrade: Script::new(BEGIN_UPGRADE),
+            mark_upgrade: Script::new(MARK_UPGRADE),
+            unmark_upgrade: Script::new(UNMARK_UPGRADE),
+            cas_copy: Script::new(CAS_COPY),
             write_copy: Script::new(WRITE_COPY),
             swap_index: Script::new(SWAP_INDEX),
             finish_upgrade: Script::new(FINISH_UPGRADE),
@@ -649,6 +747,11 @@ impl RedisStore {
         format!("{}{{h:{hash_hex}}}", self.prefix)
     }
 
+    /// `P{t:<hex>}`: the claim of an import's `sha256_tag`.
+    fn tag_key(&self, tag: &SecretHash) -> String {
+        format!("{}{{t:{}}}", self.prefix, tag.to_hex())
+    }
+
     /// `P{s:<hex>}`: a record by the SHA-256 digest it was imported with.
     fn sha256_key(&self, hex: &str) -> String {
         format!("{}{{s:{hex}}}", self.prefix)
@@ -728,6 +831,11 @@ impl RedisStore {
                 return Ok(None);
             }
             let fields = self.fields(&self.record_key_of(&entry)).await?;
+            if let IndexEntry::Upgrading { sha256, keyed } = &entry
+                && let Some(record) = self.marked_copy(sha256, keyed, &fields).await?
+            {
+                return Ok((record.id == *id && record.workspace == ws).then_some(record));
+            }
             if let Some(record) = decode_record_hash(&fields)? {
                 let ours = record.id == *id && record.workspace == ws;
                 return Ok(ours.then_some(record));
@@ -738,6 +846,62 @@ impl RedisStore {
             previous = Some(entry);
         }
         Ok(None)
+    }
+
+    /// Claims `record.sha256_tag` (if any) for it. A claim held by a key that has no index
+    /// entry any more is left over from a create or delete cut short (a create writes its index
+    /// entry before claiming, a delete removes it last), so it is taken over; one held by a key
+    /// being created or still there is [`StoreError::Conflict`].
+    async fn claim_tag(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let Some(tag) = &record.sha256_tag else {
+            return Ok(());
+        };
+        let mut conn = self.conn.clone();
+        let mine = tag_holder(record);
+        let mut stale = String::new();
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let reply: Vec<String> = self
+                .bounded(
+                    SCRIPTS
+                        .claim_tag
+                        .key(self.tag_key(tag))
+                        .arg(&mine)
+                        .arg(&stale)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            let holder = match reply.as_slice() {
+                [state] if state == "ok" => return Ok(()),
+                [state, holder] if state == "taken" => holder.clone(),
+                _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
+            };
+            let (id, ws) = holder
+                .split_once(' ')
+                .and_then(|(id, ws)| Some((KeyId::parse(id)?, ws)))
+                .ok_or_else(|| StoreError::Corrupt("unreadable sha256 tag claim".into()))?;
+            if self.index_entry(ws, &id).await?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            stale = holder;
+        }
+        Err(StoreError::Conflict)
+    }
+
+    /// Releases `record.sha256_tag` (if any) if `record` still holds it.
+    async fn release_tag(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let Some(tag) = &record.sha256_tag else {
+            return Ok(());
+        };
+        let mut conn = self.conn.clone();
+        self.bounded(
+            SCRIPTS
+                .release_tag
+                .key(self.tag_key(tag))
+                .arg(tag_holder(record))
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Undoes the index entries of a create whose record write failed. Best effort: when the
@@ -861,6 +1025,12 @@ impl KeyStore for RedisStore {
             "limit" => return Err(StoreError::LimitReached),
             _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
         }
+        // Between the index entry and the record: a claim is never left by a key without an
+        // index entry, except by one cut short, which `claim_tag` recognises.
+        if let Err(e) = self.claim_tag(record).await {
+            self.roll_back_create(record, &entry, &json).await;
+            return Err(e);
+        }
         let last_used = record
             .last_used_at
             .map_or_else(String::new, |t| unix_ms(t).to_string());
@@ -879,6 +1049,7 @@ impl KeyStore for RedisStore {
             Ok(1) => Ok(()),
             Ok(_) => {
                 // Another key has this secret: the record is not ours to remove.
+                let _ = self.release_tag(record).await;
                 self.roll_back_create(record, &entry, &json).await;
                 Err(StoreError::Conflict)
             }
@@ -920,16 +1091,8 @@ impl KeyStore for RedisStore {
         if is_active {
             self.sync_index(record).await?;
         }
-        let outcome: Result<String, StoreError> = self
-            .bounded(
-                SCRIPTS
-                    .update_record
-                    .key(self.record_key_of(&entry))
-                    .arg(&json)
-                    .arg(unix_ms(expected_updated_at))
-                    .arg(revoked_flag)
-                    .invoke_async(&mut conn),
-            )
+        let outcome = self
+            .write_record(&entry, record, &json, expected_updated_at)
             .await;
         let refused = match outcome.as_deref() {
             // The call failed, and may or may not have written.
@@ -987,6 +1150,7 @@ impl KeyStore for RedisStore {
 
     async fn delete(&self, workspace: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let ws = self.workspace_keys(workspace);
+        // (A marked SHA-256 record names its copy in `to`: it goes too.)
         let mut conn = self.conn.clone();
         let mut removed = None;
         // The index entry can change under us only through an upgrade, which moves the record:
@@ -1012,7 +1176,7 @@ impl KeyStore for RedisStore {
             let leftover = match &entry {
                 IndexEntry::Upgrading { keyed, .. } => Some(self.record_key(keyed)),
                 IndexEntry::Keyed(_) => fields.get("from").map(|hex| self.sha256_key(hex)),
-                IndexEntry::Sha256(_) => None,
+                IndexEntry::Sha256(_) => fields.get("to").map(|hex| self.record_key(hex)),
             };
             if let Some(key) = leftover {
                 self.bounded(
@@ -1027,6 +1191,8 @@ impl KeyStore for RedisStore {
             if let Some(record) =
                 decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace)
             {
+                // The secret may be imported again: its tag goes with the key.
+                self.release_tag(&record).await?;
                 removed = Some(record);
             }
             let done: i64 = self
@@ -1349,8 +1515,19 @@ impl KeyStore for RedisStore {
             keyed: new_hex.clone(),
         };
 
-        // Step 2: the copy under the new hash, with the usage counted so far.
-        let fields = self.fields(&self.sha256_key(&sha256)).await?;
+        // Step 2: the record is marked and read in one step, then copied under the new hash
+        // with the usage counted so far.
+        let flat: Vec<String> = self
+            .bounded(
+                SCRIPTS
+                    .mark_upgrade
+                    .key(self.sha256_key(&sha256))
+                    .arg(id.as_str())
+                    .arg(&new_hex)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let fields = pairs(flat);
         let Some(record) =
             decode_record_hash(&fields)?.filter(|r| r.id == *id && r.workspace == workspace)
         else {
@@ -1385,10 +1562,11 @@ impl KeyStore for RedisStore {
                         .key(&ws.keys)
                         .arg(id.as_str())
                         .arg(moving.value())
-                        .arg(IndexEntry::Sha256(sha256).value())
+                        .arg(IndexEntry::Sha256(sha256.clone()).value())
                         .invoke_async::<i64>(&mut conn),
                 )
                 .await?;
+                self.unmark(&sha256, &new_hex).await?;
                 return Err(StoreError::Conflict);
             }
             _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
@@ -1511,6 +1689,138 @@ impl KeyStore for RedisStore {
 }
 
 impl RedisStore {
+    /// `UPDATE_RECORD` on the record `entry` names. A SHA-256 record that an upgrade has marked
+    /// is written after its copy (`CAS_COPY`, the key from the mark on), so that no revoke can
+    /// land on the record while a copy answering by the new hash misses it: the copy is written
+    /// first, or written later from a read that sees the revoke. Returns `UPDATE_RECORD`'s
+    /// reply, or `stale` / `revoked` / `corrupt` from the copy.
+    async fn write_record(
+        &self,
+        entry: &IndexEntry,
+        record: &KeyRecord,
+        json: &str,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        let revoked_flag = if record.revoked_at.is_none() {
+            "0"
+        } else {
+            "1"
+        };
+        let key = self.record_key_of(entry);
+        let mut copied_to = String::new();
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let outcome: String = self
+                .bounded(
+                    SCRIPTS
+                        .update_record
+                        .key(&key)
+                        .arg(json)
+                        .arg(unix_ms(expected_updated_at))
+                        .arg(revoked_flag)
+                        .arg(&copied_to)
+                        .arg(unix_ms(record.updated_at))
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            let Some(to) = outcome.strip_prefix("moving:") else {
+                return Ok(outcome);
+            };
+            let sha256 = record.hash.to_hex();
+            let copy = stored_json(&upgraded(record.clone(), to)?)?;
+            let written: String = self
+                .bounded(
+                    SCRIPTS
+                        .cas_copy
+                        .key(self.record_key(to))
+                        .arg(copy)
+                        .arg(&sha256)
+                        .arg(unix_ms(expected_updated_at))
+                        .arg(revoked_flag)
+                        .arg(record.id.as_str())
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            match written.as_str() {
+                "ok" => copied_to = to.to_owned(),
+                // The upgrade has not written its copy yet: write it for it (the record cannot
+                // change until a copy exists, so any read of it now is current), then retry.
+                "absent" => {
+                    let fields = self.fields(&key).await?;
+                    if let Some(current) = decode_record_hash(&fields)?
+                        .filter(|r| r.id == record.id && r.workspace == record.workspace)
+                    {
+                        let copy = stored_json(&upgraded(current, to)?)?;
+                        self.bounded(
+                            SCRIPTS
+                                .write_copy
+                                .key(self.record_key(to))
+                                .arg(copy)
+                                .arg(fields.get("uc").map_or("0", String::as_str))
+                                .arg(fields.get("lu").map_or("", String::as_str))
+                                .arg(&sha256)
+                                .invoke_async::<redis::Value>(&mut conn),
+                        )
+                        .await?;
+                    }
+                }
+                // Another key has the new hash: this upgrade cannot finish; unmark and retry.
+                "foreign" => self.unmark(&sha256, to).await?,
+                // The upgrade finished: the caller's SHA-256 record is stale.
+                "moved" => return Ok("stale".into()),
+                other => return Ok(other.to_owned()),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "key {} kept moving while it was being written",
+            record.id
+        )))
+    }
+
+    /// The key as its copy under `keyed` holds it, if an upgrade from `sha256` marked the record
+    /// (`old` its fields) and an edit or the upgrade wrote the copy since: from the mark on the
+    /// copy is the key, and the record may lag it by an edit cut short. Read as the SHA-256
+    /// import it still is (its index entry says so), with the usage counted on the record.
+    async fn marked_copy(
+        &self,
+        sha256: &str,
+        keyed: &str,
+        old: &HashMap<String, String>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        if old.get("to").map(String::as_str) != Some(keyed) {
+            return Ok(None);
+        }
+        let copy = self.fields(&self.record_key(keyed)).await?;
+        if copy.get("from").map(String::as_str) != Some(sha256) || !copy.contains_key("m") {
+            return Ok(None);
+        }
+        let Some(mut record) = decode_record_hash(&copy)? else {
+            return Ok(None);
+        };
+        let Some(current) = decode_record_hash(old)? else {
+            return Ok(None);
+        };
+        record.hash = current.hash;
+        record.hash_scheme = current.hash_scheme;
+        record.usage_count = current.usage_count;
+        record.last_used_at = current.last_used_at;
+        Ok(Some(record))
+    }
+
+    /// Undoes `MARK_UPGRADE` of the SHA-256 record `sha256` towards `new_hex`.
+    async fn unmark(&self, sha256: &str, new_hex: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(
+            SCRIPTS
+                .unmark_upgrade
+                .key(self.sha256_key(sha256))
+                .arg(new_hex)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// An upgrade whose index entry points at the new hash already: finishes step 4 if that was
     /// cut short, and returns the record.
     async fn complete_upgrade(
@@ -1756,6 +2066,21 @@ fn decode_record_hash(fields: &HashMap<String, String>) -> Result<Option<KeyReco
         .and_then(|ms| ms.parse::<i64>().ok())
         .and_then(from_unix_ms);
     Ok(Some(record))
+}
+
+/// A flat `HGETALL` reply as a map.
+fn pairs(flat: Vec<String>) -> HashMap<String, String> {
+    let mut out = HashMap::with_capacity(flat.len() / 2);
+    let mut items = flat.into_iter();
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        out.insert(k, v);
+    }
+    out
+}
+
+/// The value of a `P{t:…}` claim held by `record`.
+fn tag_holder(record: &KeyRecord) -> String {
+    format!("{} {}", record.id, record.workspace)
 }
 
 /// A SHA-256 import's record as it reads once upgraded to the keyed hash `new_hex`.
