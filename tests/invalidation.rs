@@ -386,12 +386,14 @@ async fn after_a_redis_restart_cached_keys_are_re_read_and_invalidation_works_ag
     assert_eq!(b.get(READ, Some(&secret)).await.error_code(), "invalid_key");
     assert!(b.store_lookups() > lookups, "re-read after resubscribing");
 
-    // The channel works again.
+    // The channel works again. (A's store may answer before A has resubscribed: its own
+    // messages come back only after that.)
     let deadline = Instant::now() + SUBSCRIBE_WITHIN;
     while a.app.store().ping().await.is_err() {
         assert!(Instant::now() < deadline, "A did not reconnect to Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    subscribed(&a, 2).await;
     let (key, secret) = cached_on_both(&a, &b).await;
     let revoke = async {
         a.app.keys().revoke("acme", &key.id).await.unwrap();
@@ -463,6 +465,7 @@ async fn while_unsubscribed_cached_keys_are_re_read_at_every_use() {
         .arg("allchannels")
         .clone();
     let _: () = redis_cmd(&redis, &allow).await;
+    subscribed(&a, 2).await;
     subscribed(&b, 2).await;
     let (_, other) = cached_on_both(&a, &b).await;
     let lookups = b.store_lookups();
