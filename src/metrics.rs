@@ -14,6 +14,8 @@
 //! | `keygate_upstream_duration_seconds` | histogram | upstream time to response head |
 //! | `keygate_cache_hits_total`, `…_misses_total`, `…_stale_served_total`, `keygate_cache_entries` | counter, gauge | |
 //! | `keygate_store_duration_seconds`, `keygate_store_errors_total` | histogram, counter | `op` |
+//! | `keygate_store_breaker_open` | gauge | 1 while Redis calls fail fast after a failure (Redis backend only) |
+//! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
 //! | `keygate_usage_pending_keys`, `keygate_usage_queue_depth` | gauge | |
@@ -760,7 +762,27 @@ impl Collector for CacheCollector {
             None,
             entries.metric_type(),
         )?;
-        entries.encode(metric)
+        entries.encode(metric)?;
+        if let Store::Redis(redis) = cache.store().as_ref() {
+            let breaker = redis.breaker();
+            let open = ConstGauge::new(i64::from(breaker.is_open()));
+            let metric = encoder.encode_descriptor(
+                "keygate_store_breaker_open",
+                "1 while Redis calls fail at once after a failure, 0 while they go to Redis",
+                None,
+                open.metric_type(),
+            )?;
+            open.encode(metric)?;
+            let opens = ConstCounter::new(breaker.opens());
+            let metric = encoder.encode_descriptor(
+                "keygate_store_breaker_opens",
+                "Times the Redis circuit breaker opened (calls failed fast until a probe got through)",
+                None,
+                opens.metric_type(),
+            )?;
+            opens.encode(metric)?;
+        }
+        Ok(())
     }
 }
 

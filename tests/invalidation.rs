@@ -2,7 +2,8 @@
 //! redis-server, a key is cached on both (with a `cache.ttl` of ten minutes, so only the
 //! invalidation channel can explain a change being seen), it is changed through instance A, and
 //! instance B must refuse it at once. Also: a lost subscription makes B re-read what it cached,
-//! and the channel works again once B has resubscribed.
+//! at every use until it has resubscribed (so a change made right after a Redis restart is seen
+//! before B hears of it), and the channel works again once B has resubscribed.
 //!
 //! Propagation is measured from the start of the change on A to B's first refusal, over real
 //! HTTP, and printed (`cargo nextest run --test invalidation --no-capture`). The 50 ms target of
@@ -67,16 +68,27 @@ async fn subscribed(gw: &TestGateway, n: u64) {
     }
 }
 
-/// Waits until both instances have applied every message either published, their own echoes
-/// included: a late one would drop an entry the test has just cached.
-async fn settled(a: &TestGateway, b: &TestGateway) {
+/// Messages published by either instance, and received by each, so far.
+fn message_counts(a: &TestGateway, b: &TestGateway) -> [u64; 3] {
+    let load = |c: &AtomicU64| c.load(Ordering::SeqCst);
+    [
+        load(&stats(a).published) + load(&stats(b).published),
+        load(&stats(a).received),
+        load(&stats(b).received),
+    ]
+}
+
+/// Waits until both instances have applied every message either published since `mark`, their
+/// own echoes included: a late one would drop an entry the test has just cached. (Counted from
+/// a mark, since messages published while an instance was unsubscribed never arrive.)
+async fn settled(a: &TestGateway, b: &TestGateway, mark: [u64; 3]) {
     let deadline = Instant::now() + BOUND;
-    let published =
-        || stats(a).published.load(Ordering::SeqCst) + stats(b).published.load(Ordering::SeqCst);
-    while [a, b]
-        .iter()
-        .any(|gw| stats(gw).received.load(Ordering::SeqCst) < published())
-    {
+    loop {
+        let [published, received_a, received_b] = message_counts(a, b);
+        let sent = published - mark[0];
+        if received_a - mark[1] >= sent && received_b - mark[2] >= sent {
+            return;
+        }
         assert!(Instant::now() < deadline, "messages not delivered");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -84,8 +96,9 @@ async fn settled(a: &TestGateway, b: &TestGateway) {
 
 /// A key readable on both instances and cached by both (a second read makes no store lookup).
 async fn cached_on_both(a: &TestGateway, b: &TestGateway) -> (KeyRecord, Secret) {
+    let mark = message_counts(a, b);
     let (key, secret) = a.create_key(&["sessions:read"]).await;
-    settled(a, b).await;
+    settled(a, b, mark).await;
     for gw in [a, b] {
         assert_eq!(gw.get(READ, Some(&secret)).await.status, StatusCode::OK);
         let lookups = gw.store_lookups();
@@ -373,12 +386,14 @@ async fn after_a_redis_restart_cached_keys_are_re_read_and_invalidation_works_ag
     assert_eq!(b.get(READ, Some(&secret)).await.error_code(), "invalid_key");
     assert!(b.store_lookups() > lookups, "re-read after resubscribing");
 
-    // The channel works again.
+    // The channel works again. (A's store may answer before A has resubscribed: its own
+    // messages come back only after that.)
     let deadline = Instant::now() + SUBSCRIBE_WITHIN;
     while a.app.store().ping().await.is_err() {
         assert!(Instant::now() < deadline, "A did not reconnect to Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    subscribed(&a, 2).await;
     let (key, secret) = cached_on_both(&a, &b).await;
     let revoke = async {
         a.app.keys().revoke("acme", &key.id).await.unwrap();
@@ -416,7 +431,7 @@ async fn the_subscription_ends_with_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_missed_while_unsubscribed_is_seen_on_resubscribing() {
+async fn while_unsubscribed_cached_keys_are_re_read_at_every_use() {
     let (redis, a, b) = two_instances().await;
     let (key, secret) = cached_on_both(&a, &b).await;
 
@@ -429,29 +444,91 @@ async fn a_change_missed_while_unsubscribed_is_seen_on_resubscribing() {
         .clone();
     let _: () = redis_cmd(&redis, &deny).await;
     lost(&b, 1).await;
-    // B re-reads the key (the loss made it stale) and caches it afresh.
-    assert_eq!(b.get(READ, Some(&secret)).await.status, StatusCode::OK);
-    let lookups = b.store_lookups();
-    assert_eq!(b.get(READ, Some(&secret)).await.status, StatusCode::OK);
-    assert_eq!(b.store_lookups(), lookups, "cached afresh");
+    // B cannot hear of changes, so it trusts nothing it caches: every use asks the store.
+    for _ in 0..3 {
+        let lookups = b.store_lookups();
+        assert_eq!(b.get(READ, Some(&secret)).await.status, StatusCode::OK);
+        assert_eq!(b.store_lookups(), lookups + 1, "re-read while unsubscribed");
+    }
 
     // A revokes it: the admin call succeeds, the publish fails and is counted, and B, which
-    // cannot hear of it, still serves its cached record (for at most `cache.ttl`).
+    // cannot hear of it, sees it anyway at its next use.
     a.app.keys().revoke("acme", &key.id).await.unwrap();
     assert_eq!(stats(&a).publish_failures.load(Ordering::SeqCst), 1);
     assert_eq!(a.get(READ, Some(&secret)).await.error_code(), "key_revoked");
-    assert_eq!(b.get(READ, Some(&secret)).await.status, StatusCode::OK);
+    assert_eq!(b.get(READ, Some(&secret)).await.error_code(), "key_revoked");
 
-    // The channel comes back: B resubscribes, distrusts everything cached before, and sees the
-    // revocation it missed.
+    // The channel comes back: B resubscribes and trusts its cache again.
     let allow = redis::cmd("ACL")
         .arg("SETUSER")
         .arg("default")
         .arg("allchannels")
         .clone();
     let _: () = redis_cmd(&redis, &allow).await;
+    subscribed(&a, 2).await;
     subscribed(&b, 2).await;
-    assert_eq!(b.get(READ, Some(&secret)).await.error_code(), "key_revoked");
+    let (_, other) = cached_on_both(&a, &b).await;
+    let lookups = b.store_lookups();
+    assert_eq!(b.get(READ, Some(&other)).await.status, StatusCode::OK);
+    assert_eq!(b.store_lookups(), lookups, "cached again once subscribed");
+}
+
+/// Redis restarts (killed, started again with its data on the same port) while B serves a
+/// cached key; A revokes it ~10 ms after Redis is back, before B has resubscribed. B must refuse
+/// it within [`TARGET`] of the revoke returning: an instance without its subscription re-reads
+/// what it cached rather than trusting it, even a record it read after Redis came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_right_after_a_redis_restart_is_seen_at_once() {
+    let mut redis = RedisServer::start_persistent();
+    let a = TestGateway::start_on_redis(&redis, LONG_CACHE).await;
+    let b = TestGateway::start_on_redis(&redis, LONG_CACHE).await;
+    let mut took = Vec::new();
+    for round in 1..=4u64 {
+        subscribed(&a, round).await;
+        subscribed(&b, round).await;
+        let (key, secret) = cached_on_both(&a, &b).await;
+
+        redis.stop();
+        lost(&b, round).await;
+        // Long enough for B's resubscription to back off past the moment Redis is back. B keeps
+        // serving the key meanwhile (stale, within `max_stale`).
+        let down = Instant::now();
+        while down.elapsed() < Duration::from_millis(300) {
+            assert_eq!(b.get(READ, Some(&secret)).await.status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        redis.start_again();
+        let back = Instant::now();
+        // B's traffic goes on: it reads the key from the store again once it answers.
+        while back.elapsed() < Duration::from_millis(10) {
+            assert_eq!(b.get(READ, Some(&secret)).await.status, StatusCode::OK);
+        }
+        // A's first store call finds its connection gone and makes a new one; the revoke is
+        // retried only if Redis is not accepting yet.
+        let mut attempts = 0;
+        while let Err(e) = a.app.keys().revoke("acme", &key.id).await {
+            attempts += 1;
+            assert!(attempts < 100, "A cannot revoke after the restart: {e}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let revoked = Instant::now();
+        let subscribed_already = stats(&b).is_subscribed();
+        loop {
+            let r = b.get(READ, Some(&secret)).await;
+            if r.status != StatusCode::OK {
+                assert_eq!(r.error_code(), "key_revoked");
+                break;
+            }
+            assert!(
+                revoked.elapsed() < TARGET,
+                "round {round}: B still accepts the key {:?} after the revoke returned \
+                 (B subscribed again: {subscribed_already}, revoke retried {attempts} times)",
+                revoked.elapsed()
+            );
+        }
+        took.push((revoked.elapsed(), subscribed_already));
+    }
+    eprintln!("refused on B after the revoke returned (B already resubscribed?): {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

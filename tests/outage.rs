@@ -1,7 +1,10 @@
-//! Store outages: the harness kills its redis-server mid-run. Cached keys keep working for
-//! `cache.max_stale` (and not a moment with `max_stale: 0`), uncached keys get 503
+//! Store outages: the harness kills (or freezes) its redis-server mid-run. Cached keys keep
+//! working for `cache.max_stale` (and not a moment with `max_stale: 0`), uncached keys get 503
 //! `store_unavailable` within the store timeout (never a 401), `/readyz` reports the degraded
-//! state, and everything recovers when Redis is back.
+//! state, and everything recovers when Redis is back. Once a call has failed, the circuit
+//! breaker spares the following requests the store timeout; the latency of a cached key during
+//! an outage is printed (`cargo nextest run --test outage --no-capture`). A connection Redis
+//! closes costs no request.
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -9,8 +12,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
-use support::gateway::{Backend, TestGateway};
+use http::{Method, StatusCode};
+use support::gateway::{Backend, OPS_TOKEN, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_keys_survive_an_outage_and_uncached_keys_get_503() {
@@ -89,4 +92,169 @@ async fn max_stale_zero_fails_closed() {
     let r = gw.get("/api/v1/sessions", Some(&secret)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.error_code(), "store_unavailable");
+}
+
+/// Store timeout of the breaker tests: the default, 50 ms.
+const FIFTY_MS_STORE: &str =
+    "{ cache: { ttl: 10ms, max_stale: 1m }, store: { redis: { timeout: 50ms } } }";
+/// Requests on a cached key measured during an outage.
+const BATCH: u32 = 50;
+
+/// Sends [`BATCH`] requests one after the other with `secret`, asserting each is served;
+/// returns the time of each.
+async fn timed_batch(gw: &TestGateway, secret: &keygate::keys::Secret) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for _ in 0..BATCH {
+        let started = Instant::now();
+        let r = gw.get("/api/v1/sessions", Some(secret)).await;
+        took.push(started.elapsed());
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "cached key served during the outage"
+        );
+    }
+    took
+}
+
+fn breaker_opens(gw: &TestGateway) -> u64 {
+    match gw.app.store().as_ref() {
+        keygate::store::Store::Redis(r) => r.breaker().opens(),
+        keygate::store::Store::Embedded(_) => unreachable!("a redis test"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_cached_keys_do_not_wait_for_the_store() {
+    for frozen in [false, true] {
+        let mut gw = TestGateway::start(Backend::Redis, FIFTY_MS_STORE).await;
+        let (_, cached) = gw.create_key(&["sessions:read"]).await;
+        let (_, uncached) = gw.create_key(&["sessions:read"]).await;
+        assert_eq!(
+            gw.get("/api/v1/sessions", Some(&cached)).await.status,
+            StatusCode::OK
+        );
+        let redis = gw.redis.as_mut().unwrap();
+        if frozen {
+            // Nothing answers: every call would wait for the whole timeout.
+            redis.freeze();
+        } else {
+            redis.stop();
+        }
+        // Past `ttl`: each request would ask the store first. The first failure opens the
+        // breaker.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            gw.get("/api/v1/sessions", Some(&cached)).await.status,
+            StatusCode::OK
+        );
+        assert!(breaker_opens(&gw) >= 1);
+
+        let started = Instant::now();
+        let mut took = timed_batch(&gw, &cached).await;
+        let total = started.elapsed();
+        took.sort();
+        eprintln!(
+            "redis {}: {BATCH} requests on a cached key in {total:?}; median {:?}, p90 {:?}, max {:?}",
+            if frozen { "frozen" } else { "stopped" },
+            took[took.len() / 2],
+            took[took.len() * 9 / 10],
+            took[took.len() - 1],
+        );
+        // Without the breaker each would wait for the 50 ms timeout: 2.5 s at least.
+        assert!(
+            total < Duration::from_secs(1),
+            "{BATCH} requests took {total:?} during the outage"
+        );
+        // An uncached key is refused at once, and readiness says why.
+        let r = gw.get("/api/v1/sessions", Some(&uncached)).await;
+        assert_eq!(r.error_code(), "store_unavailable");
+        assert_eq!(gw.admin_get("/readyz").await.json()["status"], "degraded");
+        let metrics = String::from_utf8(gw.admin_get("/metrics").await.body.to_vec()).unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("keygate_store_breaker_opens_total "))
+        );
+
+        // Redis is back: one probe finds it, and everything works again.
+        let redis = gw.redis.as_mut().unwrap();
+        if frozen {
+            redis.thaw();
+        } else {
+            redis.start_again();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.admin_get("/readyz").await.status != StatusCode::OK {
+            assert!(Instant::now() < deadline, "the breaker did not close");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = gw.get("/api/v1/sessions", Some(&uncached)).await;
+        // Frozen, Redis kept its data; stopped, it came back empty.
+        if frozen {
+            assert_eq!(r.status, StatusCode::OK);
+        } else {
+            assert_eq!(r.error_code(), "invalid_key");
+        }
+    }
+}
+
+/// One `CLIENT KILL TYPE normal` on a connection of the test's own: Redis closes the gateway's
+/// store connection (the subscription is of type pubsub and stays).
+async fn kill_normal_clients(gw: &TestGateway) {
+    let client = redis::Client::open(gw.redis.as_ref().unwrap().url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the gateway's connection was killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_redis_costs_no_request() {
+    let gw = TestGateway::start(Backend::Redis, "").await;
+    let (_, uncached) = gw.create_key(&["sessions:read"]).await;
+    let (edited, _) = gw.create_key(&["sessions:read"]).await;
+    let (revoked, _) = gw.create_key(&["sessions:read"]).await;
+
+    // A proxied request on a key this instance has not cached: a store read.
+    kill_normal_clients(&gw).await;
+    let r = gw.get("/api/v1/sessions", Some(&uncached)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error_code());
+
+    // Admin writes: an update (conditional) and a revoke.
+    kill_normal_clients(&gw).await;
+    let path = format!("/v1/workspaces/acme/keys/{}", edited.id);
+    let body = serde_json::json!({"name": "renamed"});
+    let r = gw
+        .admin(Method::PATCH, &path, Some(OPS_TOKEN), Some(body))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["name"], "renamed");
+
+    kill_normal_clients(&gw).await;
+    let path = format!("/v1/workspaces/acme/keys/{}/revoke", revoked.id);
+    let r = gw.admin(Method::POST, &path, Some(OPS_TOKEN), None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["status"], "revoked");
+
+    assert_eq!(
+        breaker_opens(&gw),
+        0,
+        "a dropped connection is not an outage"
+    );
 }

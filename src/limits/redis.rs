@@ -22,6 +22,7 @@
 //! are doubles, exact for unix microseconds (below 2^53) and for tolerances capped there.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use redis::aio::ConnectionManager;
 
 use super::gcra::{Gcra, RateState};
 use crate::keys::KeyId;
+use crate::store::breaker::Breaker;
 use crate::store::redis::RedisStore;
 
 /// After a failed call, Redis is tried again after this long; meanwhile checks go to the local
@@ -132,6 +134,8 @@ fn probe_nanos() -> u64 {
 /// The global limiter: GCRA buckets in Redis.
 pub struct RedisLimiter {
     conn: ConnectionManager,
+    /// The store's: a Redis the store cannot reach fails the limiter's calls at once too.
+    breaker: Arc<Breaker>,
     prefix: String,
     timeout: Duration,
     script: Script,
@@ -144,6 +148,7 @@ impl RedisLimiter {
     pub fn new(store: &RedisStore) -> Self {
         RedisLimiter {
             conn: store.connection(),
+            breaker: store.breaker().clone(),
             prefix: store.key_prefix().to_owned(),
             timeout: store.timeout(),
             script: Script::new(GCRA_SCRIPT),
@@ -160,7 +165,8 @@ impl RedisLimiter {
     }
 
     /// Counts one request of the key's bucket if `gcra` allows it (`peek`: counts nothing), in
-    /// one round trip bounded by `store.redis.timeout`.
+    /// one round trip bounded by `store.redis.timeout`, through the store's breaker. Sent once:
+    /// a second run would count the request twice.
     pub async fn check(
         &self,
         id: &KeyId,
@@ -178,10 +184,13 @@ impl RedisLimiter {
             .arg(interval_us)
             .arg(tolerance_us)
             .arg(if peek { "1" } else { "0" });
-        let reply: Vec<i64> =
-            crate::store::redis::bounded(self.timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|e| e.to_string())?;
+        let reply: Vec<i64> = crate::store::redis::bounded(
+            &self.breaker,
+            self.timeout,
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let [allowed, remaining, reset_us, retry_us] = reply[..] else {
             return Err("unexpected reply from the rate-limit script".into());
         };

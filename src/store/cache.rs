@@ -12,6 +12,13 @@
 //!   made elsewhere, so [`KeyCache::mark_all_stale`] makes every entry due for a re-read, by the
 //!   same read-before-the-store-call scheme with one cache-wide epoch. A stale entry is re-read
 //!   on its next use, and serves only as the `max_stale` fallback while the store is unreachable.
+//! - While the channel is down ([`KeyCache::distrust`] until [`KeyCache::trust`]), changes made
+//!   elsewhere go unheard, so no entry is trusted: the cache behaves as if `ttl` were 0, every
+//!   lookup re-reads the store (one call per hash at a time; requests that arrived while it was
+//!   under way take its answer), and a cached record is served only as the `max_stale` fallback
+//!   while the store is unreachable. Both transitions also mark everything stale: what was read
+//!   before the channel came back may have missed a message. The trust state is the low bit of
+//!   the epoch, so a hit still costs one atomic load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +44,9 @@ struct Entry {
     record: Option<Arc<KeyRecord>>,
     generation: u64,
     /// The cache-wide epoch as read before the store call; see [`KeyCache::mark_all_stale`].
+    /// Odd: read while the cache was distrusted, never fresh.
     epoch: u64,
+    /// When the store call began (`ttl` counts from here, so it never overstates freshness).
     fetched: Instant,
 }
 
@@ -180,10 +189,13 @@ impl<S: KeyStore> KeyCache<S> {
         Ok(Lookup::from_cached(self.fill(hash).await?, false))
     }
 
-    /// Whether an entry of the current generation may be served without asking the store:
-    /// read since the last [`KeyCache::mark_all_stale`], and (if positive) within `ttl`.
+    /// Whether an entry of the current generation may be served without asking the store: read
+    /// while trusted and since the last [`KeyCache::mark_all_stale`], and (if positive) within
+    /// `ttl`. An odd epoch (distrusted) never matches one read while trusted, and an entry read
+    /// while distrusted has an odd one itself.
     fn is_fresh(&self, entry: &Entry) -> bool {
-        entry.epoch == self.epoch.load(Ordering::Acquire)
+        entry.epoch & 1 == 0
+            && entry.epoch == self.epoch.load(Ordering::Acquire)
             && (entry.record.is_none() || entry.fetched.elapsed() < self.ttl)
     }
 
@@ -193,6 +205,7 @@ impl<S: KeyStore> KeyCache<S> {
         // channel) after these reads bumps them, so this entry cannot hide it.
         let generation = self.generation(hash).load(Ordering::Acquire);
         let epoch = self.epoch.load(Ordering::Acquire);
+        let fetched = Instant::now();
         let record = self
             .store_metrics
             .time(StoreOp::GetByHash, self.store.get_by_hash(hash))
@@ -201,7 +214,7 @@ impl<S: KeyStore> KeyCache<S> {
             record: record.map(Arc::new),
             generation,
             epoch,
-            fetched: Instant::now(),
+            fetched,
         })
     }
 
@@ -221,10 +234,12 @@ impl<S: KeyStore> KeyCache<S> {
         Ok(self.load(hash).await?.record)
     }
 
-    /// Refreshes an entry past `ttl`, one store call however many requests wait for it. When the
-    /// store is unreachable the old record is served; the entry itself expires at
+    /// Refreshes an entry past `ttl` (or not trusted), one store call at a time however many
+    /// requests wait for it: a request takes the answer of a call that began after it arrived.
+    /// When the store is unreachable the old record is served; the entry itself expires at
     /// `ttl + max_stale`, which bounds how stale it can get.
     async fn refresh(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let arrived = Instant::now();
         let mut stale = None;
         let result = self
             .cache
@@ -232,7 +247,11 @@ impl<S: KeyStore> KeyCache<S> {
             .and_try_compute_with(|current| {
                 let current = current.map(|e| e.into_value());
                 let fresh_already = current.as_ref().is_some_and(|e| {
-                    self.is_fresh(e)
+                    // Another request re-read it while this one waited: fresh, or at least as
+                    // recent as a read of this request's own (which matters while distrusted).
+                    let reread =
+                        e.fetched >= arrived && e.epoch == self.epoch.load(Ordering::Acquire);
+                    (self.is_fresh(e) || reread)
                         && e.generation == self.generation(hash).load(Ordering::Acquire)
                 });
                 stale = current.and_then(|e| e.record);
@@ -277,7 +296,30 @@ impl<S: KeyStore> KeyCache<S> {
     /// changes made elsewhere may have been missed (a lost invalidation channel): unlike
     /// [`KeyCache::clear`], it keeps a store outage from failing every cached key at once.
     pub fn mark_all_stale(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        // By two: the low bit is the trust state.
+        self.epoch.fetch_add(2, Ordering::AcqRel);
+    }
+
+    /// Stops trusting cached entries, for while changes made elsewhere cannot be heard of (the
+    /// invalidation channel is down): until [`KeyCache::trust`], every lookup re-reads the
+    /// store, and cached records serve only while it is unreachable, within `max_stale`.
+    pub fn distrust(&self) {
+        // Even to odd: every entry read so far (even) is stale as well.
+        self.epoch.fetch_or(1, Ordering::AcqRel);
+    }
+
+    /// Trusts entries read from now on for `ttl` again, once changes made elsewhere are heard
+    /// of (subscribed). Everything read before is stale: it may have missed a change.
+    pub fn trust(&self) {
+        // Odd to the next even, even to the one after: a value no entry holds yet.
+        let _ = self
+            .epoch
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| Some((e | 1) + 1));
+    }
+
+    /// Whether cached entries are trusted (see [`KeyCache::distrust`]).
+    pub fn is_trusted(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) & 1 == 0
     }
 
     /// Drops everything.

@@ -17,13 +17,20 @@
 //!   own, drops each hash it is told of. Its own messages come back too, which costs a second
 //!   (harmless) invalidation. A fill that races a message cannot put the old record back: the
 //!   message bumps the hash's generation, see [`KeyCache`].
-//! - **A lost subscription** (connection closed, Redis restarted, no answer to the heartbeat):
-//!   messages may have been missed, so every cached entry is marked stale
-//!   ([`KeyCache::mark_all_stale`]) at once and again on resubscribing (which is retried with
-//!   backoff), for whatever was published in between. A stale entry is re-read from the store
-//!   on its next use. It is not dropped: while the store is unreachable (the usual reason the
-//!   channel is lost) it serves within `cache.max_stale`, so an outage keeps the documented
-//!   degraded mode rather than failing every key at once.
+//! - **No subscription** (not yet, or lost: connection closed, Redis restarted, no answer to
+//!   the heartbeat): messages are missed, so the cache trusts nothing it holds
+//!   ([`KeyCache::distrust`]) until the subscription is back: every lookup re-reads the store (one
+//!   read per hash at a time), as if `cache.ttl` were 0. Were entries read meanwhile trusted for
+//!   `ttl`, a change made elsewhere between Redis coming back and this instance resubscribing
+//!   (retried with backoff, up to a second apart) would go unseen. Cached entries are not
+//!   dropped: while the store is unreachable (the usual reason the channel is lost) they serve
+//!   within `cache.max_stale`, so an outage keeps the documented degraded mode rather than
+//!   failing every key at once. On subscribing, everything read before is marked stale once
+//!   more ([`KeyCache::trust`]), for whatever was published in between, and since Redis
+//!   evidently answers, the store's circuit breaker is closed.
+//!
+//! A lost connection is noticed at once when it closes (the feed ends: Redis stopped or
+//! restarted, `CLIENT KILL`), and within the heartbeat otherwise.
 //!
 //! The embedded backend serves one node: nothing is published and no subscriber runs.
 
@@ -116,8 +123,11 @@ impl Subscriber {
     /// Starts subscribing for `cache` if its store is shared (Redis); on the embedded backend
     /// this does nothing. Needs a Tokio runtime.
     pub fn start(cache: Arc<KeyCache<Store>>) -> Subscriber {
-        let task = matches!(cache.store().as_ref(), Store::Redis(_))
-            .then(|| tokio::spawn(run(cache.clone())));
+        let task = matches!(cache.store().as_ref(), Store::Redis(_)).then(|| {
+            // Nothing is heard of other instances' changes until subscribed.
+            cache.distrust();
+            tokio::spawn(run(cache.clone()))
+        });
         Subscriber { cache, task }
     }
 
@@ -130,6 +140,7 @@ impl Subscriber {
             let _ = task.await;
         }
         if let Some(stats) = self.cache.store().invalidation_stats() {
+            self.cache.distrust();
             stats.subscribed.store(false, Ordering::Release);
         }
     }
@@ -157,8 +168,10 @@ async fn run(cache: Arc<KeyCache<Store>>) {
         match store.subscribe_invalidations().await {
             Ok(mut feed) => {
                 // Whatever was published before now, since the last subscription (or since the
-                // start: requests may have filled the cache before this), may have been missed.
-                cache.mark_all_stale();
+                // start: requests may have filled the cache before this), may have been missed;
+                // from here on, changes are heard of.
+                cache.trust();
+                store.breaker().close();
                 stats.subscribed.store(true, Ordering::Release);
                 let resubscribed = stats.subscriptions.fetch_add(1, Ordering::Relaxed) > 0;
                 if resubscribed {
@@ -171,12 +184,12 @@ async fn run(cache: Arc<KeyCache<Store>>) {
 
                 let why = listen(&cache, stats, &mut feed).await;
                 drop(feed);
-                cache.mark_all_stale();
+                cache.distrust();
                 stats.subscribed.store(false, Ordering::Release);
                 stats.subscription_losses.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     reason = %why,
-                    "invalidation channel lost; cached keys are re-read before use, resubscribing"
+                    "invalidation channel lost; cached keys are re-read at every use until resubscribed"
                 );
             }
             Err(e) => {

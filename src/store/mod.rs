@@ -2,6 +2,7 @@
 //! and the hot cache in front of them. The request path only ever reaches a store through
 //! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step.
 
+pub mod breaker;
 pub mod cache;
 pub mod embedded;
 pub mod invalidation;

@@ -89,19 +89,37 @@
 //! # Connection
 //!
 //! [`RedisStore::connect`] does not wait for Redis: the [`ConnectionManager`] connects on first
-//! use and reconnects on its own after a failure, so the gateway starts while Redis is down and
-//! answers `store_unavailable` per request until it is back. Every round trip is bounded by
-//! `store.redis.timeout`; a timeout or a connection error is [`StoreError::Unavailable`].
+//! use and starts a new connection at once when a call finds the connection lost, so the gateway
+//! starts while Redis is down and answers `store_unavailable` per request until it is back.
+//! Every round trip is bounded by `store.redis.timeout`; a timeout or a connection error is
+//! [`StoreError::Unavailable`].
+//!
+//! Every round trip goes through the store's [`Breaker`] (shared with `limits::redis`): after a
+//! timeout or a failed connection, calls fail at once for a moment instead of each waiting for
+//! the timeout, and one probe at a time finds out when Redis is back. The manager makes one
+//! connection attempt per lost connection, no retries of its own: the breaker paces the attempts.
+//!
+//! A connection lost under a call (Redis closed it: `CLIENT KILL`, a proxy restart, a failover)
+//! fails that call. Round trips that may run twice are sent once more on the new connection,
+//! within the same `store.redis.timeout` ([`RedisStore::retried`]): reads, and the writes that
+//! are idempotent or conditional, namely `update`'s record write (compared with `updated_at`: a
+//! write that did land makes the retry `stale`, and the caller reads again), the index sync (sets
+//! the index from the record), audit appends (keyed by the entry id) and invalidation messages (a
+//! second one is harmless). The others are sent once, since a write that landed before the
+//! connection went would be applied twice or misreported: `create`'s scripts (a rerun finds its
+//! own key and reports a conflict), `delete`'s record removal (a rerun finds nothing), usage and
+//! quota increments, request-log appends, and the steps of an upgrade (see above).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
-use redis::{ErrorKind, RedisError, RedisResult, Script};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation};
 use time::OffsetDateTime;
 
+use super::breaker::{Breaker, Outcome};
 use super::invalidation::InvalidationStats;
 use super::{
     AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
@@ -115,12 +133,10 @@ use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
 /// gives up after its own timeout anyway, and a too-short connect timeout would never succeed
 /// on a slow network.
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Reconnect attempts per failure; after them the next call starts a new round.
-const RECONNECT_RETRIES: usize = 6;
-/// Backoff between reconnect attempts: small, so the store is back soon after Redis is.
-const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-/// See [`RECONNECT_MIN_DELAY`].
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// Connection attempts the manager makes after the first one fails: none. Its own backoff
+/// would have calls wait on a sleeping reconnect (paying the whole timeout) and find Redis back
+/// late; instead a failed call makes the next one start a new attempt, paced by the [`Breaker`].
+const RECONNECT_RETRIES: usize = 0;
 /// Index entries read per round trip while listing.
 const LIST_BATCH_MAX: usize = 200;
 /// Reads of the index a lookup by id makes when an upgrade moves the record under it.
@@ -655,6 +671,8 @@ impl IndexEntry {
 /// The Redis-backed store. Cheap to share: the connection manager multiplexes one connection.
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// Every round trip's; shared with the global rate limiter, which calls the same server.
+    breaker: Arc<Breaker>,
     prefix: String,
     timeout: Duration,
     audit_max: usize,
@@ -696,13 +714,12 @@ impl RedisStore {
             // Each call is bounded by `timeout` here; a response timeout in the client would
             // only add reconnects on a slow reply.
             .set_response_timeout(None)
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
+            .set_number_of_retries(RECONNECT_RETRIES);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| redis_err(&e))?;
         Ok(RedisStore {
             conn,
+            breaker: Arc::new(Breaker::new()),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             audit_max: AUDIT_MAX_ENTRIES,
@@ -725,6 +742,12 @@ impl RedisStore {
     /// own keys on the same server (`limits::redis`).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// The circuit breaker every round trip to this Redis goes through (the global rate
+    /// limiter's too).
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     /// `store.redis.key_prefix`.
@@ -787,34 +810,47 @@ impl RedisStore {
         format!("{}{{ws:{ws}}}:logs:{id}", self.prefix)
     }
 
-    /// One round trip, bounded by the configured timeout.
+    /// One round trip, bounded by the configured timeout, sent once (see "Connection" in the
+    /// module docs for which calls may not be sent twice).
     async fn bounded<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        bounded(self.timeout, call).await
+        bounded(&self.breaker, self.timeout, call).await
+    }
+
+    /// One round trip that may safely run twice: a read, or a write that is idempotent or
+    /// conditional. If the connection turns out to be lost, the request is sent once more on
+    /// the connection the manager has started meanwhile. Both attempts together are bounded by
+    /// the configured timeout, and only the last one counts for the breaker, so a dropped
+    /// connection costs neither a failed call nor an open breaker.
+    async fn retried<T: FromRedisValue + Send>(
+        &self,
+        request: &impl Resend,
+    ) -> Result<T, StoreError> {
+        let permit = self.breaker.admit()?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut conn = self.conn.clone();
+        let mut result = tokio::time::timeout_at(deadline, request.send(&mut conn)).await;
+        if matches!(&result, Ok(Err(e)) if e.is_io_error()) {
+            result = tokio::time::timeout_at(deadline, request.send(&mut conn)).await;
+        }
+        permit.record(outcome(&result));
+        settle(result, self.timeout)
     }
 
     /// What the workspace index holds for `id`.
     async fn index_entry(&self, ws: &str, id: &KeyId) -> Result<Option<IndexEntry>, StoreError> {
-        let mut conn = self.conn.clone();
         let keys = self.workspace_keys(ws).keys;
         let value: Option<String> = self
-            .bounded(
-                redis::cmd("HGET")
-                    .arg(&keys)
-                    .arg(id.as_str())
-                    .query_async(&mut conn),
-            )
+            .retried(redis::cmd("HGET").arg(&keys).arg(id.as_str()))
             .await?;
         value.as_deref().map(IndexEntry::parse).transpose()
     }
 
     /// The fields of a record hash (empty if it does not exist).
     async fn fields(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("HGETALL").arg(key).query_async(&mut conn))
-            .await
+        self.retried(redis::cmd("HGETALL").arg(key)).await
     }
 
     /// A key by id. A SHA-256 record that is gone by the time it is read may have been moved by
@@ -940,8 +976,8 @@ impl RedisStore {
     /// Brings `created` and `active` in line with `record`, unless the key is gone.
     async fn sync_index(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let ws = self.workspace_keys(&record.workspace);
-        let mut conn = self.conn.clone();
-        self.bounded(
+        // Idempotent: it sets the index from the record.
+        self.retried::<i64>(
             SCRIPTS
                 .sync_index
                 .key(&ws.keys)
@@ -954,8 +990,7 @@ impl RedisStore {
                     "1"
                 } else {
                     "0"
-                })
-                .invoke_async::<i64>(&mut conn),
+                }),
         )
         .await?;
         Ok(())
@@ -1230,7 +1265,6 @@ impl KeyStore for RedisStore {
             Some(cursor) => parse_key_cursor(cursor).map(|(ms, id)| Some((ms, id.into())))?,
             None => None,
         };
-        let mut conn = self.conn.clone();
         let mut keys = Vec::with_capacity(limit);
         let mut last_kept: Option<(i64, String)> = None;
         loop {
@@ -1238,15 +1272,14 @@ impl KeyStore for RedisStore {
                 .as_ref()
                 .map_or((String::new(), ""), |(ms, id)| (ms.to_string(), id));
             let flat: Vec<Option<String>> = self
-                .bounded(
+                .retried(
                     SCRIPTS
                         .page
                         .key(&ws.created)
                         .key(&ws.keys)
                         .arg(score)
                         .arg(id)
-                        .arg(batch)
-                        .invoke_async(&mut conn),
+                        .arg(batch),
                 )
                 .await?;
             let entries = parse_page(&flat)?;
@@ -1257,7 +1290,7 @@ impl KeyStore for RedisStore {
             let mut hashes: std::vec::IntoIter<HashMap<String, String>> = if pipe.is_empty() {
                 Vec::new().into_iter()
             } else {
-                let replies: Vec<_> = self.bounded(pipe.query_async(&mut conn)).await?;
+                let replies: Vec<_> = self.retried(&pipe).await?;
                 replies.into_iter()
             };
             for (ms, id, entry) in &entries {
@@ -1333,8 +1366,7 @@ impl KeyStore for RedisStore {
                     pipe.arg(pending[i].0.1.as_str());
                 }
             }
-            let values: Vec<Vec<Option<String>>> =
-                self.bounded(pipe.query_async(&mut conn)).await?;
+            let values: Vec<Vec<Option<String>>> = self.retried(&pipe).await?;
             // Round trip 2: the increments, skipping keys that are gone.
             let mut pipe = redis::pipe();
             let mut sent = Vec::new();
@@ -1401,15 +1433,13 @@ impl KeyStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
         let stop = i64::try_from(limit - 1).unwrap_or(i64::MAX);
         let raw: Vec<String> = self
-            .bounded(
+            .retried(
                 redis::cmd("LRANGE")
                     .arg(self.logs_key(workspace, id))
                     .arg(0)
-                    .arg(stop)
-                    .query_async(&mut conn),
+                    .arg(stop),
             )
             .await?;
         raw.iter()
@@ -1425,10 +1455,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-            .map(drop)
+        self.retried::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
     async fn consume_quota(&self, spends: &[QuotaSpend]) -> Result<Vec<QuotaCount>, StoreError> {
@@ -1622,8 +1649,8 @@ impl KeyStore for RedisStore {
                 .arg(self.audit_max)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.exec_async(&mut conn)).await
+        // The same entry appended twice is kept once, so a lost connection is retried.
+        self.retried(&pipe).await
     }
 
     async fn list_audit(
@@ -1641,18 +1668,16 @@ impl KeyStore for RedisStore {
         };
         let limit = limit.clamp(1, AUDIT_MAX_ENTRIES);
         let (log, entries) = self.audit_keys(workspace);
-        let mut conn = self.conn.clone();
         // One more than asked: if it exists, a next page is worth asking for.
         let flat: Vec<Option<String>> = self
-            .bounded(
+            .retried(
                 SCRIPTS
                     .page
                     .key(&log)
                     .key(&entries)
                     .arg(score)
                     .arg(after)
-                    .arg(limit + 1)
-                    .invoke_async(&mut conn),
+                    .arg(limit + 1),
             )
             .await?;
         let page = parse_triples(&flat)?;
@@ -1673,15 +1698,13 @@ impl KeyStore for RedisStore {
     }
 
     async fn count_active(&self, workspace: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
-        let mut conn = self.conn.clone();
         // What CREATE_INDEX counts after pruning scores up to now.
         let live: u64 = self
-            .bounded(
+            .retried(
                 redis::cmd("ZCOUNT")
                     .arg(self.workspace_keys(workspace).active)
                     .arg(format!("({}", unix_ms(now)))
-                    .arg("+inf")
-                    .query_async(&mut conn),
+                    .arg("+inf"),
             )
             .await?;
         Ok(u32::try_from(live).unwrap_or(u32::MAX))
@@ -1710,8 +1733,10 @@ impl RedisStore {
         let key = self.record_key_of(entry);
         let mut copied_to = String::new();
         for _ in 0..FOLLOW_ATTEMPTS {
+            // Conditional, so it may be sent twice: if the first one landed, the second finds
+            // the record `stale`, and the caller reads again (and finds its change made).
             let outcome: String = self
-                .bounded(
+                .retried(
                     SCRIPTS
                         .update_record
                         .key(&key)
@@ -1719,8 +1744,7 @@ impl RedisStore {
                         .arg(unix_ms(expected_updated_at))
                         .arg(revoked_flag)
                         .arg(&copied_to)
-                        .arg(unix_ms(record.updated_at))
-                        .invoke_async(&mut conn),
+                        .arg(unix_ms(record.updated_at)),
                 )
                 .await?;
             let Some(to) = outcome.strip_prefix("moving:") else {
@@ -1901,16 +1925,14 @@ impl RedisStore {
 impl RedisStore {
     /// Publishes one invalidation message for a keyed hash, bounded by `store.redis.timeout`.
     pub async fn publish_invalidation(&self, hash: &SecretHash) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
         // The reply counts the subscribers that got it; none is not an error (a lone instance
         // not subscribed yet drops the key itself, and the others re-read everything when they
-        // subscribe).
+        // subscribe). A message sent twice costs a second invalidation, so it is retried.
         let _receivers: i64 = self
-            .bounded(
+            .retried(
                 redis::cmd("PUBLISH")
                     .arg(&self.channel.name)
-                    .arg(hash.to_hex())
-                    .query_async(&mut conn),
+                    .arg(hash.to_hex()),
             )
             .await?;
         Ok(())
@@ -2116,19 +2138,84 @@ fn clamp_count(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
-/// A Redis call bounded by `timeout`, its error mapped by [`redis_err`] (the limiter's calls
-/// share it with the store's).
+/// A Redis call through `breaker` (failing at once while it is open), bounded by `timeout`,
+/// its error mapped by [`redis_err`]. Sent once (the limiter's calls share it with the store's
+/// writes that must not run twice).
 pub(crate) async fn bounded<T>(
+    breaker: &Breaker,
     timeout: Duration,
     call: impl Future<Output = RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, call).await {
+    let permit = breaker.admit()?;
+    let result = tokio::time::timeout(timeout, call).await;
+    permit.record(outcome(&result));
+    settle(result, timeout)
+}
+
+/// What a bounded call's result says about Redis, for the [`Breaker`].
+fn outcome<T>(result: &Result<RedisResult<T>, tokio::time::error::Elapsed>) -> Outcome {
+    match result {
+        Ok(Ok(_)) => Outcome::Answered,
+        // No answer in time.
+        Err(_) => Outcome::Failed,
+        // An error reply: Redis is there.
+        Ok(Err(e)) if !e.is_io_error() => Outcome::Answered,
+        // The connection went under the call; the manager is making a new one, and whether
+        // Redis is there shows on the next call.
+        Ok(Err(e)) if e.is_connection_dropped() && !e.is_connection_refusal() => {
+            Outcome::Inconclusive
+        }
+        Ok(Err(_)) => Outcome::Failed,
+    }
+}
+
+/// A bounded call's result as the store returns it.
+fn settle<T>(
+    result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> Result<T, StoreError> {
+    match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(redis_err(&e)),
         Err(_) => Err(StoreError::Unavailable(format!(
             "redis did not answer within {} ms",
             timeout.as_millis()
         ))),
+    }
+}
+
+/// A request [`RedisStore::retried`] can send again, on the connection that replaced a lost one.
+trait Resend: Sync {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = RedisResult<T>> + Send;
+}
+
+impl Resend for redis::Cmd {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Resend for redis::Pipeline {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Resend for ScriptInvocation<'_> {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = RedisResult<T>> + Send {
+        self.invoke_async(conn)
     }
 }
 

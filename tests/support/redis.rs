@@ -1,7 +1,8 @@
 //! A real `redis-server` per test: on a free loopback port, in its own temporary directory,
 //! without persistence (or, from [`RedisServer::start_persistent`], with an append-only file in
 //! that directory, so that a stop and a start keep the data), stopped (and restartable on the
-//! same port) on demand and killed on drop. Tests never touch a system Redis or a fixed port.
+//! same port) or frozen on demand, and killed on drop. Tests never touch a system Redis or a
+//! fixed port.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -100,6 +101,27 @@ impl RedisServer {
             "redis-server did not stop on SIGTERM; its log:\n{}",
             self.log()
         );
+    }
+
+    /// Freezes the server (SIGSTOP to the process this harness started): connections stay open
+    /// and new ones are accepted by the kernel, but nothing is answered, as when a host or the
+    /// network between goes silent. [`RedisServer::thaw`] lets it go on.
+    pub(crate) fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT); it answers what it was sent meanwhile.
+    pub(crate) fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} failed");
     }
 
     /// Starts the server again on the same port, for outage tests.
