@@ -108,6 +108,7 @@ fn decision(c: &mut Criterion) {
                 http::StatusCode::OK,
                 peer,
                 std::time::Duration::from_micros(300),
+                None,
             );
         })
     });

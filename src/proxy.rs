@@ -93,12 +93,15 @@ pub struct Decision<'a> {
 
 /// A refused request: why, and the limit headers its response carries (set when the key was
 /// authenticated before the refusal).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     /// Why.
     pub reject: Reject,
     /// `RateLimit-*` and `X-Keygate-Quota-Remaining`.
     pub limits: LimitHeaders,
+    /// The key, when the secret was recognised before the refusal (revoked, expired, IP,
+    /// scope, limits): the refusal goes to its request log and its access-log line.
+    pub key: Option<Arc<KeyRecord>>,
 }
 
 impl From<Reject> for Refusal {
@@ -106,6 +109,18 @@ impl From<Reject> for Refusal {
         Refusal {
             reject,
             limits: LimitHeaders::default(),
+            key: None,
+        }
+    }
+}
+
+impl Refusal {
+    /// A refusal of a recognised key.
+    fn of(key: &Arc<KeyRecord>, reject: Reject, limits: LimitHeaders) -> Refusal {
+        Refusal {
+            reject,
+            limits,
+            key: Some(key.clone()),
         }
     }
 }
@@ -205,14 +220,15 @@ impl Gateway {
         // A shared handle on the request line (no copy) for the access and usage logs.
         let uri = req.uri().clone();
 
-        let (mut response, key, client_ip, upstream_time) =
+        let (mut response, key, refused, client_ip, upstream_time) =
             match self.authorize(&req, conn.peer.ip()).await {
                 Err(refusal) => {
                     self.metrics.request_refused(&refusal.reject);
                     let ip = auth::client_ip(conn.peer.ip(), req.headers(), &self.trusted);
                     let mut response = refusal.reject.to_response(&request_id).map(Either::Left);
                     refusal.limits.apply(response.headers_mut());
-                    (response, None, ip, None)
+                    let code = refusal.reject.code();
+                    (response, refusal.key, Some(code), ip, None)
                 }
                 Ok(decision) => {
                     let key = decision.key.clone();
@@ -240,7 +256,7 @@ impl Gateway {
                         }
                     };
                     limits.apply(response.headers_mut());
-                    (response, key, client_ip, Some(sent.elapsed()))
+                    (response, key, None, client_ip, Some(sent.elapsed()))
                 }
             };
         response
@@ -255,12 +271,14 @@ impl Gateway {
                 uri.path(),
                 &response,
                 key.as_deref(),
+                refused,
                 client_ip,
                 latency,
                 upstream_time,
             );
         }
-        // Only requests that passed every check carry a key here: those are the uses.
+        // A key here passed every check (a use) or was refused after it was recognised (logged
+        // with its code, not counted).
         if let Some(key) = key {
             self.usage.record(
                 key,
@@ -269,6 +287,7 @@ impl Gateway {
                 response.status(),
                 client_ip,
                 latency,
+                refused,
             );
         }
         response
@@ -339,14 +358,15 @@ impl Gateway {
             .map_err(|e| Reject::StoreUnavailable(e.to_string()))?
             .ok_or_else(|| failed(Reject::InvalidKey("unknown secret")))?;
 
+        let refused = |reject| Refusal::of(&key, failed(reject), LimitHeaders::default());
         if key.revoked_at.is_some() {
-            return Err(failed(Reject::KeyRevoked).into());
+            return Err(refused(Reject::KeyRevoked));
         }
         if key
             .expires_at
             .is_some_and(|at| at <= OffsetDateTime::now_utc())
         {
-            return Err(failed(Reject::KeyExpired).into());
+            return Err(refused(Reject::KeyExpired));
         }
         // Authenticated: from here every response carries the limit headers.
         let authorized = if auth::ip_allowed(client_ip, &key.ip_allowlist) {
@@ -361,13 +381,13 @@ impl Gateway {
         };
         if let Err(reject) = authorized {
             let limits = self.limits.peek(&key, route).await;
-            return Err(Refusal { reject, limits });
+            return Err(Refusal::of(&key, reject, limits));
         }
         let limits = self
             .limits
             .admit(&key, route)
             .await
-            .map_err(|(reject, limits)| Refusal { reject, limits })?;
+            .map_err(|(reject, limits)| Refusal::of(&key, reject, limits))?;
         Ok(Decision {
             route,
             key: Some(key),
@@ -439,6 +459,7 @@ fn log_access(
     path: &str,
     response: &Response<ProxyBody>,
     key: Option<&KeyRecord>,
+    code: Option<&str>,
     client_ip: IpAddr,
     latency: Duration,
     upstream: Option<Duration>,
@@ -449,6 +470,7 @@ fn log_access(
         method = method.as_str(),
         path,
         status = response.status().as_u16(),
+        code,
         key_id = key.map(|k| k.id.as_str()),
         workspace = key.map(|k| k.workspace.as_str()),
         client_ip = %client_ip,

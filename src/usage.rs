@@ -11,8 +11,9 @@
 //! **What counts as a use**: a request of a known key that passed every check (route, key status,
 //! expiry, IP allowlist, scopes, and the rate limit and quota where configured) and was forwarded,
 //! whatever the upstream answered, including 502/504 when it could not be reached: exactly the
-//! requests that spend quota. Refused requests are neither counted nor logged. Public routes
-//! carry no key and count nothing.
+//! requests that spend quota. A request refused after its key was recognised (revoked, expired,
+//! IP, scope, rate limit, quota) is not a use, but it is logged with its error code, so that a
+//! key's owner can see why its requests fail. Public routes carry no key and count nothing.
 //!
 //! **Store outages**: a failed write keeps what it held and retries on the next tick, so nothing
 //! is lost while the store is down. Memory stays bounded: one entry per distinct key (at most
@@ -61,6 +62,8 @@ struct Use {
     key: Arc<KeyRecord>,
     at: OffsetDateTime,
     log: Option<LogFields>,
+    /// The refusal's error code; `None` for a forwarded request (a use).
+    refused: Option<&'static str>,
 }
 
 struct LogFields {
@@ -89,9 +92,11 @@ impl Recorder {
         }
     }
 
-    /// Records one use of `key`: a request answered with `status` after `latency`. `path` is
-    /// moved into the request log, or dropped when logs are off (`max_per_key: 0`); it must not
-    /// hold the query string.
+    /// Records one request of `key` answered with `status` after `latency`: a use when
+    /// `refused` is `None`, else a refusal with that error code (logged, not counted). `path` is
+    /// copied into the request log, or not at all when logs are off (`max_per_key: 0`); it must
+    /// not hold the query string.
+    #[allow(clippy::too_many_arguments, reason = "one flat request-log entry")]
     pub fn record(
         &self,
         key: Arc<KeyRecord>,
@@ -100,10 +105,15 @@ impl Recorder {
         status: StatusCode,
         client_ip: IpAddr,
         latency: Duration,
+        refused: Option<&'static str>,
     ) {
         let Some(tx) = &self.tx else {
             return;
         };
+        if refused.is_some() && !self.keep_logs {
+            // A refusal only ever reaches the request log.
+            return;
+        }
         let latency_time = time::Duration::try_from(latency).unwrap_or(time::Duration::ZERO);
         let at = OffsetDateTime::now_utc().saturating_sub(latency_time);
         // The path is copied only when request logs are kept.
@@ -114,7 +124,12 @@ impl Recorder {
             client_ip,
             latency,
         });
-        match tx.try_send(Use { key, at, log }) {
+        match tx.try_send(Use {
+            key,
+            at,
+            log,
+            refused,
+        }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped(UsageDrop::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -351,11 +366,13 @@ async fn write(
     let deltas: Vec<UsageDelta> = batch
         .iter()
         .filter(|k| k.count > 0)
-        .map(|k| UsageDelta {
-            workspace: k.key.workspace.clone(),
-            id: k.key.id.clone(),
-            count: k.count,
-            last_used_at: k.last_used,
+        .filter_map(|k| {
+            Some(UsageDelta {
+                workspace: k.key.workspace.clone(),
+                id: k.key.id.clone(),
+                count: k.count,
+                last_used_at: k.last_used?,
+            })
         })
         .collect();
     if !deltas.is_empty() {
@@ -415,7 +432,8 @@ async fn write(
 struct KeyUsage {
     key: Arc<KeyRecord>,
     count: u64,
-    last_used: OffsetDateTime,
+    /// The latest use; `None` while only refusals are buffered.
+    last_used: Option<OffsetDateTime>,
     /// Oldest first, as the store appends them.
     logs: VecDeque<RequestLogEntry>,
 }
@@ -461,10 +479,15 @@ impl Pending {
             status: log.status,
             client_ip: log.client_ip,
             latency_ms: log.latency.as_secs_f64() * 1000.0,
+            code: u.refused.map(str::to_owned),
         });
+        // A refusal is logged but is no use: it moves neither the count nor `last_used_at`.
+        let used = u.refused.is_none();
         if let Some(k) = self.keys.get_mut(&u.key.id) {
-            k.count += 1;
-            k.last_used = k.last_used.max(u.at);
+            if used {
+                k.count += 1;
+                k.last_used = k.last_used.max(Some(u.at));
+            }
             if let Some(entry) = entry {
                 let buffered = self.log_entries + self.in_flight_entries;
                 self.log_entries += push_log(
@@ -483,8 +506,8 @@ impl Pending {
         }
         let mut k = KeyUsage {
             key: u.key,
-            count: 1,
-            last_used: u.at,
+            count: u64::from(used),
+            last_used: used.then_some(u.at),
             logs: VecDeque::new(),
         };
         if let Some(entry) = entry {
@@ -610,6 +633,7 @@ mod tests {
                 client_ip: "127.0.0.1".parse().expect("ip"),
                 latency: Duration::from_millis(1),
             }),
+            refused: None,
         }
     }
 
@@ -635,6 +659,7 @@ mod tests {
                 StatusCode::OK,
                 "127.0.0.1".parse().expect("ip"),
                 Duration::ZERO,
+                None,
             );
         };
         for _ in 0..5 {
@@ -658,7 +683,7 @@ mod tests {
         p.add(use_of(&b, "/b", t0));
         let ka = &p.keys[&a.id];
         assert_eq!(ka.count, 3);
-        assert_eq!(ka.last_used, t0 + time::Duration::seconds(2));
+        assert_eq!(ka.last_used, Some(t0 + time::Duration::seconds(2)));
         assert_eq!(paths(ka), ["/2", "/3"]);
         assert_eq!(p.log_entries, 3);
     }
@@ -677,7 +702,7 @@ mod tests {
         p.restore(failed);
         let ka = &p.keys[&a.id];
         assert_eq!(ka.count, 4);
-        assert_eq!(ka.last_used, t0 + time::Duration::seconds(1));
+        assert_eq!(ka.last_used, Some(t0 + time::Duration::seconds(1)));
         assert_eq!(paths(ka), ["/old2", "/new1", "/new2"]);
         assert_eq!(p.log_entries, 3);
     }
@@ -712,6 +737,7 @@ mod tests {
             status: 200,
             client_ip: "127.0.0.1".parse().expect("ip"),
             latency_ms: 1.0,
+            code: None,
         };
         assert_eq!(
             push_log(

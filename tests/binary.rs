@@ -126,6 +126,12 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
         .body(Full::default())
         .unwrap();
     assert_eq!(client.request(warm).await.unwrap().status(), 200);
+    // A refusal after the key was recognised: its access line names the key and the code.
+    let refused = http::Request::get(format!("http://127.0.0.1:{proxy_port}/api/v1/admin/x"))
+        .header("authorization", &auth)
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(client.request(refused).await.unwrap().status(), 403);
     let idle = rss_kib(pid);
 
     // Sample the gateway's RSS while the transfers run.
@@ -189,9 +195,22 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "keygate::access")
         .collect();
-    assert_eq!(access.len(), 3, "{log}");
+    assert_eq!(access.len(), 4, "{log}");
     assert!(
         access.iter().all(|v| v["key_id"] == key.id.as_str()),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|v| v["status"] == 403 && v["code"] == "insufficient_scope"),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .filter(|v| v["status"] == 200)
+            .all(|v| v.get("code").is_none()),
         "{log}"
     );
     assert!(

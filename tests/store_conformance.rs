@@ -119,6 +119,7 @@ fn log_entry(at: OffsetDateTime, path: &str) -> RequestLogEntry {
         status: 200,
         client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
         latency_ms: 1.5,
+        code: None,
     }
 }
 

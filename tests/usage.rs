@@ -187,9 +187,102 @@ async fn request_logs_keep_the_newest_and_go_with_the_key(backend: Backend) {
     assert!(stored.is_empty(), "the key's logs went with it: {stored:?}");
 }
 
+async fn refusals_of_a_recognised_key_are_logged_with_their_code_and_not_counted(backend: Backend) {
+    let overlay = "usage: { flush_interval: 50ms, request_log: { max_per_key: 50 } }";
+    let gw = TestGateway::start(backend, overlay).await;
+    let (key, secret) = gw
+        .create(keygate::control::NewKey {
+            scopes: vec!["sessions:read".into()],
+            rate_limit: Some(keygate::config::RateLimitSpec {
+                requests: std::num::NonZeroU32::new(2).unwrap(),
+                period: Duration::from_secs(3600),
+                burst: None,
+            }),
+            ..new_key("acme")
+        })
+        .await;
+    let id = key.id.as_str();
+    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, 200);
+    let r = gw.get("/api/v1/admin/x", Some(&secret)).await;
+    assert_eq!(r.error_code(), "insufficient_scope");
+    assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, 200);
+    let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+    assert_eq!(r.error_code(), "rate_limited");
+    // Limits on the IP allowlist, then revoked.
+    gw.admin(
+        Method::PATCH,
+        &format!("/v1/workspaces/acme/keys/{id}"),
+        Some(OPS_TOKEN),
+        Some(serde_json::json!({"ip_allowlist": ["192.0.2.1"]})),
+    )
+    .await;
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.error_code(),
+        "ip_not_allowed"
+    );
+    gw.admin(
+        Method::POST,
+        &format!("/v1/workspaces/acme/keys/{id}/revoke"),
+        Some(OPS_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.error_code(),
+        "key_revoked"
+    );
+    // An unknown secret belongs to no key: nothing to log anywhere.
+    assert_eq!(
+        gw.get(
+            "/api/v1/sessions",
+            Some(&keygate::keys::Secret::new("kg_live_nope".into()))
+        )
+        .await
+        .error_code(),
+        "invalid_key"
+    );
+
+    let want = [
+        ("key_revoked", 401),
+        ("ip_not_allowed", 403),
+        ("rate_limited", 429),
+        ("forwarded", 200),
+        ("insufficient_scope", 403),
+        ("forwarded", 200),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let logs = gw
+            .admin(
+                Method::GET,
+                &format!("/v1/workspaces/acme/keys/{id}/logs"),
+                Some(OPS_TOKEN),
+                None,
+            )
+            .await
+            .json();
+        let entries = logs["entries"].as_array().unwrap().clone();
+        if entries.len() >= want.len() {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "logs stayed {logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let got: Vec<(&str, u64)> = entries
+        .iter()
+        .map(|e| (e["code"].as_str().unwrap(), e["status"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(&str, u64)> = want.iter().map(|&(c, s)| (c, s)).collect();
+    assert_eq!(got, want, "newest first");
+    // Only the two forwarded requests are uses.
+    let json = key_json(&gw, id).await;
+    assert_eq!(json["usage_count"], 2);
+}
+
 on_both_backends!(
     counts_every_forwarded_request_after_a_flush,
     request_logs_keep_the_newest_and_go_with_the_key,
+    refusals_of_a_recognised_key_are_logged_with_their_code_and_not_counted,
 );
 
 /// GET on a running binary's admin API with the ops token; asserts 200.

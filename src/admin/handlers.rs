@@ -476,7 +476,19 @@ async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply
     let p = params(query, &["limit"])?;
     let limit = page_limit(p.limit.as_deref())?;
     existing(call, ws, &id).await?;
-    let entries = call.state.store.request_logs(ws, &id, limit).await?;
+    let entries: Vec<serde_json::Value> = call
+        .state
+        .store
+        .request_logs(ws, &id, limit)
+        .await?
+        .into_iter()
+        .map(|e| {
+            let code = e.code.clone().unwrap_or_else(|| "forwarded".to_owned());
+            let mut v = serde_json::to_value(e).expect("a log entry serializes");
+            v["code"] = serde_json::Value::String(code);
+            v
+        })
+        .collect();
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"entries": entries}),

@@ -169,6 +169,10 @@ pub struct RequestLogEntry {
     pub client_ip: IpAddr,
     /// Time from request to response head, in milliseconds.
     pub latency_ms: f64,
+    /// For a request refused after the key was recognised, the error code it was refused with
+    /// (`key_revoked`, `ip_not_allowed`, `rate_limited`, …); absent for forwarded requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// Quota units to spend for one key in one period, by [`KeyStore::consume_quota`].
