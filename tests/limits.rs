@@ -31,6 +31,7 @@ use support::upstream::TestUpstream;
 use tokio::sync::Semaphore;
 
 on_both_backends!(
+    the_limit_header_is_the_bucket_and_never_below_remaining,
     limit_headers_count_down_and_429_says_when_to_retry,
     the_most_specific_limit_wins,
     changing_a_keys_limit_keeps_its_bucket,
@@ -111,6 +112,7 @@ async fn headers_and_retry_after(backend: Backend, mode: &str) {
         let r = gw.get("/api/v1/sessions", Some(&secret)).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(rate_headers(&r), (Some(3), Some(remaining), Some(reset)));
+        assert_eq!(r.headers["ratelimit-policy"], "3;w=3600");
         assert_eq!(num(&r, "x-keygate-quota-remaining"), None, "no quota");
     }
     let r = gw.get("/api/v1/sessions", Some(&secret)).await;
@@ -647,4 +649,24 @@ async fn a_global_limit_holds_across_two_gateway_processes() {
         error.abs() <= 0.02,
         "accepted {accepted}, allowance {allowance:.1}"
     );
+}
+
+async fn the_limit_header_is_the_bucket_and_never_below_remaining(backend: Backend) {
+    // 100 per second with a burst of 200: the bucket holds 200 and fills in 2 s.
+    let gw = TestGateway::start(
+        backend,
+        "rate_limits: { default: { requests: 100, period: 1s, burst: 200 } }",
+    )
+    .await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    for _ in 0..5 {
+        let r = gw.get("/api/v1/sessions", Some(&secret)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let (limit, remaining, reset) = rate_headers(&r);
+        assert_eq!(limit, Some(200));
+        assert!(remaining.unwrap() <= 199, "{remaining:?}");
+        assert!(remaining.unwrap() >= 190, "{remaining:?}");
+        assert!(reset.unwrap() <= 2);
+        assert_eq!(r.headers["ratelimit-policy"], "200;w=2");
+    }
 }

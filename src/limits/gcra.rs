@@ -46,8 +46,10 @@ pub struct Gcra {
 pub struct RateState {
     /// The request is allowed (and, for a check rather than a peek, counted).
     pub allowed: bool,
-    /// `requests` of the limit (`RateLimit-Limit`).
+    /// The bucket's size (`RateLimit-Limit`; `remaining` never exceeds it).
     pub limit: u32,
+    /// Time an empty bucket takes to fill (`w` of `RateLimit-Policy`), nanoseconds.
+    pub window_nanos: u64,
     /// Requests that would pass right now (`RateLimit-Remaining`).
     pub remaining: u64,
     /// Until the bucket is full again (`RateLimit-Reset`).
@@ -60,6 +62,11 @@ impl RateState {
     /// `RateLimit-Reset`: seconds until the bucket is full, rounded up.
     pub fn reset_secs(&self) -> u64 {
         self.reset_nanos.div_ceil(NANOS_PER_SEC)
+    }
+
+    /// `w` of `RateLimit-Policy`: seconds an empty bucket takes to fill, rounded up (at least 1).
+    pub fn window_secs(&self) -> u64 {
+        self.window_nanos.div_ceil(NANOS_PER_SEC).max(1)
     }
 
     /// `Retry-After`: seconds until a retry can pass, rounded up, at least 1 (0 would invite an
@@ -79,7 +86,9 @@ impl Gcra {
         Gcra {
             interval,
             tolerance: interval.saturating_mul(u64::from(burst)),
-            limit: spec.requests.get(),
+            // The bucket's size, not `requests`: `remaining` counts down from it, and a limit
+            // below the remaining count (100 beside 199 for a burst of 200) contradicts itself.
+            limit: burst,
         }
     }
 
@@ -93,7 +102,8 @@ impl Gcra {
         self.tolerance
     }
 
-    /// `requests` of the limit.
+    /// The bucket's size (`burst`, which defaults to `requests`): the most requests that pass
+    /// at once, and what `RateLimit-Limit` says.
     pub fn limit(&self) -> u32 {
         self.limit
     }
@@ -108,6 +118,7 @@ impl Gcra {
             let state = RateState {
                 allowed: true,
                 limit: self.limit,
+                window_nanos: self.tolerance,
                 remaining: (self.tolerance - ahead) / self.interval,
                 reset_nanos: ahead,
                 retry_after_nanos: 0,
@@ -117,6 +128,7 @@ impl Gcra {
             let state = RateState {
                 allowed: false,
                 limit: self.limit,
+                window_nanos: self.tolerance,
                 remaining: 0,
                 reset_nanos: base - now,
                 retry_after_nanos: ahead - self.tolerance,
@@ -132,6 +144,7 @@ impl Gcra {
         RateState {
             allowed: remaining > 0,
             limit: self.limit,
+            window_nanos: self.tolerance,
             remaining,
             reset_nanos: ahead,
             retry_after_nanos: if remaining > 0 {
@@ -340,7 +353,16 @@ mod tests {
             (100 * MS, SEC, 10)
         );
         let g = Gcra::new(&spec(100, Duration::from_secs(1), Some(200)));
-        assert_eq!((g.interval(), g.tolerance()), (10 * MS, 2 * SEC));
+        assert_eq!(
+            (g.interval(), g.tolerance(), g.limit()),
+            (10 * MS, 2 * SEC, 200)
+        );
+        // Remaining never exceeds the limit the headers state.
+        let state = g.peek(0, 0);
+        assert_eq!(
+            (state.limit, state.remaining, state.window_secs()),
+            (200, 200, 2)
+        );
         // T never reaches 0, whatever the spec.
         let g = Gcra::new(&spec(1_000, Duration::from_nanos(10), None));
         assert_eq!(g.interval(), 1);
@@ -358,7 +380,8 @@ mod tests {
             first,
             RateState {
                 allowed: true,
-                limit: 10,
+                limit: 5,
+                window_nanos: 500 * MS,
                 remaining: 4,
                 reset_nanos: 100 * MS,
                 retry_after_nanos: 0

@@ -54,8 +54,12 @@ use crate::keys::KeyRecord;
 use crate::route::CompiledRoute;
 use crate::store::Store;
 
-/// `RateLimit-Limit`: requests per period of the limit that applies.
+/// `RateLimit-Limit`: the size of the bucket that applies (its `burst`, by default its
+/// `requests`): the most requests that pass at once, never below `RateLimit-Remaining`.
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Policy`: `<limit>;w=<seconds an empty bucket takes to fill>`, the draft IETF
+/// RateLimit fields' quota policy (e.g. `200;w=2` for 100 per second with a burst of 200).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit-Remaining`: requests that would pass right now.
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 /// `RateLimit-Reset`: seconds until the bucket is full again.
@@ -77,6 +81,8 @@ pub struct RateHeaders {
     pub remaining: u64,
     /// `RateLimit-Reset`, seconds.
     pub reset: u64,
+    /// `w` of `RateLimit-Policy`, seconds.
+    pub window: u64,
 }
 
 impl From<&RateState> for RateHeaders {
@@ -85,6 +91,7 @@ impl From<&RateState> for RateHeaders {
             limit: s.limit,
             remaining: s.remaining,
             reset: s.reset_secs(),
+            window: s.window_secs(),
         }
     }
 }
@@ -106,11 +113,22 @@ impl LimitHeaders {
             headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
             headers.insert(RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
             headers.insert(RATELIMIT_RESET, HeaderValue::from(rate.reset));
+            headers.insert(RATELIMIT_POLICY, policy_value(rate.limit, rate.window));
         }
         if let Some(remaining) = self.quota_remaining {
             headers.insert(X_KEYGATE_QUOTA_REMAINING, HeaderValue::from(remaining));
         }
     }
+}
+
+/// `<limit>;w=<window>`, written into a stack buffer (no `String` per response).
+fn policy_value(limit: u32, window: u64) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 40];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{limit};w={window}").expect("two integers fit in 40 bytes");
+    let len = usize::try_from(cursor.position()).expect("at most 40");
+    HeaderValue::from_bytes(&buf[..len]).expect("digits, ';' and '=' are a valid header value")
 }
 
 /// The limits of one configuration.

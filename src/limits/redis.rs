@@ -198,6 +198,7 @@ impl RedisLimiter {
         Ok(RateState {
             allowed: allowed == 1,
             limit: gcra.limit(),
+            window_nanos: gcra.tolerance(),
             remaining: u64::try_from(remaining).unwrap_or(0),
             reset_nanos: nanos(reset_us),
             retry_after_nanos: nanos(retry_us),
