@@ -1452,6 +1452,12 @@ async fn an_update_from_a_stale_read_is_a_conflict_and_changes_nothing<S: KeySto
         .update(&first, read_ms)
         .await
         .expect("the version read, to the millisecond, in UTC");
+    // The same write sent again (a retry after its connection dropped, when the first one had
+    // landed): done already, not a conflict with itself.
+    store
+        .update(&first, read_ms)
+        .await
+        .expect("a resend of a write that landed");
 
     // A second writer read `r` too: its edit would overwrite the first one.
     let stale = renamed(&r, "stale");

@@ -252,6 +252,8 @@ impl KeyStore for EmbeddedStore {
             {
                 let mut records = txn.open_table(RECORDS).map_err(db_err)?;
                 let old = match records.get((ws, id)).map_err(db_err)? {
+                    // This very write landed already (a resend): done, not a conflict.
+                    Some(bytes) if bytes.value() == json.as_bytes() => return Ok(()),
                     Some(bytes) => decode_record(bytes.value(), id)?,
                     None => return Err(StoreError::NotFound),
                 };

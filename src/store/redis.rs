@@ -44,7 +44,9 @@
 //!
 //! An `update` is conditional (see [`KeyStore::update`]): `UPDATE_RECORD` reads the stored `rec`,
 //! compares its `updated_at` and revocation with what the caller expects, and writes, in one
-//! script on the record's slot. The workspace index is synced in its own script before (a key
+//! script on the record's slot; a record already byte-equal to the one sent is `ok`, so the
+//! resend of a write that landed before its connection dropped never conflicts with itself. The
+//! workspace index is synced in its own script before (a key
 //! that stays active) or after (a revoked one); when the record write is refused, the index is
 //! synced again with the record that is stored, so a refused edit never gives a revoked key its
 //! active slot back.
@@ -260,6 +262,7 @@ if to then
   end
   return 'ok'
 end
+if rec == ARGV[1] then return 'ok' end
 if at ~= tonumber(ARGV[2]) then return 'stale' end
 if revoked and ARGV[3] ~= '1' then return 'revoked' end
 redis.call('HSET', KEYS[1], 'rec', ARGV[1])
