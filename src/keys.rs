@@ -175,8 +175,18 @@ pub fn is_plausible_foreign(s: &str) -> bool {
 pub fn foreign_display_prefix(secret: &Secret) -> String {
     let s = secret.expose();
     // For `edsk_live_abc1…` style secrets show through the last `_` of the lead plus 4 chars.
-    let lead = s[..s.len().min(24)].rfind('_').map_or(0, |i| i + 1);
-    display_prefix(s, (lead + PREFIX_BODY_CHARS).min(s.len() / 2))
+    // Counted in bytes and cut on a character boundary: slicing a `str` inside a multi-byte
+    // character panics, with the secret in the panic message (found by fuzzing).
+    let lead = s.as_bytes()[..s.len().min(24)]
+        .iter()
+        .rposition(|&b| b == b'_')
+        .map_or(0, |i| i + 1);
+    let max = (lead + PREFIX_BODY_CHARS).min(s.len() / 2);
+    let end = (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    s[..end].to_owned()
 }
 
 fn display_prefix(s: &str, chars: usize) -> String {
@@ -533,6 +543,27 @@ mod tests {
         assert_eq!(
             foreign_display_prefix(&Secret::new("sk_live_abcdefghijkl".into())),
             "sk_live_ab"
+        );
+    }
+
+    #[test]
+    fn foreign_display_prefix_cuts_on_character_boundaries() {
+        // Found by fuzzing (fuzz/corpus/secret_parsing/seed-crash-foreign-prefix-utf8): byte 24
+        // inside a multi-byte character panicked, and the panic message quoted the secret.
+        let found = "has \u{8}\0\0\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\0\0\0\0\0a space ]inside ef";
+        for s in [
+            found,
+            &format!("{}é{}", "a".repeat(23), "b".repeat(10)),
+            "éééééééééééééééé",
+            "ab_cd_éééééééééééééééééé",
+        ] {
+            let shown = foreign_display_prefix(&Secret::new(s.into()));
+            assert!(s.starts_with(&shown), "{s:?}");
+            assert!(shown.len() <= s.len() / 2, "{s:?}");
+        }
+        assert_eq!(
+            foreign_display_prefix(&Secret::new("éééééééééé".into())),
+            "éé"
         );
     }
 
