@@ -168,7 +168,7 @@ impl App {
             .take()
             .map(usage::Flusher::spawn);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let drain = server::Drain::new();
         // Quota counts kept in memory are written until the drain is over, then once more.
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let quota_writer = tokio::spawn(self.gateway.limits().clone().persist(
@@ -188,7 +188,7 @@ impl App {
                 async move { gateway.handle(req, conn).await }
             },
             stop_rx.clone(),
-            &graceful,
+            &drain,
         );
         let admin_handler = admin::Admin::new(
             self.config.clone(),
@@ -204,7 +204,7 @@ impl App {
                 async move { admin.handle(req, conn).await }
             },
             stop_rx,
-            &graceful,
+            &drain,
         );
         tracing::info!(
             proxy = %self.config.listen.proxy,
@@ -220,7 +220,7 @@ impl App {
 
         let timeout = self.config.shutdown_timeout;
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections drained"),
+            _ = drain.shutdown() => tracing::info!("all connections drained"),
             _ = tokio::time::sleep(timeout) => {
                 tracing::warn!(?timeout, "shutdown_timeout reached; closing remaining connections");
             }

@@ -546,7 +546,7 @@ impl ConnectionMetrics {
         let timed_out = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "keygate_connections_timed_out",
-            "Client connections closed without a request head within limits.header_read_timeout",
+            "Client connections closed without a first request head within limits.header_read_timeout of accept",
             timed_out.clone(),
         );
         [Listener::Proxy, Listener::Admin].map(|l| {

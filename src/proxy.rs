@@ -52,6 +52,8 @@ pub struct ConnInfo {
     /// The peer's address as an `X-Forwarded-For` value, rendered once per connection rather
     /// than once per request.
     peer_ip: HeaderValue,
+    /// The connection's place under `limits.max_connections`, for an `Upgrade` tunnel to keep.
+    slot: Option<crate::server::ConnectionSlot>,
 }
 
 impl ConnInfo {
@@ -62,7 +64,19 @@ impl ConnInfo {
             peer,
             scheme,
             peer_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            slot: None,
         }
+    }
+
+    /// The connection holds `slot` under `limits.max_connections`.
+    pub fn with_slot(mut self, slot: crate::server::ConnectionSlot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// The connection's slot, for whatever outlives its HTTP exchange (a tunnel).
+    pub fn slot(&self) -> Option<&crate::server::ConnectionSlot> {
+        self.slot.as_ref()
     }
 
     /// The peer's (canonical) IP address as a header value.

@@ -1,12 +1,14 @@
 //! Listeners: the accept loops for the proxy and admin listeners, TLS termination, HTTP/1.1 and
-//! HTTP/2 (h2 by ALPN over TLS, h2c by prior knowledge), and the graceful drain on shutdown.
-//! What a request means is not decided here.
+//! HTTP/2 (h2 by ALPN over TLS, h2c by prior knowledge), what one connection may hold
+//! (`limits.max_connections` per listener, the first request head due within
+//! `limits.header_read_timeout` of accept, idle connections closed), and the graceful drain on
+//! shutdown. What a request means is not decided here.
 
 use std::convert::Infallible;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -14,12 +16,12 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, TlsFiles};
@@ -106,7 +108,19 @@ impl ListenerOptions {
 }
 
 /// One open connection's place under `limits.max_connections`, given back (and the open gauge
-/// lowered) when the connection's task ends, however it ends.
+/// lowered) when the last holder drops it: the connection's task, or the tunnel an `Upgrade`
+/// (WebSocket) turned it into, which outlives the HTTP connection.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _held: Arc<Slot>,
+}
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
+    }
+}
+
 struct Slot {
     _permit: OwnedSemaphorePermit,
     open: Gauge,
@@ -118,8 +132,43 @@ impl Drop for Slot {
     }
 }
 
+/// Drains the connections of the listeners on shutdown: each connection is told to finish what
+/// it is doing and close (HTTP/1: after the response in flight; HTTP/2: GOAWAY, streams in
+/// flight complete), and [`Drain::shutdown`] returns once every one has closed. Like
+/// hyper-util's `GracefulShutdown`, whose connection trait is sealed and so cannot also close
+/// idle connections.
+#[derive(Clone)]
+pub struct Drain {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Drain {
+    /// No connections yet.
+    pub fn new() -> Drain {
+        Drain {
+            tx: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    fn watcher(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Tells every connection to finish, then waits until all have closed.
+    pub async fn shutdown(&self) {
+        self.tx.send_replace(true);
+        self.tx.closed().await;
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain::new()
+    }
+}
+
 /// Accepts connections on `listener` until `stop` turns true, serving each with the service
-/// `make` builds for it. Connections are registered with `graceful` so shutdown can drain them.
+/// `make` builds for it. Connections are registered with `drain` so shutdown can drain them.
 ///
 /// At most `limits.max_connections` are open at once: a connection accepted beyond that is
 /// closed at once and counted, so a flood of idle connections cannot take the file
@@ -131,7 +180,7 @@ pub async fn accept_loop<F, Fut, B>(
     options: ListenerOptions,
     handler: F,
     mut stop: watch::Receiver<bool>,
-    graceful: &GracefulShutdown,
+    drain: &Drain,
 ) where
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -187,7 +236,9 @@ pub async fn accept_loop<F, Fut, B>(
             drop(stream);
             continue;
         };
-        if refused > 0 {
+        // The episode ends once a tenth of the slots are free again, not at the first one freed:
+        // a flood held at the cap would otherwise log a pair of lines per connection.
+        if refused > 0 && permits.available_permits() >= max / 10 {
             tracing::info!(
                 listener = name,
                 refused,
@@ -196,20 +247,22 @@ pub async fn accept_loop<F, Fut, B>(
             refused = 0;
         }
         options.metrics.open.inc();
-        let slot = Slot {
-            _permit: permit,
-            open: options.metrics.open.clone(),
+        let slot = ConnectionSlot {
+            _held: Arc::new(Slot {
+                _permit: permit,
+                open: options.metrics.open.clone(),
+            }),
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
-            info: ConnInfo::new(peer, scheme),
+            info: ConnInfo::new(peer, scheme).with_slot(slot.clone()),
             slot,
             deadline,
             header_read_timeout: options.limits.header_read_timeout,
             timed_out: options.metrics.timed_out.clone(),
         };
         let handler = handler.clone();
-        let watcher = graceful.watcher();
+        let watcher = drain.watcher();
         match &options.tls {
             None => serve(stream, conn, handler, watcher),
             Some(acceptor) => {
@@ -232,7 +285,7 @@ pub async fn accept_loop<F, Fut, B>(
 /// An accepted connection, before HTTP.
 struct Conn {
     info: ConnInfo,
-    slot: Slot,
+    slot: ConnectionSlot,
     /// When the first request head must be complete.
     deadline: Instant,
     header_read_timeout: Duration,
@@ -252,7 +305,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-fn serve<I, F, Fut, B>(io: I, conn: Conn, handler: F, watcher: Watcher)
+fn serve<I, F, Fut, B>(io: I, conn: Conn, handler: F, mut drain: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Send + Sync + 'static,
@@ -269,37 +322,60 @@ where
         timed_out,
     } = conn;
     let peer = info.peer;
-    // Set when the first request head has been read. hyper's own header timeout starts only
-    // once bytes arrive (the h1/h2 detection waits for them without a limit), so the first
-    // head's deadline, counted from accept, is kept here.
-    let started = Arc::new(AtomicBool::new(false));
-    let seen = started.clone();
+    // Requests whose head has been read. hyper's own header timeout starts only once bytes
+    // arrive (the h1/h2 detection waits for them without a limit) and covers HTTP/1 alone, so
+    // the first head's deadline, counted from accept, and idleness are watched here.
+    let requests = Arc::new(AtomicU64::new(0));
+    let seen = requests.clone();
     let service = service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
+        seen.fetch_add(1, Ordering::Relaxed);
         let response = handler(req, info.clone());
         async move { Ok::<_, Infallible>(response.await) }
     });
     tokio::spawn(async move {
         let _slot = slot;
-        let connection = builder(header_read_timeout)
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let first_head = async {
-            tokio::time::sleep_until(deadline.into()).await;
-            if started.load(Ordering::Relaxed) {
-                // From here on hyper's header_read_timeout covers each further request head.
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            result = watcher.watch(connection) => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let mut connection = Box::pin(
+            builder(header_read_timeout)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned(),
+        );
+        // First at the head's deadline, then every timeout: a connection that started no
+        // request over a whole period is idle.
+        let mut watch = tokio::time::interval_at(deadline.into(), header_read_timeout);
+        watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last = 0;
+        let mut closing = *drain.borrow_and_update();
+        if closing {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
                 }
-            }
-            () = first_head => {
-                timed_out.inc();
-                tracing::debug!(%peer, "no request head within header_read_timeout of accept; closing");
+                // Shutting down (or the drain is gone): finish what is in flight, then close.
+                _ = drain.changed(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = watch.tick() => {
+                    let now = requests.load(Ordering::Relaxed);
+                    if now == 0 {
+                        timed_out.inc();
+                        tracing::debug!(%peer, "no request head within header_read_timeout of accept; closing");
+                        return;
+                    }
+                    if now == last && !closing {
+                        // Idle (HTTP/2 clients answer keep-alive pings for ever): close as on
+                        // shutdown, so a request racing the close is not lost.
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    last = now;
+                }
             }
         }
     });

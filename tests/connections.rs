@@ -119,3 +119,85 @@ async fn connections_over_max_connections_are_closed_at_accept_and_counted() {
     }
     assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_like_http1_ones() {
+    let gw = TestGateway::start(
+        Backend::Embedded,
+        "limits: { header_read_timeout: 1s, max_connections: 100 }",
+    )
+    .await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    // h2c by prior knowledge: one request, then silence. The client answers keep-alive pings
+    // on its own, so without an idle limit the connection would hold its slot for ever.
+    let tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let driven = tokio::spawn(connection);
+    let req = gw
+        .request(http::Method::GET, "/api/v1/sessions", Some(&secret))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let closed_by = Instant::now();
+    // Idle over one whole period after the first: closed (GOAWAY) within about 2 s.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;
+    assert!(ended.is_ok(), "idle h2 connection still open after 5 s");
+    assert!(
+        closed_by.elapsed() >= Duration::from_millis(500),
+        "closed too early"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while metric(&gw, "keygate_connections_open{listener=\"proxy\"}") > 0.0 {
+        assert!(Instant::now() < deadline, "slot not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_keeps_its_connection_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let gw = TestGateway::start(
+        Backend::Embedded,
+        "limits: { header_read_timeout: 60s, max_connections: 2 }",
+    )
+    .await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    let open = "keygate_connections_open{listener=\"proxy\"}";
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut request = format!("ws://{}/ws/echo", gw.proxy)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", secret.expose()).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        ws.send(Message::text("ping")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+        tunnels.push(ws);
+    }
+    // Both tunnels hold their slots after the upgrade: the cap is reached.
+    assert_eq!(metric(&gw, open), 2.0);
+    let mut extra = TcpStream::connect(gw.proxy).await.unwrap();
+    assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
+    // Closing a tunnel gives its slot back.
+    let mut first = tunnels.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&gw, open) > 1.0 {
+        assert!(Instant::now() < deadline, "closed tunnel still counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -470,7 +470,7 @@ async fn a_full_queue_drops_and_counts_the_uses_it_cannot_hold() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = keygate::server::Drain::new();
     let gateway = app.gateway().clone();
     let serving = keygate::server::accept_loop(
         listener,
@@ -484,7 +484,7 @@ async fn a_full_queue_drops_and_counts_the_uses_it_cannot_hold() {
             async move { gateway.handle(req, conn).await }
         },
         stop_rx,
-        &graceful,
+        &drain,
     );
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let requests = async {

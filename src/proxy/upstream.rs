@@ -194,7 +194,12 @@ impl Forwarding {
         match upgrade {
             Some((_, client_side)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_side, upstream_side));
+                // The tunnel keeps the client connection's slot: it holds its descriptors.
+                let slot = conn.slot().cloned();
+                tokio::spawn(async move {
+                    tunnel(client_side, upstream_side).await;
+                    drop(slot);
+                });
             }
             _ => remove_hop_by_hop(response.headers_mut()),
         }
