@@ -165,6 +165,13 @@ impl Reject {
             Reject::RateLimited(secs) | Reject::QuotaExceeded(Some(secs)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
             }
+            // RFC 9110 §15.5.6: a 405 lists what is allowed.
+            Reject::MethodNotAllowed => {
+                headers.insert(
+                    http::header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
             _ => {}
         }
         response

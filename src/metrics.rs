@@ -14,7 +14,7 @@
 //! | `keygate_upstream_duration_seconds` | histogram | upstream time to response head |
 //! | `keygate_cache_hits_total`, `…_misses_total`, `…_stale_served_total`, `keygate_cache_entries` | counter, gauge | |
 //! | `keygate_store_duration_seconds`, `keygate_store_errors_total` | histogram, counter | `op` |
-//! | `keygate_store_breaker_open` | gauge | 1 while Redis calls fail fast after a failure (Redis backend only) |
+//! | `keygate_store_breaker_open` | gauge | 1 from a failed Redis call until a call finds Redis answering again (Redis backend only) |
 //! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |

@@ -1137,6 +1137,32 @@ async fn api_keys_cannot_change_rotate_revoke_or_delete_a_stronger_key() {
         "no successor was created"
     );
 
+    // Its own allowlist, expiry and limits were set to confine it: it cannot lift them.
+    let own = format!(
+        "/v1/workspaces/acme/keys/{}",
+        manager["id"].as_str().unwrap()
+    );
+    for body in [
+        json!({"ip_allowlist": []}),
+        json!({"expires_at": null}),
+        json!({"rate_limit": null}),
+        json!({"quota": null}),
+    ] {
+        let r = gw
+            .admin(Method::PATCH, &own, Some(&token), Some(body.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}: {:?}", r.body);
+    }
+    let r = gw
+        .admin(
+            Method::PATCH,
+            &own,
+            Some(&token),
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
     // A key it fully covers stays manageable, every operation included.
     let peer = gw
         .admin_create(

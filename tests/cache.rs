@@ -246,3 +246,19 @@ async fn entries_read_before_mark_all_stale_are_re_read_once() {
         "each entry re-read once (the record and the negative one), then cached again"
     );
 }
+
+#[tokio::test]
+async fn while_distrusted_records_are_re_read_but_unknown_hashes_stay_cached() {
+    let f = fixture().await;
+    let hash = f.record.hash;
+    let unknown = SecretHasher::new("cache-test-pepper-0123").hash("kg_live_nobody");
+    f.cache.distrust();
+    let before = f.store.lookups.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        f.cache.get(&hash).await.unwrap().unwrap();
+        assert!(f.cache.get(&unknown).await.unwrap().is_none());
+    }
+    // The record at every use; the unknown hash once (a flood of wrong keys stays off a store
+    // that is likely struggling).
+    assert_eq!(f.store.lookups.load(Ordering::SeqCst), before + 3 + 1);
+}

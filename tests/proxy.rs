@@ -732,6 +732,12 @@ async fn encoded_and_doubled_slash_paths_are_normalised_before_routing_and_forwa
 /// Sends `raw` on a fresh connection and reads the reply until the gateway closes it (at most
 /// 5 s): `(status, body)`.
 async fn raw_exchange(gw: &TestGateway, raw: &[u8]) -> (u16, String) {
+    let (status, body, _) = raw_exchange_with_head(gw, raw).await;
+    (status, body)
+}
+
+/// [`raw_exchange`], with the response head too.
+async fn raw_exchange_with_head(gw: &TestGateway, raw: &[u8]) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     stream.write_all(raw).await.unwrap();
@@ -765,11 +771,11 @@ async fn raw_exchange(gw: &TestGateway, raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?} for {raw:?}"));
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    (status, body)
+    (status, body, head)
 }
 
 #[tokio::test]
@@ -825,8 +831,12 @@ async fn connect_is_refused_even_on_public_routes() {
     let gw = TestGateway::start(Backend::Embedded, "").await;
     for target in ["/health", "127.0.0.1:9", "gw:443"] {
         let raw = format!("CONNECT {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
-        let (status, text) = raw_exchange(&gw, raw.as_bytes()).await;
+        let (status, text, head) = raw_exchange_with_head(&gw, raw.as_bytes()).await;
         assert_eq!(status, 405, "{target}: {text}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nallow: get, "),
+            "{head}"
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["error"]["code"], "method_not_allowed", "{target}");
     }

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use super::AdminError;
 use crate::auth;
 use crate::config::{AdminToken, Config};
-use crate::keys::{KeyStatus, Shape};
+use crate::keys::{KeyId, KeyStatus, Shape};
 use crate::proxy::Gateway;
 
 /// `api.key.view`.
@@ -61,6 +61,8 @@ enum Kind {
         workspaces: Vec<String>,
     },
     Key {
+        /// The calling key.
+        id: KeyId,
         workspace: String,
         /// The key's scopes and its role's.
         scopes: Vec<String>,
@@ -81,6 +83,7 @@ impl Caller {
             Kind::Key {
                 workspace: own,
                 scopes,
+                ..
             } => own == workspace && auth::has_scope(scopes, &[], permission),
         }
     }
@@ -118,6 +121,24 @@ impl Caller {
             Some(s) => Err(AdminError::Forbidden(format!(
                 "an API key cannot change a key that holds the scope `{s}`, which it does not hold"
             ))),
+        }
+    }
+
+    /// Refuses a key caller changing its own allowlist, expiry, rate limit or quota: the
+    /// operator who set them meant them to confine the key, so it may not lift them itself.
+    pub fn may_restrict(
+        &self,
+        target: &KeyId,
+        changes_restrictions: bool,
+    ) -> Result<(), AdminError> {
+        match &self.kind {
+            Kind::Key { id, .. } if changes_restrictions && id == target => {
+                Err(AdminError::Forbidden(
+                    "an API key cannot change its own ip_allowlist, expires_at, rate_limit or quota"
+                        .into(),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -192,6 +213,7 @@ pub async fn authenticate(
     Ok(Caller {
         actor: format!("key:{}", key.id),
         kind: Kind::Key {
+            id: key.id.clone(),
             workspace: key.workspace.clone(),
             scopes: gateway
                 .effective_scopes(&key)
@@ -210,6 +232,7 @@ mod tests {
         Caller {
             actor: "key:key_x".into(),
             kind: Kind::Key {
+                id: KeyId::parse("key_AAAAAAAAAAAAAAAAAAAAAA").expect("an id"),
                 workspace: "acme".into(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
             },

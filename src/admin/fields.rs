@@ -399,6 +399,14 @@ impl Valid {
     pub fn changes_access(&self) -> bool {
         self.scopes.is_present() || self.role.is_present()
     }
+
+    /// Whether the body changes where, until when or how much the key may be used.
+    pub fn changes_restrictions(&self) -> bool {
+        self.ip_allowlist.is_present()
+            || self.expires_at.is_present()
+            || self.rate_limit.is_present()
+            || self.quota.is_present()
+    }
 }
 
 /// The key object of the admin API: every field, `null` when unset, and the derived `status`.

@@ -127,6 +127,14 @@ async fn existing(call: &Call<'_>, ws: &str, id: &KeyId) -> Result<KeyRecord, Ad
         .ok_or(AdminError::NotFound("key"))
 }
 
+/// The key `id` of `ws`, if the caller may change it ([`super::caller::Caller::may_manage`]).
+async fn manageable(call: &Call<'_>, ws: &str, id: &KeyId) -> Result<KeyRecord, AdminError> {
+    let record = existing(call, ws, id).await?;
+    call.caller
+        .may_manage(&granted(call, &record.scopes, record.role.as_deref()))?;
+    Ok(record)
+}
+
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
@@ -291,6 +299,8 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     let id = key_id(id)?;
     let valid = validate(call, parse_json(body)?, Purpose::Update)?;
     let changes_access = valid.changes_access();
+    call.caller
+        .may_restrict(&id, valid.changes_restrictions())?;
     let changed = changed_fields(&valid);
     let record = call
         .state
@@ -365,22 +375,19 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         return Err(AdminError::field(
             "grace_period",
             format!(
-                "grace_period may be at most {}",
-                humantime::format_duration(MAX_GRACE_PERIOD)
+                "grace_period may be at most {}h (30 days)",
+                MAX_GRACE_PERIOD.as_secs() / 3600
             ),
         ));
     }
     let grace = time::Duration::try_from(grace).expect("at most 30 days fits");
-    let old = existing(call, ws, &id).await?;
+    let old = manageable(call, ws, &id).await?;
     let now = now();
     match old.status_at(now) {
         KeyStatus::Revoked => return Err(AdminError::KeyRevoked),
         KeyStatus::Expired => return Err(AdminError::KeyExpired),
         KeyStatus::Active => {}
     }
-    let held = granted(call, &old.scopes, old.role.as_deref());
-    call.caller.may_manage(&held)?;
-    call.caller.may_grant(&held)?;
     let (new, secret) = call
         .state
         .keys
@@ -438,10 +445,7 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
 async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     workspace(call, ws, DELETE)?;
     let id = key_id(id)?;
-    let target = existing(call, ws, &id).await?;
-    call.caller
-        .may_manage(&granted(call, &target.scopes, target.role.as_deref()))?;
-    let was_revoked = target.revoked_at.is_some();
+    let was_revoked = manageable(call, ws, &id).await?.revoked_at.is_some();
     let record = call.state.keys.revoke(ws, &id).await?;
     if !was_revoked {
         call.audit("key.revoke", ws, Some(&id), "ok", serde_json::Value::Null)
@@ -453,9 +457,7 @@ async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
 async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     workspace(call, ws, DELETE)?;
     let id = key_id(id)?;
-    let target = existing(call, ws, &id).await?;
-    call.caller
-        .may_manage(&granted(call, &target.scopes, target.role.as_deref()))?;
+    manageable(call, ws, &id).await?;
     let record = call.state.keys.delete(ws, &id).await?;
     call.audit(
         "key.delete",

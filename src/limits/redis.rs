@@ -1,6 +1,8 @@
 //! `rate_limits.mode: redis`: one GCRA bucket per subject for all instances together, kept in
 //! Redis and updated by one atomic Lua script per request; and [`Outage`], the circuit that
 //! sends checks to the local buckets while Redis cannot be reached and logs once per outage.
+//! Calls go through the store's circuit breaker ([`crate::store::breaker`]), so while Redis is
+//! known to be down a check falls back at once rather than after the timeout.
 //!
 //! # Keys
 //!

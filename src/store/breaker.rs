@@ -1,4 +1,5 @@
-//! The circuit breaker in front of Redis (SPEC §4, "a store outage costs a request nothing"):
+//! The circuit breaker in front of Redis (SPEC §4: "an outage costs no request more than the
+//! timeout"; issue 9 asked that it cost a cached key nothing):
 //! after a call fails for want of Redis, calls fail at once with [`StoreError::Unavailable`]
 //! for [`OPEN_FOR`] instead of each waiting for `store.redis.timeout`, so cached keys are served
 //! at full speed (stale within `cache.max_stale`) and uncached ones get `store_unavailable`
@@ -98,7 +99,8 @@ impl Breaker {
         )))
     }
 
-    /// Whether calls fail fast right now (open, or half-open with the probe in flight).
+    /// Whether the breaker is not closed: from a failure until a call (the probe) finds Redis
+    /// answering. With no traffic it stays so past [`OPEN_FOR`], as nothing has shown Redis back.
     pub fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
     }

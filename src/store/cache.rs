@@ -13,8 +13,8 @@
 //!   same read-before-the-store-call scheme with one cache-wide epoch. A stale entry is re-read
 //!   on its next use, and serves only as the `max_stale` fallback while the store is unreachable.
 //! - While the channel is down ([`KeyCache::distrust`] until [`KeyCache::trust`]), changes made
-//!   elsewhere go unheard, so no entry is trusted: the cache behaves as if `ttl` were 0, every
-//!   lookup re-reads the store (one call per hash at a time; requests that arrived while it was
+//!   elsewhere go unheard, so no positive entry is trusted: the cache behaves as if `ttl` were
+//!   0 (negative entries read meanwhile still last `negative_ttl`), every lookup re-reads the store (one call per hash at a time; requests that arrived while it was
 //!   under way take its answer), and a cached record is served only as the `max_stale` fallback
 //!   while the store is unreachable. Both transitions also mark everything stale: what was read
 //!   before the channel came back may have missed a message. The trust state is the low bit of
@@ -191,12 +191,17 @@ impl<S: KeyStore> KeyCache<S> {
 
     /// Whether an entry of the current generation may be served without asking the store: read
     /// while trusted and since the last [`KeyCache::mark_all_stale`], and (if positive) within
-    /// `ttl`. An odd epoch (distrusted) never matches one read while trusted, and an entry read
-    /// while distrusted has an odd one itself.
+    /// `ttl`. An odd epoch (distrusted) never matches one read while trusted, and a positive
+    /// entry read while distrusted has an odd one itself. A negative entry read while
+    /// distrusted is still served for `negative_ttl`: floods of wrong keys must stay off the
+    /// store most of all while it struggles, and a key created elsewhere meanwhile is at worst
+    /// refused for that long (never the reverse).
     fn is_fresh(&self, entry: &Entry) -> bool {
-        entry.epoch & 1 == 0
-            && entry.epoch == self.epoch.load(Ordering::Acquire)
-            && (entry.record.is_none() || entry.fetched.elapsed() < self.ttl)
+        entry.epoch == self.epoch.load(Ordering::Acquire)
+            && match &entry.record {
+                None => true,
+                Some(_) => entry.epoch & 1 == 0 && entry.fetched.elapsed() < self.ttl,
+            }
     }
 
     async fn load(&self, hash: &SecretHash) -> Result<Entry, StoreError> {

@@ -1,6 +1,7 @@
 //! The key index: the [`KeyStore`] interface, its two backends (`embedded` redb file, `redis`),
 //! and the hot cache in front of them. The request path only ever reaches a store through
-//! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step.
+//! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step;
+//! [`breaker`] makes a Redis outage fail calls at once instead of after the timeout.
 
 pub mod breaker;
 pub mod cache;
