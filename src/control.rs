@@ -15,7 +15,7 @@ use crate::keys::{
     self, HashScheme, KeyId, KeyRecord, Secret, SecretFormat, SecretHash, SecretHasher, Shape,
 };
 use crate::store::cache::KeyCache;
-use crate::store::invalidation::invalidate_everywhere;
+use crate::store::invalidation::{invalidate_everywhere, invalidate_hash_everywhere};
 use crate::store::{KeyStore, Store, StoreError};
 
 /// The fields a caller chooses when creating a key.
@@ -287,9 +287,15 @@ impl KeyManager {
             .get(workspace, id)
             .await?
             .ok_or(StoreError::NotFound)?;
+        // Before the delete, which removes the mark: the copy of an unfinished upgrade may be
+        // cached under its target.
+        let target = self.store().upgrade_target(&known).await;
         let deleted = self.store().delete(workspace, id).await;
         if !matches!(deleted, Ok(None)) {
             invalidate_everywhere(&self.cache, &known).await;
+            if let Some(to) = target {
+                invalidate_hash_everywhere(&self.cache, &to, &known).await;
+            }
         }
         deleted?.ok_or(StoreError::NotFound)
     }

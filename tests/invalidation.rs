@@ -547,3 +547,81 @@ async fn a_silent_subscription_is_noticed_by_the_heartbeat() {
     eprintln!("silent subscription noticed after {:?}", started.elapsed());
     subscribed(&b, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_import_whose_upgrade_was_cut_short_reaches_every_cache() {
+    let (_redis, a, b) = two_instances().await;
+    let hasher = a.app.gateway().hasher().clone();
+    let mut stuck_rounds = 0;
+    for round in 0..40 {
+        let secret = foreign_secret();
+        let keyed = hasher.hash(secret.expose());
+        let digest = SecretHash(Sha256::digest(secret.expose().as_bytes()).into());
+        let imported = a
+            .app
+            .keys()
+            .import(
+                keygate::control::NewKey {
+                    scopes: vec!["sessions:read".into()],
+                    ..new_key("acme")
+                },
+                ImportedSecret::Sha256 {
+                    digest,
+                    prefix: "edsk_live_".into(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        // The upgrade is cut off somewhere between its steps (as by a crash or a timeout).
+        let upgrade = {
+            let store = a.app.store().clone();
+            let id = imported.id.clone();
+            tokio::spawn(async move { store.upgrade_hash("acme", &id, &keyed).await })
+        };
+        // Aborted as soon as its copy answers to the keyed hash, mostly before its last step.
+        if round % 4 != 0 {
+            while !upgrade.is_finished()
+                && KeyStore::get_by_hash(a.app.store().as_ref(), &keyed)
+                    .await
+                    .unwrap()
+                    .is_none()
+            {}
+        }
+        upgrade.abort();
+        let _ = upgrade.await;
+        // B caches whatever answers to the keyed hash by now (the copy, once it is written).
+        let cached = b.app.gateway().keys().get(&keyed).await.unwrap();
+        let stored = KeyStore::get(a.app.store().as_ref(), "acme", &imported.id)
+            .await
+            .unwrap()
+            .unwrap();
+        if cached.is_some() && stored.hash_scheme == HashScheme::Sha256 {
+            stuck_rounds += 1;
+        }
+        a.app.keys().revoke("acme", &imported.id).await.unwrap();
+        let started = Instant::now();
+        loop {
+            match b.app.gateway().keys().get(&keyed).await.unwrap() {
+                Some(r) if r.revoked_at.is_none() => {
+                    if started.elapsed() >= BOUND {
+                        let in_store = KeyStore::get_by_hash(a.app.store().as_ref(), &keyed)
+                            .await
+                            .unwrap();
+                        let by_id = KeyStore::get(a.app.store().as_ref(), "acme", &imported.id)
+                            .await
+                            .unwrap();
+                        panic!(
+                            "round {round}: B still holds the unrevoked copy; store by keyed hash: {:?}; by id: {:?}",
+                            in_store.map(|r| (r.hash_scheme, r.revoked_at)),
+                            by_id.map(|r| (r.hash_scheme, r.revoked_at))
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => break,
+            }
+        }
+    }
+    println!("rounds with the upgrade stuck after its copy: {stuck_rounds}");
+}

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use super::Store;
 use super::cache::KeyCache;
 use super::redis::{InvalidationFeed, InvalidationMessage};
-use crate::keys::{HashScheme, KeyRecord};
+use crate::keys::{HashScheme, KeyRecord, SecretHash};
 
 /// First wait before subscribing again after a failure: short, so that a Redis restart costs
 /// little more than the restart.
@@ -85,17 +85,38 @@ impl InvalidationStats {
 /// negative entries of its hash).
 pub async fn invalidate_everywhere(cache: &KeyCache<Store>, key: &KeyRecord) {
     cache.invalidate(&key.hash).await;
-    // A SHA-256 import is read from the store uncached, by its digest: no cache anywhere holds
-    // it under that hash, and the digest is not worth putting on the wire. Its keyed hash is
-    // published when its first use upgrades it.
-    if key.hash_scheme != HashScheme::KeyedBlake3 {
-        return;
+    match key.hash_scheme {
+        HashScheme::KeyedBlake3 => publish(cache, &key.hash, key).await,
+        // A SHA-256 import is read from the store uncached, by its digest: no cache anywhere
+        // holds it under that hash, and the digest is not worth putting on the wire. But an
+        // upgrade cut short (Redis) leaves a copy under the keyed hash, which lookups find and
+        // caches hold: that hash goes out. Otherwise the keyed hash is published when the first
+        // use upgrades the key.
+        HashScheme::Sha256 => {
+            if let Some(to) = cache.store().upgrade_target(key).await {
+                invalidate_hash_everywhere(cache, &to, key).await;
+            }
+        }
     }
+}
+
+/// Drops `hash` (one that `key` answers to) here and everywhere: for a hash the key record does
+/// not carry, such as the target of an unfinished upgrade.
+pub async fn invalidate_hash_everywhere(
+    cache: &KeyCache<Store>,
+    hash: &SecretHash,
+    key: &KeyRecord,
+) {
+    cache.invalidate(hash).await;
+    publish(cache, hash, key).await;
+}
+
+async fn publish(cache: &KeyCache<Store>, hash: &SecretHash, key: &KeyRecord) {
     let store = cache.store();
     let Some(stats) = store.invalidation_stats() else {
         return;
     };
-    match store.publish_invalidation(&key.hash).await {
+    match store.publish_invalidation(hash).await {
         Ok(()) => {
             stats.published.fetch_add(1, Ordering::Relaxed);
         }

@@ -460,6 +460,24 @@ impl Store {
         }
     }
 
+    /// The keyed hash an unfinished upgrade of SHA-256 import `key` is moving it to, whose copy
+    /// lookups may already find (and caches hold). Only Redis upgrades in steps; a failed read
+    /// is logged and taken as none (the copy then ages out of caches within `cache.ttl`).
+    pub async fn upgrade_target(&self, key: &KeyRecord) -> Option<SecretHash> {
+        match self {
+            Store::Redis(s) if key.hash_scheme == crate::keys::HashScheme::Sha256 => {
+                match s.upgrade_target(&key.hash).await {
+                    Ok(to) => to,
+                    Err(e) => {
+                        tracing::warn!(key_id = %key.id, error = %e, "cannot read an import's upgrade target");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Counters and state of the invalidation channel; `None` on the embedded backend, which
     /// has none.
     pub fn invalidation_stats(&self) -> Option<&invalidation::InvalidationStats> {

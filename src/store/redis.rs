@@ -856,6 +856,22 @@ impl RedisStore {
         self.retried(redis::cmd("HGETALL").arg(key)).await
     }
 
+    /// The keyed hash an unfinished upgrade of the SHA-256 record `sha256` is moving it to (the
+    /// `to` mark its first step sets), if any.
+    pub async fn upgrade_target(
+        &self,
+        sha256: &SecretHash,
+    ) -> Result<Option<SecretHash>, StoreError> {
+        let to: Option<String> = self
+            .retried(
+                redis::cmd("HGET")
+                    .arg(self.sha256_key(&sha256.to_hex()))
+                    .arg("to"),
+            )
+            .await?;
+        Ok(to.as_deref().and_then(SecretHash::from_hex))
+    }
+
     /// A key by id. A SHA-256 record that is gone by the time it is read may have been moved by
     /// an upgrade: then the index is read again.
     async fn record_by_id(&self, ws: &str, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
