@@ -623,5 +623,5 @@ async fn revoking_an_import_whose_upgrade_was_cut_short_reaches_every_cache() {
             }
         }
     }
-    println!("rounds with the upgrade stuck after its copy: {stuck_rounds}");
+    eprintln!("rounds with the upgrade stuck after its copy: {stuck_rounds}");
 }
