@@ -91,18 +91,22 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The test config on an embedded store in `dir`, forwarding to `upstream`.
+fn embedded_config(dir: &Path, upstream: &TestUpstream) -> String {
+    format!(
+        "{BASE_CONFIG}\n\
+         store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
+         upstreams: {{ app: {{ url: \"{}\" }} }}\n",
+        dir.join("keygate.redb").display(),
+        upstream.url()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{BASE_CONFIG}\n\
-         store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
-         upstreams: {{ app: {{ url: \"{}\" }} }}\n",
-        dir.path().join("keygate.redb").display(),
-        upstream.url()
-    )
-    .replace(
+    let text = embedded_config(dir.path(), &upstream).replace(
         "log: { format: text, level: warn, access: false }",
         "log: { format: json, level: info, access: true }",
     );
@@ -238,13 +242,7 @@ fn nofile_limits(pid: u32) -> (String, String) {
 async fn serve_raises_the_soft_file_descriptor_limit_to_the_hard_limit() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{BASE_CONFIG}\n\
-         store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}\n\
-         upstreams: {{ app: {{ url: \"{}\" }} }}\n",
-        dir.path().join("keygate.redb").display(),
-        upstream.url()
-    );
+    let text = embedded_config(dir.path(), &upstream);
     // Started with a soft limit of 256, as a service manager may start it.
     let mut running = KeygateProcess::start_with(dir.path(), "keygate", &text, Some(256)).await;
     let (soft, hard) = nofile_limits(running.pid());
