@@ -99,6 +99,16 @@ impl Breaker {
         )))
     }
 
+    /// A permit whatever the state, for a call that undoes half of a write which just failed
+    /// (a create's rollback): failing it fast would leave the half that landed for good, while
+    /// trying costs one timeout at most. Its outcome counts as any call's.
+    pub fn bypass(&self) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            probe: false,
+        }
+    }
+
     /// Whether the breaker is not closed: from a failure until a call (the probe) finds Redis
     /// answering. With no traffic it stays so past [`OPEN_FOR`], as nothing has shown Redis back.
     pub fn is_open(&self) -> bool {
@@ -220,6 +230,19 @@ mod tests {
         assert!(b.is_open());
         b.admit().unwrap().record(Outcome::Answered);
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn a_rollback_goes_through_an_open_breaker_without_closing_it() {
+        let b = Breaker::new();
+        b.admit().unwrap().record(Outcome::Failed);
+        assert!(fails_fast(&b));
+        // The undo of a half-landed write is sent anyway; an answer to it proves no more than
+        // any late answer, so the breaker stays open until a probe.
+        b.bypass().record(Outcome::Answered);
+        assert!(fails_fast(&b));
+        b.bypass().record(Outcome::Failed);
+        assert_eq!(b.opens(), 1);
     }
 
     #[test]

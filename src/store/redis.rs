@@ -822,6 +822,18 @@ impl RedisStore {
         bounded(&self.breaker, self.timeout, call).await
     }
 
+    /// One round trip that undoes part of a write that failed: sent even while the breaker is
+    /// open (see [`Breaker::bypass`]), bounded by the timeout.
+    async fn compensating<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let permit = self.breaker.bypass();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        permit.record(outcome(&result));
+        settle(result, self.timeout)
+    }
+
     /// One round trip that may safely run twice: a read, or a write that is idempotent or
     /// conditional. If the connection turns out to be lost, the request is sent once more on
     /// the connection the manager has started meanwhile. Both attempts together are bounded by
@@ -965,7 +977,7 @@ impl RedisStore {
     async fn roll_back_create(&self, record: &KeyRecord, entry: &IndexEntry, json: &str) {
         let mut conn = self.conn.clone();
         let record_gone = self
-            .bounded(
+            .compensating(
                 SCRIPTS
                     .rollback_record
                     .key(self.record_key_of(entry))
@@ -978,7 +990,7 @@ impl RedisStore {
         }
         let ws = self.workspace_keys(&record.workspace);
         let _ = self
-            .bounded(
+            .compensating(
                 SCRIPTS
                     .delete_index_if
                     .key(&ws.keys)
