@@ -124,9 +124,30 @@ impl KeyManager {
         new: NewKey,
         max_active: Option<u32>,
     ) -> Result<(KeyRecord, Secret), StoreError> {
+        self.create_with(new, max_active, None).await
+    }
+
+    /// Creates the successor of `old` in a rotation: a new secret, the same settings, and
+    /// `rotated_from` naming `old` (whose `replaced_by` the caller sets when it ends it).
+    pub async fn create_successor(
+        &self,
+        old: &KeyRecord,
+        created_by: &str,
+    ) -> Result<(KeyRecord, Secret), StoreError> {
+        self.create_with(NewKey::like(old, created_by), None, Some(old.id.clone()))
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        new: NewKey,
+        max_active: Option<u32>,
+        rotated_from: Option<KeyId>,
+    ) -> Result<(KeyRecord, Secret), StoreError> {
         let secret = self.format.generate();
         let prefix = self.format.display_prefix(&secret);
-        let record = self.record(new, self.keyed(&secret), prefix);
+        let mut record = self.record(new, self.keyed(&secret), prefix);
+        record.rotated_from = rotated_from;
         self.store()
             .create(&record, max_active, OffsetDateTime::now_utc())
             .await?;
@@ -209,6 +230,8 @@ impl KeyManager {
             last_used_at: None,
             usage_count: 0,
             sha256_tag: None,
+            rotated_from: None,
+            replaced_by: None,
         }
     }
 

@@ -467,6 +467,12 @@ pub struct KeyRecord {
     /// form it was imported in. `None` for keys keygate issued, whose secrets are never imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256_tag: Option<SecretHash>,
+    /// The key this one replaced by rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<KeyId>,
+    /// The key that replaced this one by rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<KeyId>,
 }
 
 impl KeyRecord {

@@ -619,6 +619,8 @@ mod tests {
             last_used_at: None,
             usage_count: 0,
             sha256_tag: None,
+            rotated_from: None,
+            replaced_by: None,
         })
     }
 

@@ -621,7 +621,7 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
         Method::PATCH,
         &path,
         Some(OPS_TOKEN),
-        Some(json!({"name": "renamed"})),
+        Some(json!({"name": "renamed", "ip_allowlist": ["192.0.2.0/24"]})),
     )
     .await;
     next_ms().await;
@@ -668,7 +668,17 @@ async fn audit_log_records_who_did_what_and_never_a_secret(backend: Backend) {
             .iter()
             .all(|e| e["actor"] == "token:ops" && e["key_id"] == id)
     );
-    assert_eq!(entries[2]["detail"]["fields"], json!(["name"]));
+    assert_eq!(
+        entries[2]["detail"]["fields"],
+        json!(["name", "ip_allowlist"])
+    );
+    assert_eq!(
+        entries[2]["detail"]["changes"],
+        json!({
+            "name": {"old": "audited", "new": "renamed"},
+            "ip_allowlist": {"old": [], "new": ["192.0.2.0/24"]},
+        })
+    );
     assert!(!String::from_utf8_lossy(&r.body).contains(created["secret"].as_str().unwrap()));
 
     let global = gw

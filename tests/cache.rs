@@ -127,6 +127,8 @@ async fn fixture() -> Fixture {
         last_used_at: None,
         usage_count: 0,
         sha256_tag: None,
+        rotated_from: None,
+        replaced_by: None,
     };
     store.create(&record, None, now).await.unwrap();
     let cache = Arc::new(KeyCache::new(store.clone(), &CacheConfig::default()));

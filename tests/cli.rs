@@ -508,6 +508,19 @@ async fn rotate_shows_the_new_secret_and_the_old_keys_expiry() {
         .json();
     assert!(v["key"]["secret"].is_string(), "{v}");
     assert_eq!(v["previous"]["id"], new_id.as_str());
+    // The lineage, both ways, in the API and in `keys show`.
+    let newest = v["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["key"]["rotated_from"], new_id.as_str());
+    assert_eq!(v["previous"]["replaced_by"], newest.as_str());
+    let shown = keys(&gw, &["show", &new_id]).await.expect(0).stdout;
+    assert!(
+        shown.contains(&format!("Rotated from  {old_id}\n")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("Replaced by   {newest}\n")),
+        "{shown}"
+    );
     assert!(v["previous"]["expires_at"].is_string(), "{v}");
     assert_eq!(
         use_key(&gw, &new_secret).await.status,

@@ -67,6 +67,8 @@ fn record(ws: &str, name: &str) -> KeyRecord {
         last_used_at: None,
         usage_count: 0,
         sha256_tag: None,
+        rotated_from: None,
+        replaced_by: None,
     }
 }
 

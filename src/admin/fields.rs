@@ -445,5 +445,7 @@ pub fn key_json(record: &KeyRecord, now: OffsetDateTime) -> serde_json::Value {
         "last_used_at": time(record.last_used_at),
         "usage_count": record.usage_count,
         "status": record.status_at(now).as_str(),
+        "rotated_from": record.rotated_from,
+        "replaced_by": record.replaced_by,
     })
 }

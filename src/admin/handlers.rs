@@ -302,6 +302,8 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     call.caller
         .may_restrict(&id, valid.changes_restrictions())?;
     let changed = changed_fields(&valid);
+    // The version the write landed on (the last one `modify` read), for the audit's old values.
+    let mut before = None;
     let record = call
         .state
         .keys
@@ -312,6 +314,7 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             // On the record being written, so a scope added meanwhile is seen.
             call.caller
                 .may_manage(&granted(call, &record.scopes, record.role.as_deref()))?;
+            before = Some(record.clone());
             valid.clone().apply_to(record);
             if changes_access {
                 call.caller
@@ -320,15 +323,29 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             Ok(Changed::Yes)
         })
         .await?;
+    // Each changed field's old and new value, as the API shows them (a key's fields hold no
+    // secret).
+    let at = now();
+    let (old, new) = (
+        before.map(|b| key_json(&b, at)).unwrap_or_default(),
+        key_json(&record, at),
+    );
+    let changes: serde_json::Map<String, serde_json::Value> = changed
+        .iter()
+        .map(|&f| {
+            let change = serde_json::json!({"old": old.get(f), "new": new.get(f)});
+            (f.to_owned(), change)
+        })
+        .collect();
     call.audit(
         "key.update",
         ws,
         Some(&record.id),
         "ok",
-        serde_json::json!({"fields": changed}),
+        serde_json::json!({"fields": changed, "changes": changes}),
     )
     .await;
-    Ok(json_response(StatusCode::OK, &key_json(&record, now())))
+    Ok(json_response(StatusCode::OK, &new))
 }
 
 fn changed_fields(v: &Valid) -> Vec<&'static str> {
@@ -391,7 +408,7 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     let (new, secret) = call
         .state
         .keys
-        .create(NewKey::like(&old, &call.caller.actor), None)
+        .create_successor(&old, &call.caller.actor)
         .await?;
     // A grace period past the end of time leaves the old key its own expiry.
     let stop = now.checked_add(grace);
@@ -408,6 +425,7 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             }
             call.caller
                 .may_manage(&granted(call, &old.scopes, old.role.as_deref()))?;
+            old.replaced_by = Some(new.id.clone());
             old.expires_at = match (old.expires_at, stop) {
                 (Some(own), Some(stop)) => Some(own.min(stop)),
                 (own, None) => own,

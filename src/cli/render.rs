@@ -43,6 +43,8 @@ pub(super) struct KeyView {
     last_used_at: Option<String>,
     usage_count: Option<u64>,
     status: Option<String>,
+    rotated_from: Option<String>,
+    replaced_by: Option<String>,
 }
 
 impl KeyView {
@@ -175,6 +177,8 @@ pub(super) fn detail(k: &KeyView) -> String {
             "Uses",
             k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
         ),
+        ("Rotated from", text_or(k.rotated_from.as_deref(), "-")),
+        ("Replaced by", text_or(k.replaced_by.as_deref(), "-")),
     ];
     let width = fields.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     fields
