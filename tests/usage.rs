@@ -1,6 +1,7 @@
-//! Usage counts and request logs as a key's owner sees them through the admin API: counted
-//! after a flush, exact after a graceful stop of the real binary, buffered across a Redis
-//! restart, request logs on both backends, and uses that cannot be queued counted as dropped.
+//! Usage counts, per-day usage and request logs as a key's owner sees them through the admin
+//! API: counted after a flush, exact after a graceful stop of the real binary and across two
+//! instances on one Redis, buffered across a Redis restart, request logs on both backends, and
+//! uses that cannot be queued counted as dropped.
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -20,7 +21,9 @@ use keygate::App;
 use keygate::metrics::UsageDrop;
 use keygate::store::KeyStore;
 use serde_json::Value;
-use support::gateway::{BASE_CONFIG, Backend, OPS_TOKEN, TestGateway, config_from, new_key};
+use support::gateway::{
+    BASE_CONFIG, Backend, OPS_TOKEN, TestGateway, VIEWER_TOKEN, config_from, new_key,
+};
 use support::process::{KeygateProcess, issue_key};
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
@@ -368,6 +371,16 @@ async fn daily_usage_counts_uses_per_day_and_goes_with_the_key(backend: Backend)
         assert_eq!(r.error_code(), "invalid_request", "days={bad}");
         assert_eq!(r.json()["error"]["field"], "days", "days={bad}");
     }
+    // `api.key.view` is enough, on the key's workspace only.
+    let viewed = |ws: &str| format!("/v1/workspaces/{ws}/keys/{id}/usage?days=1");
+    let r = gw
+        .admin(Method::GET, &viewed("acme"), Some(VIEWER_TOKEN), None)
+        .await;
+    assert_eq!(day_counts(&r), last_days(1, N));
+    let r = gw
+        .admin(Method::GET, &viewed("other"), Some(VIEWER_TOKEN), None)
+        .await;
+    assert_eq!(r.error_code(), "forbidden");
     let r = daily(&gw, id, "?limit=3").await;
     assert_eq!(r.error_code(), "invalid_request");
     let unknown = keygate::keys::KeyId::generate();
