@@ -1458,21 +1458,21 @@ impl KeyStore for RedisStore {
                     sent.push((i, matches!(entry, IndexEntry::Keyed(_))));
                     // The per-day split lives on the workspace's slot, so it is its own script
                     // in the same round trip; the second pass only re-aims `uc` at a moved record.
-                    if let Some(key_days) = days.get(&(ws, id)).filter(|_| pass == 0) {
-                        if !key_days.is_empty() {
-                            pipe.cmd("EVAL")
-                                .arg(ADD_DAYS)
-                                .arg(2)
-                                .arg(self.workspace_keys(ws).keys)
-                                .arg(self.days_key(ws, id))
-                                .arg(id.as_str())
-                                .arg(&oldest)
-                                .arg(days_expire);
-                            for (day, n) in key_days {
-                                pipe.arg(day_field(*day)).arg(clamp_count(*n));
-                            }
-                            pipe.ignore();
+                    if let Some(key_days) =
+                        days.get(&(ws, id)).filter(|d| pass == 0 && !d.is_empty())
+                    {
+                        pipe.cmd("EVAL")
+                            .arg(ADD_DAYS)
+                            .arg(2)
+                            .arg(self.workspace_keys(ws).keys)
+                            .arg(self.days_key(ws, id))
+                            .arg(id.as_str())
+                            .arg(&oldest)
+                            .arg(days_expire);
+                        for (day, n) in key_days {
+                            pipe.arg(day_field(*day)).arg(clamp_count(*n));
                         }
+                        pipe.ignore();
                     }
                 }
             }
