@@ -1189,6 +1189,12 @@ async fn concurrent_upgrades_agree_and_keep_usage<S: KeyStore>(store: &S) {
         .expect("upgraded");
     assert_eq!(got, upgraded(&r, new_hash, 14, Some(t + ms(4))));
     assert_eq!(store.get_by_sha256(&r.hash).await.expect("by sha256"), None);
+    // Per-day counts are exact too: none lost or doubled by a delta re-aimed at the new record.
+    let days = store
+        .daily_usage("acme", &r.id, t.date(), (t + ms(4)).date())
+        .await
+        .expect("daily");
+    assert_eq!(days.iter().map(|(_, n)| n).sum::<u64>(), 14, "{days:?}");
 }
 
 async fn sha256_imports_count_against_max_active<S: KeyStore>(store: &S) {
@@ -2793,6 +2799,10 @@ async fn redis_upgrade_cut_short_stays_consistent_and_resumes() {
         format!("{prefix}{{ws:acme}}:keys"),
         format!("{prefix}{{ws:acme}}:created"),
         format!("{prefix}{{ws:acme}}:active"),
+        // Their per-day usage, on the workspace's slot, untouched by the upgrades.
+        format!("{prefix}{{ws:acme}}:days:{}", a.id),
+        format!("{prefix}{{ws:acme}}:days:{}", b.id),
+        format!("{prefix}{{ws:acme}}:days:{}", d.id),
     ];
     want.sort();
     assert_eq!(raw_keys(&mut conn).await, want);
