@@ -3,7 +3,8 @@
 //! The request path calls [`Recorder::record`], which `try_send`s one small message on a bounded
 //! queue and never waits: a full queue (or a stopped flusher) drops the use and counts it in
 //! `keygate_usage_dropped_total`. The [`Flusher`] task drains the queue continuously, aggregates
-//! per key (a count, the latest use, the newest `usage.request_log.max_per_key` log entries) and
+//! per key (a count, split by the UTC day of each use; the latest use; the newest
+//! `usage.request_log.max_per_key` log entries) and
 //! every `usage.flush_interval` writes the batch with [`KeyStore::add_usage`] and
 //! [`KeyStore::append_request_logs`]. The write runs beside the draining, so a slow store never
 //! backs the queue up.
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -363,18 +364,7 @@ async fn write(
     max_per_key: usize,
     metrics: Metrics,
 ) -> Written {
-    let deltas: Vec<UsageDelta> = batch
-        .iter()
-        .filter(|k| k.count > 0)
-        .filter_map(|k| {
-            Some(UsageDelta {
-                workspace: k.key.workspace.clone(),
-                id: k.key.id.clone(),
-                count: k.count,
-                last_used_at: k.last_used?,
-            })
-        })
-        .collect();
+    let deltas = deltas(&batch);
     if !deltas.is_empty() {
         let added = metrics
             .store()
@@ -392,6 +382,7 @@ async fn write(
             .inc_by(deltas.iter().map(|d| d.count).sum());
         for k in &mut batch {
             k.count = 0;
+            k.days.clear();
         }
     }
     let mut error = None;
@@ -428,10 +419,32 @@ async fn write(
     Written { left, error }
 }
 
+/// The counts of a batch, one delta per key that was used.
+fn deltas(batch: &[KeyUsage]) -> Vec<UsageDelta> {
+    batch
+        .iter()
+        .filter(|k| k.count > 0)
+        .filter_map(|k| {
+            let mut days = k.days.clone();
+            days.sort_unstable();
+            Some(UsageDelta {
+                workspace: k.key.workspace.clone(),
+                id: k.key.id.clone(),
+                count: k.count,
+                last_used_at: k.last_used?,
+                days,
+            })
+        })
+        .collect()
+}
+
 /// One key's usage not yet written.
 struct KeyUsage {
     key: Arc<KeyRecord>,
     count: u64,
+    /// `count` by the UTC day of each use, each day once (one or two entries: a flush rarely
+    /// spans more than one midnight).
+    days: Vec<(Date, u64)>,
     /// The latest use; `None` while only refusals are buffered.
     last_used: Option<OffsetDateTime>,
     /// Oldest first, as the store appends them.
@@ -486,6 +499,7 @@ impl Pending {
         if let Some(k) = self.keys.get_mut(&u.key.id) {
             if used {
                 k.count += 1;
+                add_day(&mut k.days, utc_day(u.at), 1);
                 k.last_used = k.last_used.max(Some(u.at));
             }
             if let Some(entry) = entry {
@@ -507,6 +521,11 @@ impl Pending {
         let mut k = KeyUsage {
             key: u.key,
             count: u64::from(used),
+            days: if used {
+                vec![(utc_day(u.at), 1)]
+            } else {
+                Vec::new()
+            },
             last_used: used.then_some(u.at),
             logs: VecDeque::new(),
         };
@@ -543,6 +562,9 @@ impl Pending {
             match self.keys.get_mut(&old.key.id) {
                 Some(new) => {
                     new.count += old.count;
+                    for (day, n) in old.days {
+                        add_day(&mut new.days, day, n);
+                    }
                     new.last_used = new.last_used.max(old.last_used);
                     let mut logs = old.logs;
                     logs.extend(new.logs.drain(..));
@@ -557,6 +579,19 @@ impl Pending {
         }
         self.log_entries = self.keys.values().map(|k| k.logs.len()).sum();
         self.metrics.pending_keys.set(gauge(self.keys.len()));
+    }
+}
+
+/// The UTC day of `at`.
+fn utc_day(at: OffsetDateTime) -> Date {
+    at.to_offset(time::UtcOffset::UTC).date()
+}
+
+/// Adds `n` uses on `day` (UTC) to a key's per-day split.
+fn add_day(days: &mut Vec<(Date, u64)>, day: Date, n: u64) {
+    match days.iter_mut().find(|(d, _)| *d == day) {
+        Some((_, count)) => *count += n,
+        None => days.push((day, n)),
     }
 }
 
@@ -707,6 +742,34 @@ mod tests {
         assert_eq!(ka.last_used, Some(t0 + time::Duration::seconds(1)));
         assert_eq!(paths(ka), ["/old2", "/new1", "/new2"]);
         assert_eq!(p.log_entries, 3);
+    }
+
+    #[test]
+    fn uses_are_split_by_their_utc_day_across_midnight() {
+        let mut p = Pending::new(10, 0, UsageMetrics::default());
+        let a = key("a");
+        let before = time::macros::datetime!(2026-11-30 23:59:59.5 UTC);
+        let after = time::macros::datetime!(2026-12-01 00:00:00.2 UTC);
+        p.add(use_of(&a, "/", before));
+        p.add(use_of(&a, "/", after));
+        // A use stamped in another offset still counts on its UTC day.
+        p.add(use_of(&a, "/", after.to_offset(time::macros::offset!(-5))));
+        let mut refused = use_of(&a, "/", after);
+        refused.refused = Some("rate_limited");
+        p.add(refused);
+        let failed = p.take();
+        p.add(use_of(&a, "/", after));
+        p.restore(failed);
+        let d = deltas(&p.take());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].count, 4);
+        assert_eq!(
+            d[0].days,
+            [
+                (time::macros::date!(2026 - 11 - 30), 1),
+                (time::macros::date!(2026 - 12 - 01), 3)
+            ]
+        );
     }
 
     #[test]

@@ -21,10 +21,10 @@ use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{
     AuditEntry, AuditPage, KeyStore, ListQuery, QuotaCount, QuotaSpend, RequestLogEntry, Store,
-    StoreError, UsageDelta,
+    StoreError, USAGE_DAYS_KEPT, UsageDelta,
 };
 use support::redis::RedisServer;
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -110,7 +110,22 @@ fn usage(r: &KeyRecord, count: u64, at: OffsetDateTime) -> UsageDelta {
         id: r.id.clone(),
         count,
         last_used_at: at,
+        days: vec![(at.date(), count)],
     }
+}
+
+/// A delta of `r` whose uses fell on these days (`count` is their sum).
+fn usage_on(r: &KeyRecord, days: &[(Date, u64)]) -> UsageDelta {
+    UsageDelta {
+        count: days.iter().map(|(_, n)| n).sum(),
+        days: days.to_vec(),
+        ..usage(r, 0, now_ms())
+    }
+}
+
+/// Today (UTC) and `n` days before it.
+fn days_ago(n: i64) -> Date {
+    OffsetDateTime::now_utc().date() - time::Duration::days(n)
 }
 
 fn log_entry(at: OffsetDateTime, path: &str) -> RequestLogEntry {
@@ -715,6 +730,115 @@ async fn add_usage_adds_counts_and_only_moves_last_use_forward<S: KeyStore>(stor
     assert_eq!(store.get_by_hash(&gone.hash).await.expect("by hash"), None);
 }
 
+async fn daily_usage_is_split_by_day_kept_90_days_and_deleted_with_the_key<S: KeyStore>(store: &S) {
+    let r = record("acme", "daily");
+    let other = record("acme", "other");
+    let gone = record("acme", "gone");
+    for k in [&r, &other, &gone] {
+        store.create(k, None, now_ms()).await.expect("create");
+    }
+    store.delete("acme", &gone.id).await.expect("delete");
+    let kept = i64::from(USAGE_DAYS_KEPT);
+    let (today, all) = (days_ago(0), days_ago(kept + 30));
+
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, all, today)
+            .await
+            .expect("no usage yet"),
+        []
+    );
+    store
+        .add_usage(&[
+            usage_on(&r, &[(days_ago(2), 2), (today, 3)]),
+            usage_on(&other, &[(today, 1)]),
+            usage_on(&gone, &[(today, 9)]),
+            usage_on(&r, &[(today, 4)]),
+            // The oldest day kept, and the day before it (dropped).
+            usage_on(&r, &[(days_ago(kept - 1), 1), (days_ago(kept), 6)]),
+            UsageDelta {
+                workspace: "globex".into(),
+                ..usage_on(&r, &[(today, 100)])
+            },
+        ])
+        .await
+        .expect("usage");
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, all, today)
+            .await
+            .expect("daily"),
+        [(days_ago(kept - 1), 1), (days_ago(2), 2), (today, 7)]
+    );
+    let got = store
+        .get("acme", &r.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.usage_count, 16, "usage_count counts every use");
+    // Only the days asked for.
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, days_ago(2), days_ago(1))
+            .await
+            .expect("daily"),
+        [(days_ago(2), 2)]
+    );
+    // Later flushes add to the same day.
+    store
+        .add_usage(&[usage_on(&r, &[(today, 1)])])
+        .await
+        .expect("usage");
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, today, today)
+            .await
+            .expect("daily"),
+        [(today, 8)]
+    );
+    assert_eq!(
+        store
+            .daily_usage("globex", &r.id, all, today)
+            .await
+            .expect("other workspace"),
+        []
+    );
+    assert_eq!(
+        store
+            .daily_usage("acme", &gone.id, all, today)
+            .await
+            .expect("deleted key"),
+        []
+    );
+
+    store.delete("acme", &r.id).await.expect("delete");
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, all, today)
+            .await
+            .expect("after delete"),
+        []
+    );
+    store
+        .add_usage(&[usage_on(&r, &[(today, 5)])])
+        .await
+        .expect("late usage");
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, all, today)
+            .await
+            .expect("late usage of a deleted key"),
+        []
+    );
+    assert_eq!(
+        store
+            .daily_usage("acme", &other.id, all, today)
+            .await
+            .expect("other key"),
+        [(today, 1)]
+    );
+}
+
 async fn request_logs_keep_the_newest_entries_newest_first<S: KeyStore>(store: &S) {
     let r = record("acme", "logged");
     let other = record("acme", "quiet");
@@ -1067,6 +1191,12 @@ async fn concurrent_upgrades_agree_and_keep_usage<S: KeyStore>(store: &S) {
         .expect("upgraded");
     assert_eq!(got, upgraded(&r, new_hash, 14, Some(t + ms(4))));
     assert_eq!(store.get_by_sha256(&r.hash).await.expect("by sha256"), None);
+    // Per-day counts are exact too: none lost or doubled by a delta re-aimed at the new record.
+    let days = store
+        .daily_usage("acme", &r.id, t.date(), (t + ms(4)).date())
+        .await
+        .expect("daily");
+    assert_eq!(days.iter().map(|(_, n)| n).sum::<u64>(), 14, "{days:?}");
 }
 
 async fn sha256_imports_count_against_max_active<S: KeyStore>(store: &S) {
@@ -1898,6 +2028,7 @@ conformance!(
     max_active_is_exact_under_concurrent_creates,
     expired_and_revoked_keys_do_not_count,
     add_usage_adds_counts_and_only_moves_last_use_forward,
+    daily_usage_is_split_by_day_kept_90_days_and_deleted_with_the_key,
     request_logs_keep_the_newest_entries_newest_first,
     sha256_imports_are_indexed_apart_until_upgraded,
     a_sha256_import_deletes_and_refuses_a_taken_hash,
@@ -1915,6 +2046,52 @@ conformance!(
     edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked,
     a_revoke_racing_an_upgrade_is_never_lost,
 );
+
+#[tokio::test]
+async fn embedded_days_older_than_kept_go_when_usage_is_next_written() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = EmbeddedConfig {
+        path: dir.path().join("keygate.redb"),
+    };
+    let r = record("acme", "long lived");
+    let store = EmbeddedStore::open(&config).expect("open");
+    store.create(&r, None, now_ms()).await.expect("create");
+    drop(store);
+    // A day counted long ago, as it would be left after 90 days.
+    let old = days_ago(i64::from(USAGE_DAYS_KEPT));
+    {
+        let table: redb::TableDefinition<(&str, &str, i32), u64> =
+            redb::TableDefinition::new("usage_days_v1");
+        let db = redb::Database::open(&config.path).expect("raw open");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(table)
+            .expect("table")
+            .insert(("acme", r.id.as_str(), old.to_julian_day()), 9)
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let store = EmbeddedStore::open(&config).expect("reopen");
+    let all = days_ago(i64::from(USAGE_DAYS_KEPT) + 30);
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, all, days_ago(0))
+            .await
+            .expect("daily"),
+        [(old, 9)],
+        "the raw row is where the store reads"
+    );
+    store
+        .add_usage(&[usage_on(&r, &[(days_ago(0), 1)])])
+        .await
+        .expect("usage");
+    assert_eq!(
+        store
+            .daily_usage("acme", &r.id, all, days_ago(0))
+            .await
+            .expect("daily"),
+        [(days_ago(0), 1)]
+    );
+}
 
 #[tokio::test]
 async fn embedded_quota_counts_of_ended_periods_are_dropped() {
@@ -2193,16 +2370,59 @@ async fn redis_key_layout_matches_the_documented_one() {
         "kgtest:{ws:acme}:created".to_owned(),
         "kgtest:{ws:acme}:active".to_owned(),
         format!("kgtest:{{ws:acme}}:logs:{}", r.id),
+        format!("kgtest:{{ws:acme}}:days:{}", r.id),
     ];
     want.sort();
     assert_eq!(keys, want);
+
+    // Per-day usage: a field per UTC day, expiring a day after the last day it keeps; a day
+    // left from long ago goes when a new day is first counted.
+    let days_key = format!("kgtest:{{ws:acme}}:days:{}", r.id);
+    let today = days_ago(0).to_string();
+    let old = days_ago(i64::from(USAGE_DAYS_KEPT)).to_string();
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(&days_key)
+        .query_async(&mut conn)
+        .await
+        .expect("TTL");
+    let kept_secs = i64::from(USAGE_DAYS_KEPT) * 86_400;
+    assert!((kept_secs..=kept_secs + 86_400).contains(&ttl), "TTL {ttl}");
+    let _: i64 = ::redis::cmd("HSET")
+        .arg(&days_key)
+        .arg(&old)
+        .arg(9)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    store
+        .add_usage(&[usage_on(&r, &[(days_ago(0), 1)])])
+        .await
+        .expect("same day");
+    assert_eq!(
+        raw_hash(&mut conn, &days_key)
+            .await
+            .get(&old)
+            .map(String::as_str),
+        Some("9"),
+        "a day already counted does not trim"
+    );
+    store
+        .add_usage(&[usage_on(&r, &[(days_ago(1), 1)])])
+        .await
+        .expect("a new day");
+    let stored = raw_hash(&mut conn, &days_key).await;
+    assert_eq!(
+        (stored.get(&today).map(String::as_str), stored.len()),
+        (Some("3"), 2),
+        "{stored:?}"
+    );
 
     let fields: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
         .arg(format!("kgtest:{{h:{hex}}}"))
         .query_async(&mut conn)
         .await
         .expect("HGETALL");
-    assert_eq!(fields.get("uc").map(String::as_str), Some("2"));
+    assert_eq!(fields.get("uc").map(String::as_str), Some("4"));
     assert!(fields.contains_key("lu"));
     let stored: KeyRecord = serde_json::from_str(&fields["rec"]).expect("rec is a KeyRecord");
     assert_eq!(
@@ -2333,6 +2553,8 @@ async fn redis_layout_of_imports_upgrades_and_audit() {
         "kgtest:{ws:acme}:keys".to_owned(),
         "kgtest:{ws:acme}:created".to_owned(),
         "kgtest:{ws:acme}:active".to_owned(),
+        // Per-day usage stays on the workspace's slot, whatever the record's hash.
+        format!("kgtest:{{ws:acme}}:days:{}", r.id),
     ];
     want.sort();
     assert_eq!(raw_keys(&mut conn).await, want);
@@ -2351,6 +2573,8 @@ async fn redis_layout_of_imports_upgrades_and_audit() {
         "kgtest:{ws:acme}:keys".to_owned(),
         "kgtest:{ws:acme}:created".to_owned(),
         "kgtest:{ws:acme}:active".to_owned(),
+        // Per-day usage stays on the workspace's slot, whatever the record's hash.
+        format!("kgtest:{{ws:acme}}:days:{}", r.id),
     ];
     want.sort();
     assert_eq!(raw_keys(&mut conn).await, want);
@@ -2577,6 +2801,10 @@ async fn redis_upgrade_cut_short_stays_consistent_and_resumes() {
         format!("{prefix}{{ws:acme}}:keys"),
         format!("{prefix}{{ws:acme}}:created"),
         format!("{prefix}{{ws:acme}}:active"),
+        // Their per-day usage, on the workspace's slot, untouched by the upgrades.
+        format!("{prefix}{{ws:acme}}:days:{}", a.id),
+        format!("{prefix}{{ws:acme}}:days:{}", b.id),
+        format!("{prefix}{{ws:acme}}:days:{}", d.id),
     ];
     want.sort();
     assert_eq!(raw_keys(&mut conn).await, want);

@@ -1,6 +1,7 @@
-//! Usage counts and request logs as a key's owner sees them through the admin API: counted
-//! after a flush, exact after a graceful stop of the real binary, buffered across a Redis
-//! restart, request logs on both backends, and uses that cannot be queued counted as dropped.
+//! Usage counts, per-day usage and request logs as a key's owner sees them through the admin
+//! API: counted after a flush, exact after a graceful stop of the real binary and across two
+//! instances on one Redis, buffered across a Redis restart, request logs on both backends, and
+//! uses that cannot be queued counted as dropped.
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -20,7 +21,9 @@ use keygate::App;
 use keygate::metrics::UsageDrop;
 use keygate::store::KeyStore;
 use serde_json::Value;
-use support::gateway::{BASE_CONFIG, Backend, OPS_TOKEN, TestGateway, config_from, new_key};
+use support::gateway::{
+    BASE_CONFIG, Backend, OPS_TOKEN, TestGateway, VIEWER_TOKEN, config_from, new_key,
+};
 use support::process::{KeygateProcess, issue_key};
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
@@ -279,7 +282,151 @@ async fn refusals_of_a_recognised_key_are_logged_with_their_code_and_not_counted
     assert_eq!(json["usage_count"], 2);
 }
 
+/// `GET …/keys/{id}/usage` (with `query`) as the ops token.
+async fn daily(gw: &TestGateway, id: &str, query: &str) -> support::gateway::Reply {
+    gw.admin(
+        Method::GET,
+        &format!("/v1/workspaces/acme/keys/{id}/usage{query}"),
+        Some(OPS_TOKEN),
+        None,
+    )
+    .await
+}
+
+/// The `days` of a `…/usage` answer as `(date, requests)`, asserting 200.
+fn day_counts(r: &support::gateway::Reply) -> Vec<(String, u64)> {
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.json()["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .map(|d| {
+            let date = d["date"].as_str().expect("date").to_owned();
+            (date, d["requests"].as_u64().expect("requests"))
+        })
+        .collect()
+}
+
+/// The last `n` UTC days as `YYYY-MM-DD`, oldest first, each with `requests`.
+fn last_days(n: i64, today_requests: u64) -> Vec<(String, u64)> {
+    let today = OffsetDateTime::now_utc().date();
+    (0..n)
+        .rev()
+        .map(|ago| {
+            let day = today - time::Duration::days(ago);
+            (day.to_string(), if ago == 0 { today_requests } else { 0 })
+        })
+        .collect()
+}
+
+async fn daily_usage_counts_uses_per_day_and_goes_with_the_key(backend: Backend) {
+    let overlay = "usage: { flush_interval: 50ms, request_log: { max_per_key: 10 } }";
+    let gw = TestGateway::start(backend, overlay).await;
+    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    let id = key.id.as_str();
+    assert_eq!(
+        day_counts(&daily(&gw, id, "?days=2").await),
+        last_days(2, 0)
+    );
+
+    const N: u64 = 7;
+    for _ in 0..N {
+        assert_eq!(gw.get("/api/v1/sessions", Some(&secret)).await.status, 200);
+    }
+    // A refusal is logged, not counted.
+    let r = gw.get("/api/v1/admin/x", Some(&secret)).await;
+    assert_eq!(r.error_code(), "insufficient_scope");
+    wait_for_usage(&gw, id, N).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw
+        .app
+        .store()
+        .request_logs("acme", &key.id, 10)
+        .await
+        .unwrap()
+        .len()
+        < 8
+    {
+        assert!(Instant::now() < deadline, "the refusal was never logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(
+        day_counts(&daily(&gw, id, "?days=3").await),
+        last_days(3, N)
+    );
+    assert_eq!(day_counts(&daily(&gw, id, "").await), last_days(30, N));
+    assert_eq!(
+        day_counts(&daily(&gw, id, "?days=90").await),
+        last_days(90, N)
+    );
+    assert_eq!(
+        day_counts(&daily(&gw, id, "?days=1").await),
+        last_days(1, N)
+    );
+
+    for bad in ["0", "91", "abc", "-1", "", "3.5"] {
+        let r = daily(&gw, id, &format!("?days={bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "days={bad}");
+        assert_eq!(r.error_code(), "invalid_request", "days={bad}");
+        assert_eq!(r.json()["error"]["field"], "days", "days={bad}");
+    }
+    // `api.key.view` is enough, on the key's workspace only.
+    let viewed = |ws: &str| format!("/v1/workspaces/{ws}/keys/{id}/usage?days=1");
+    let r = gw
+        .admin(Method::GET, &viewed("acme"), Some(VIEWER_TOKEN), None)
+        .await;
+    assert_eq!(day_counts(&r), last_days(1, N));
+    let r = gw
+        .admin(Method::GET, &viewed("other"), Some(VIEWER_TOKEN), None)
+        .await;
+    assert_eq!(r.error_code(), "forbidden");
+    let r = daily(&gw, id, "?limit=3").await;
+    assert_eq!(r.error_code(), "invalid_request");
+    let unknown = keygate::keys::KeyId::generate();
+    let r = daily(&gw, unknown.as_str(), "?days=3").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let r = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/workspaces/acme/keys/{id}/usage"),
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let r = gw
+        .admin(
+            Method::DELETE,
+            &format!("/v1/workspaces/acme/keys/{id}"),
+            Some(OPS_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        daily(&gw, id, "?days=3").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let today = OffsetDateTime::now_utc().date();
+    let stored = gw
+        .app
+        .store()
+        .daily_usage("acme", &key.id, today - time::Duration::days(100), today)
+        .await
+        .unwrap();
+    assert!(
+        stored.is_empty(),
+        "per-day usage went with the key: {stored:?}"
+    );
+}
+
 on_both_backends!(
+    daily_usage_counts_uses_per_day_and_goes_with_the_key,
     counts_every_forwarded_request_after_a_flush,
     request_logs_keep_the_newest_and_go_with_the_key,
     refusals_of_a_recognised_key_are_logged_with_their_code_and_not_counted,
@@ -348,6 +495,13 @@ async fn counts_are_exact_after_a_graceful_stop_of_the_binary() {
     let json = admin_get(&again, &key_path).await;
     assert_eq!(json["usage_count"], N, "{json}");
     assert!(json["last_used_at"].is_string(), "{json}");
+    // The per-day split was written by the same final flush.
+    let days = admin_get(&again, &format!("{key_path}/usage?days=1")).await;
+    let today = OffsetDateTime::now_utc().date().to_string();
+    assert_eq!(
+        days,
+        serde_json::json!({"days": [{"date": today, "requests": N}]})
+    );
     again.terminate().await;
 }
 
@@ -544,4 +698,27 @@ async fn uses_after_the_flusher_stopped_count_as_closed() {
     }
     assert_eq!(usage.dropped_count(UsageDrop::QueueClosed), 1);
     assert_eq!(usage.dropped_count(UsageDrop::QueueFull), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_count_days_exactly() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start_on_redis(&redis, FAST_FLUSH).await;
+    let b = TestGateway::start_on_redis(&redis, FAST_FLUSH).await;
+    let (key, secret) = a.create_key(&["sessions:read"]).await;
+    let id = key.id.as_str();
+    const N: u64 = 40;
+    async fn uses(gw: &TestGateway, secret: &keygate::keys::Secret) {
+        for _ in 0..N {
+            assert_eq!(gw.get("/api/v1/sessions", Some(secret)).await.status, 200);
+        }
+    }
+    tokio::join!(uses(&a, &secret), uses(&b, &secret));
+    wait_for_usage(&a, id, 2 * N).await;
+    for gw in [&a, &b] {
+        assert_eq!(
+            day_counts(&daily(gw, id, "?days=2").await),
+            last_days(2, 2 * N)
+        );
+    }
 }

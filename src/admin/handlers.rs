@@ -19,7 +19,7 @@ use crate::auth::query_pairs;
 use crate::config::{Workspace, duration_text};
 use crate::control::{Changed, ImportedSecret, NewKey};
 use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
-use crate::store::{AuditEntry, KeyStore, ListQuery, StoreError};
+use crate::store::{AuditEntry, KeyStore, ListQuery, StoreError, USAGE_DAYS_KEPT};
 
 /// Default page size of list calls.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -81,10 +81,13 @@ where
         ["v1", "workspaces", ws, "keys", id, "logs"] if is(&Method::GET) => {
             logs(call, ws, id, query).await
         }
+        ["v1", "workspaces", ws, "keys", id, "usage"] if is(&Method::GET) => {
+            usage(call, ws, id, query).await
+        }
         ["v1", "workspaces", _, "keys", _, "rotate" | "revoke"] => {
             Err(AdminError::MethodNotAllowed("POST"))
         }
-        ["v1", "workspaces", _, "keys", _, "logs"] => {
+        ["v1", "workspaces", _, "keys", _, "logs" | "usage"] => {
             Err(AdminError::MethodNotAllowed("GET, HEAD"))
         }
         _ => Err(AdminError::NotFound("admin endpoint")),
@@ -215,6 +218,7 @@ struct ListParams {
     limit: Option<String>,
     cursor: Option<String>,
     workspace: Option<String>,
+    days: Option<String>,
 }
 
 fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminError> {
@@ -224,6 +228,7 @@ fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminErro
         limit: None,
         cursor: None,
         workspace: None,
+        days: None,
     };
     for (name, value) in query.map(query_pairs).into_iter().flatten() {
         let slot = match name {
@@ -232,6 +237,7 @@ fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminErro
             "limit" if allowed.contains(&name) => &mut p.limit,
             "cursor" if allowed.contains(&name) => &mut p.cursor,
             "workspace" if allowed.contains(&name) => &mut p.workspace,
+            "days" if allowed.contains(&name) => &mut p.days,
             "" => {
                 return Err(AdminError::field("query", "a query parameter has no name"));
             }
@@ -512,6 +518,44 @@ async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"entries": entries}),
+    ))
+}
+
+/// Days `…/usage` answers without `days`.
+const DEFAULT_USAGE_DAYS: u32 = 30;
+
+async fn usage(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {
+    workspace(call, ws, VIEW)?;
+    let id = key_id(id)?;
+    let p = params(query, &["days"])?;
+    let days = match p.days.as_deref() {
+        None => DEFAULT_USAGE_DAYS,
+        Some(d) => d
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=USAGE_DAYS_KEPT).contains(n))
+            .ok_or_else(|| {
+                AdminError::field("days", format!("days must be 1–{USAGE_DAYS_KEPT}"))
+            })?,
+    };
+    existing(call, ws, &id).await?;
+    let last = now().date();
+    let first = last - time::Duration::days(i64::from(days) - 1);
+    let stored = call.state.store.daily_usage(ws, &id, first, last).await?;
+    // One entry per day, zeros included, oldest first.
+    let entries: Vec<serde_json::Value> = std::iter::successors(Some(first), |d| d.next_day())
+        .take_while(|d| *d <= last)
+        .map(|day| {
+            let requests = stored
+                .iter()
+                .find(|(d, _)| *d == day)
+                .map_or(0, |(_, n)| *n);
+            serde_json::json!({"date": day.to_string(), "requests": requests})
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"days": entries}),
     ))
 }
 

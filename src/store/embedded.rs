@@ -15,6 +15,7 @@
 //! | `by_created_v1` | `(workspace, created_at unix ms, id)` | `()`; read backwards: newest first |
 //! | `active_v1` | `(workspace, id)` | `expires_at` unix ns, `i128::MAX` for never; revoked keys are absent |
 //! | `usage_v1` | `(workspace, id)` | `(usage_count, last_used_at unix ms)` |
+//! | `usage_days_v1` | `(workspace, id, UTC day as Julian day number)` | requests that day; days older than `USAGE_DAYS_KEPT` are removed when the key's usage is next written |
 //! | `logs_v1` | `(workspace, id, seq)` | `RequestLogEntry` JSON; `seq` grows, so the last is the newest |
 //! | `audit_v1` | `(time unix ms, entry id)` | `AuditEntry` JSON: the global log; read backwards, newest first |
 //! | `audit_ws_v1` | `(workspace, time unix ms, entry id)` | `AuditEntry` JSON: each workspace's log |
@@ -32,12 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use super::{
     AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
-    RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, parse_cursor,
-    parse_key_cursor, stored_json, unix_ms,
+    RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, oldest_usage_day,
+    parse_cursor, parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -54,6 +55,7 @@ const BY_SHA256_TAG: HashIndex = TableDefinition::new("by_sha256_tag_v1");
 const BY_CREATED: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("by_created_v1");
 const ACTIVE: TableDefinition<(&str, &str), i128> = TableDefinition::new("active_v1");
 const USAGE: TableDefinition<(&str, &str), (u64, Option<i64>)> = TableDefinition::new("usage_v1");
+const USAGE_DAYS: TableDefinition<(&str, &str, i32), u64> = TableDefinition::new("usage_days_v1");
 const LOGS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("logs_v1");
 const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit_v1");
 const AUDIT_WS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("audit_ws_v1");
@@ -113,6 +115,7 @@ impl EmbeddedStore {
             txn.open_table(BY_CREATED).map_err(db_err)?;
             txn.open_table(ACTIVE).map_err(db_err)?;
             txn.open_table(USAGE).map_err(db_err)?;
+            txn.open_table(USAGE_DAYS).map_err(db_err)?;
             txn.open_table(LOGS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(AUDIT_WS).map_err(db_err)?;
@@ -331,6 +334,10 @@ impl KeyStore for EmbeddedStore {
                 let mut logs = txn.open_table(LOGS).map_err(db_err)?;
                 logs.retain_in((ws, id, 0)..=(ws, id, u64::MAX), |_, _| false)
                     .map_err(db_err)?;
+                txn.open_table(USAGE_DAYS)
+                    .map_err(db_err)?
+                    .retain_in((ws, id, i32::MIN)..=(ws, id, i32::MAX), |_, _| false)
+                    .map_err(db_err)?;
             }
             txn.commit().map_err(db_err)?;
             Ok(Some(record))
@@ -392,6 +399,8 @@ impl KeyStore for EmbeddedStore {
             {
                 let records = txn.open_table(RECORDS).map_err(db_err)?;
                 let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                let mut days = txn.open_table(USAGE_DAYS).map_err(db_err)?;
+                let oldest = oldest_usage_day(OffsetDateTime::now_utc().date()).to_julian_day();
                 for d in &deltas {
                     let key = (d.workspace.as_str(), d.id.as_str());
                     // Never start counting for a key that was deleted meanwhile.
@@ -406,6 +415,21 @@ impl KeyStore for EmbeddedStore {
                     let last = Some(last.map_or(seen, |l| l.max(seen)));
                     usage
                         .insert(key, (count.saturating_add(d.count), last))
+                        .map_err(db_err)?;
+                    let (ws, id) = key;
+                    for &(day, n) in &d.days {
+                        let day = day.to_julian_day();
+                        if day < oldest {
+                            continue;
+                        }
+                        let was = days
+                            .get((ws, id, day))
+                            .map_err(db_err)?
+                            .map_or(0, |g| g.value());
+                        days.insert((ws, id, day), was.saturating_add(n))
+                            .map_err(db_err)?;
+                    }
+                    days.retain_in((ws, id, i32::MIN)..(ws, id, oldest), |_, _| false)
                         .map_err(db_err)?;
                 }
             }
@@ -500,6 +524,32 @@ impl KeyStore for EmbeddedStore {
                         e.column()
                     ))
                 })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn daily_usage(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        first: Date,
+        last: Date,
+    ) -> Result<Vec<(Date, u64)>, StoreError> {
+        let (ws, id) = (workspace.to_owned(), id.clone());
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let days = txn.open_table(USAGE_DAYS).map_err(db_err)?;
+            let (ws, id) = (ws.as_str(), id.as_str());
+            let range = (ws, id, first.to_julian_day())..=(ws, id, last.to_julian_day());
+            let mut out = Vec::new();
+            for entry in days.range(range).map_err(db_err)? {
+                let (key, n) = entry.map_err(db_err)?;
+                let day = Date::from_julian_day(key.value().2).map_err(|_| {
+                    StoreError::Corrupt(format!("per-day usage of {id}: day out of range"))
+                })?;
+                out.push((day, n.value()));
             }
             Ok(out)
         })

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::keys::{KeyId, KeyRecord, KeyStatus, SecretHash};
 
@@ -46,6 +46,16 @@ pub enum StoreError {
 /// Entries each audit log keeps (the global one and every workspace's): appending to a full log
 /// drops its oldest entry.
 pub const AUDIT_MAX_ENTRIES: usize = 100_000;
+
+/// UTC days of per-day usage each key keeps, today included: [`KeyStore::add_usage`] drops older
+/// days (and skips a delta's days that are older already), so `…/usage?days=90` is the most
+/// there is.
+pub const USAGE_DAYS_KEPT: u32 = 90;
+
+/// The oldest UTC day kept at `today`: `today` − ([`USAGE_DAYS_KEPT`] − 1).
+pub fn oldest_usage_day(today: Date) -> Date {
+    today - time::Duration::days(i64::from(USAGE_DAYS_KEPT) - 1)
+}
 
 /// One entry of the audit log: who did what to which key, when. Never holds a secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,6 +162,8 @@ pub struct UsageDelta {
     pub count: u64,
     /// Latest use; the stored `last_used_at` only moves forward.
     pub last_used_at: OffsetDateTime,
+    /// `count` split by the UTC day of each use, each day once; the counts add up to `count`.
+    pub days: Vec<(Date, u64)>,
 }
 
 /// One entry of a key's request log.
@@ -276,8 +288,8 @@ pub trait KeyStore: Send + Sync + 'static {
         expected_updated_at: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Removes a key, its hash index entry (whichever scheme), its `sha256_tag` and its
-    /// request logs. Returns the
+    /// Removes a key, its hash index entry (whichever scheme), its `sha256_tag`, its
+    /// request logs and its per-day usage. Returns the
     /// removed record, `None` if there was none. Its audit entries stay.
     fn delete(
         &self,
@@ -295,7 +307,10 @@ pub trait KeyStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<KeyPage, StoreError>> + Send;
 
-    /// Adds usage counts and moves `last_used_at` forward. Deltas for keys that no longer exist
+    /// Adds usage counts and moves `last_used_at` forward, and adds each delta's `days` to the
+    /// key's per-day counts in the same step (one redb write transaction; on Redis the same
+    /// pipelined round trip). Days older than [`USAGE_DAYS_KEPT`] (by the store's clock) are
+    /// skipped and the key's older stored days removed. Deltas for keys that no longer exist
     /// are dropped.
     fn add_usage(
         &self,
@@ -367,6 +382,20 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
         let _ = (workspace, id, new_hash);
         async { Err(unsupported("upgrade_hash")) }
+    }
+
+    /// A key's per-day usage from `first` to `last` (UTC days, inclusive): the days with a count,
+    /// oldest first. A key that does not exist has none. Per-day counts go with the key on
+    /// [`KeyStore::delete`].
+    fn daily_usage(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        first: Date,
+        last: Date,
+    ) -> impl Future<Output = Result<Vec<(Date, u64)>, StoreError>> + Send {
+        let _ = (workspace, id, first, last);
+        async { Err(unsupported("daily_usage")) }
     }
 
     /// Appends an audit entry to the global log and, if it names a workspace, to that
@@ -566,6 +595,15 @@ impl KeyStore for Store {
         new_hash: &SecretHash,
     ) -> Result<KeyRecord, StoreError> {
         dispatch!(self, s => s.upgrade_hash(workspace, id, new_hash))
+    }
+    async fn daily_usage(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        first: Date,
+        last: Date,
+    ) -> Result<Vec<(Date, u64)>, StoreError> {
+        dispatch!(self, s => s.daily_usage(workspace, id, first, last))
     }
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         dispatch!(self, s => s.append_audit(entry))

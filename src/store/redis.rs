@@ -16,6 +16,7 @@
 //! | `P{ws:<workspace>}:created` | ZSET | key id scored by `created_at` unix ms: newest-first listing, ties by id |
 //! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`, and by `count_active`. |
 //! | `P{ws:<workspace>}:logs:<id>` | LIST | `RequestLogEntry` JSON, newest first, trimmed to `max_per_key` |
+//! | `P{ws:<workspace>}:days:<id>` | HASH | per-day usage: UTC day `YYYY-MM-DD` → requests. Written by `add_usage` in the round trip that adds `uc` (its own script: another slot than the record); when a day is first written, days older than `USAGE_DAYS_KEPT` are removed, and the hash expires `USAGE_DAYS_KEPT` + 1 days after its last write. Removed by `delete`. |
 //! | `P{ws:<workspace>}:audit` | ZSET | the workspace's audit log: entry id scored by its `time` in unix ms; newest first is descending score, ties by id descending; trimmed to the newest `AUDIT_MAX_ENTRIES` |
 //! | `P{ws:<workspace>}:audit:entries` | HASH | entry id → `AuditEntry` JSON, for the ids in `…:audit` |
 //! | `P{audit}`, `P{audit}:entries` | ZSET, HASH | the global audit log, laid out as a workspace's |
@@ -119,14 +120,15 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation};
-use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::{Date, OffsetDateTime};
 
 use super::breaker::{Breaker, Outcome};
 use super::invalidation::InvalidationStats;
 use super::{
     AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
-    RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, parse_cursor,
-    parse_key_cursor, stored_json, unix_ms,
+    RequestLogEntry, StoreError, USAGE_DAYS_KEPT, UsageDelta, cursor_at, from_unix_ms,
+    oldest_usage_day, parse_cursor, parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::RedisConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -354,6 +356,31 @@ if tonumber(ARGV[2]) > lu then redis.call('HSET', KEYS[1], 'lu', ARGV[2]) end
 return 1
 ";
 
+/// Adds per-day usage of a key that still exists. KEYS: keys, days. ARGV: id, oldest day kept
+/// (`YYYY-MM-DD`), expiry seconds, then day and count pairs (days older than the oldest are
+/// skipped). When a day is new to the hash (once a day per key), days older than the oldest
+/// are removed. Days compare as numbers (`YYYYMMDD`): Lua's string `<` follows the server's
+/// locale. Sent with EVAL inside a pipeline, so it survives a script flush.
+const ADD_DAYS: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local function day(d) return tonumber((string.gsub(d, '-', ''))) or 0 end
+local oldest = day(ARGV[2])
+local new_day = false
+for i = 4, #ARGV, 2 do
+  if day(ARGV[i]) >= oldest then
+    local n = tonumber(ARGV[i + 1])
+    if redis.call('HINCRBY', KEYS[2], ARGV[i], n) == n then new_day = true end
+  end
+end
+if new_day then
+  for _, d in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if day(d) < oldest then redis.call('HDEL', KEYS[2], d) end
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 1
+";
+
 /// Prepends log entries of a key that still exists and trims the list.
 /// KEYS: keys, logs. ARGV: id, max per key, entries oldest first.
 const APPEND_LOGS: &str = r"
@@ -365,15 +392,15 @@ redis.call('LTRIM', KEYS[2], 0, keep - 1)
 return 1
 ";
 
-/// Removes a key's index entries and request log, if its index entry is still the one the caller
-/// removed the record of (a delete, or a failed create undone). KEYS: keys, created, active,
-/// logs. ARGV: id, index entry.
+/// Removes a key's index entries, request log and per-day usage, if its index entry is still the
+/// one the caller removed the record of (a delete, or a failed create undone). KEYS: keys,
+/// created, active, logs, days. ARGV: id, index entry.
 const DELETE_INDEX_IF: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[5])
 return 1
 ";
 
@@ -813,6 +840,11 @@ impl RedisStore {
         format!("{}{{ws:{ws}}}:logs:{id}", self.prefix)
     }
 
+    /// `P{ws:<workspace>}:days:<id>`: a key's per-day usage.
+    fn days_key(&self, ws: &str, id: &KeyId) -> String {
+        format!("{}{{ws:{ws}}}:days:{id}", self.prefix)
+    }
+
     /// One round trip, bounded by the configured timeout, sent once (see "Connection" in the
     /// module docs for which calls may not be sent twice).
     async fn bounded<T>(
@@ -997,6 +1029,7 @@ impl RedisStore {
                     .key(&ws.created)
                     .key(&ws.active)
                     .key(self.logs_key(&record.workspace, &record.id))
+                    .key(self.days_key(&record.workspace, &record.id))
                     .arg(record.id.as_str())
                     .arg(entry.value())
                     .invoke_async::<i64>(&mut conn),
@@ -1269,6 +1302,7 @@ impl KeyStore for RedisStore {
                         .key(&ws.created)
                         .key(&ws.active)
                         .key(self.logs_key(workspace, id))
+                        .key(self.days_key(workspace, id))
                         .arg(id.as_str())
                         .arg(entry.value())
                         .invoke_async(&mut conn),
@@ -1371,17 +1405,25 @@ impl KeyStore for RedisStore {
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         // Several deltas of one key become one: counts add up, the latest use wins.
         let mut merged: BTreeMap<(&str, &KeyId), (u64, i64)> = BTreeMap::new();
+        let mut days: BTreeMap<(&str, &KeyId), BTreeMap<Date, u64>> = BTreeMap::new();
         for d in deltas {
             let entry = merged
                 .entry((d.workspace.as_str(), &d.id))
                 .or_insert((0, i64::MIN));
             entry.0 = entry.0.saturating_add(d.count);
             entry.1 = entry.1.max(unix_ms(d.last_used_at));
+            let key_days = days.entry((d.workspace.as_str(), &d.id)).or_default();
+            for &(day, n) in &d.days {
+                let count = key_days.entry(day).or_insert(0);
+                *count = count.saturating_add(n);
+            }
         }
+        let oldest = day_field(oldest_usage_day(OffsetDateTime::now_utc().date()));
+        let days_expire = (u64::from(USAGE_DAYS_KEPT) + 1) * 86_400;
         let mut pending: Vec<_> = merged.into_iter().collect();
         let mut conn = self.conn.clone();
         // A second pass only for SHA-256 records an upgrade moved between the two round trips.
-        for _ in 0..2 {
+        for pass in 0..2 {
             if pending.is_empty() {
                 return Ok(());
             }
@@ -1406,7 +1448,7 @@ impl KeyStore for RedisStore {
                     let Some(entry) = value.as_deref().map(IndexEntry::parse).transpose()? else {
                         continue;
                     };
-                    let (_, (count, ms)) = pending[i];
+                    let ((ws, id), (count, ms)) = pending[i];
                     pipe.cmd("EVAL")
                         .arg(ADD_USAGE)
                         .arg(1)
@@ -1414,6 +1456,24 @@ impl KeyStore for RedisStore {
                         .arg(clamp_count(count))
                         .arg(ms);
                     sent.push((i, matches!(entry, IndexEntry::Keyed(_))));
+                    // The per-day split lives on the workspace's slot, so it is its own script
+                    // in the same round trip; the second pass only re-aims `uc` at a moved record.
+                    if let Some(key_days) =
+                        days.get(&(ws, id)).filter(|d| pass == 0 && !d.is_empty())
+                    {
+                        pipe.cmd("EVAL")
+                            .arg(ADD_DAYS)
+                            .arg(2)
+                            .arg(self.workspace_keys(ws).keys)
+                            .arg(self.days_key(ws, id))
+                            .arg(id.as_str())
+                            .arg(&oldest)
+                            .arg(days_expire);
+                        for (day, n) in key_days {
+                            pipe.arg(day_field(*day)).arg(clamp_count(*n));
+                        }
+                        pipe.ignore();
+                    }
                 }
             }
             if pipe.is_empty() {
@@ -1487,6 +1547,32 @@ impl KeyStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.retried::<String>(&redis::cmd("PING")).await.map(drop)
+    }
+
+    async fn daily_usage(
+        &self,
+        workspace: &str,
+        id: &KeyId,
+        first: Date,
+        last: Date,
+    ) -> Result<Vec<(Date, u64)>, StoreError> {
+        let stored: HashMap<String, u64> = self
+            .retried(redis::cmd("HGETALL").arg(self.days_key(workspace, id)))
+            .await?;
+        let mut days = stored
+            .into_iter()
+            .map(|(field, n)| {
+                Date::parse(&field, DAY_FIELD)
+                    .map(|day| (day, n))
+                    .map_err(|_| StoreError::Corrupt(format!("per-day usage of {id}: bad day")))
+            })
+            .filter(|d| {
+                d.as_ref()
+                    .map_or(true, |(day, _)| (first..=last).contains(day))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        days.sort_unstable();
+        Ok(days)
     }
 
     async fn consume_quota(&self, spends: &[QuotaSpend]) -> Result<Vec<QuotaCount>, StoreError> {
@@ -2165,6 +2251,14 @@ fn expiry_score(record: &KeyRecord) -> String {
 }
 
 /// HINCRBY takes a signed 64-bit number.
+/// A field of `P{ws:…}:days:<id>`: the UTC day as `YYYY-MM-DD`.
+const DAY_FIELD: &[BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+fn day_field(day: Date) -> String {
+    day.format(DAY_FIELD).expect("a date formats as YYYY-MM-DD")
+}
+
 fn clamp_count(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
