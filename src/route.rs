@@ -69,6 +69,16 @@ impl Router {
         if !path.starts_with('/') || has_dot_segment(path) {
             return None;
         }
+        // Servlet containers (Tomcat, Jetty) drop `;` path parameters before they route:
+        // `/admin;jsessionid=x` is their `/admin`, so it must meet `/admin`'s route here, not
+        // fall through to a broader one. Only the matching ignores them; the path goes on as sent.
+        let without_params;
+        let path = if path.contains(';') {
+            without_params = strip_path_params(path);
+            without_params.as_str()
+        } else {
+            path
+        };
         let host = host.map(strip_port);
         self.routes.iter().find(|r| {
             (r.methods.is_empty() || r.methods.contains(method))
@@ -130,6 +140,14 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     } else {
         Cow::Owned(out)
     })
+}
+
+/// `path` with each segment's `;` parameters removed (`/a;x=1/b;y` is `/a/b`).
+fn strip_path_params(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(segment))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Prefix match on segment boundaries: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
@@ -271,6 +289,19 @@ mod tests {
             up(&r, &Method::GET, Some("other.example.com"), "/nothing"),
             None
         );
+    }
+
+    #[test]
+    fn path_parameters_do_not_take_a_path_past_its_route() {
+        let r = router();
+        // As a servlet container reads them: `/exact;jsessionid=1` is `/exact`.
+        assert_eq!(up(&r, &Method::GET, None, "/exact;jsessionid=1"), Some(1));
+        assert_eq!(
+            up(&r, &Method::POST, None, "/api/v1/sessions;v=2/1;x"),
+            Some(3)
+        );
+        assert_eq!(up(&r, &Method::GET, None, "/exact;a/more"), None);
+        assert_eq!(strip_path_params("/a;x=1/b;y/;z"), "/a/b/");
     }
 
     #[test]

@@ -703,6 +703,9 @@ async fn encoded_and_doubled_slash_paths_are_normalised_before_routing_and_forwa
         "/api/v1/%61dmin/users",
         "/api/v1/ADMIN%2dx",
         "//api/v1//admin/users",
+        // Servlet containers drop path parameters: this is their `/api/v1/admin/users`.
+        "/api/v1/admin;jsessionid=x/users",
+        "/api/v1/admin;/users",
     ] {
         let r = gw.get(path, Some(&reader)).await;
         let expected = if path.contains("ADMIN") {
@@ -723,6 +726,13 @@ async fn encoded_and_doubled_slash_paths_are_normalised_before_routing_and_forwa
         "the upstream gets the matched path"
     );
     assert_eq!(echo["query"], "q=%61", "the query is forwarded as sent");
+    let r = gw.get("/api/v1/admin;v=1/users", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        r.json()["path"],
+        "/api/v1/admin;v=1/users",
+        "parameters only matter to matching"
+    );
     for bad in ["/api/v1/%zz", "/api/v1/%4"] {
         let r = gw.get(bad, Some(&admin)).await;
         assert_eq!(r.error_code(), "no_route", "{bad}");
