@@ -255,8 +255,9 @@ pub async fn accept_loop<F, Fut, B>(
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
-            info: ConnInfo::new(peer, scheme).with_slot(slot.clone()),
-            slot,
+            // The slot goes with the connection info: into the service (so the HTTP connection
+            // holds it) and from there into any tunnel an upgrade makes.
+            info: ConnInfo::new(peer, scheme).with_slot(slot),
             deadline,
             header_read_timeout: options.limits.header_read_timeout,
             timed_out: options.metrics.timed_out.clone(),
@@ -285,7 +286,6 @@ pub async fn accept_loop<F, Fut, B>(
 /// An accepted connection, before HTTP.
 struct Conn {
     info: ConnInfo,
-    slot: ConnectionSlot,
     /// When the first request head must be complete.
     deadline: Instant,
     header_read_timeout: Duration,
@@ -316,7 +316,6 @@ where
 {
     let Conn {
         info,
-        slot,
         deadline,
         header_read_timeout,
         timed_out,
@@ -333,7 +332,6 @@ where
         async move { Ok::<_, Infallible>(response.await) }
     });
     tokio::spawn(async move {
-        let _slot = slot;
         let mut connection = Box::pin(
             builder(header_read_timeout)
                 .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -494,41 +494,33 @@ impl Pending {
             latency_ms: log.latency.as_secs_f64() * 1000.0,
             code: u.refused.map(str::to_owned),
         });
+        if !self.keys.contains_key(&u.key.id) {
+            if self.keys.len() + self.in_flight_keys >= self.max_keys {
+                self.metrics.dropped(UsageDrop::TooManyKeys);
+                return;
+            }
+            let k = KeyUsage {
+                key: u.key.clone(),
+                count: 0,
+                days: Vec::new(),
+                last_used: None,
+                logs: VecDeque::new(),
+            };
+            self.keys.insert(u.key.id.clone(), k);
+            self.metrics
+                .pending_keys
+                .set(gauge(self.keys.len() + self.in_flight_keys));
+        }
+        let k = self
+            .keys
+            .get_mut(&u.key.id)
+            .expect("present or inserted above");
         // A refusal is logged but is no use: it moves neither the count nor `last_used_at`.
-        let used = u.refused.is_none();
-        if let Some(k) = self.keys.get_mut(&u.key.id) {
-            if used {
-                k.count += 1;
-                add_day(&mut k.days, utc_day(u.at), 1);
-                k.last_used = k.last_used.max(Some(u.at));
-            }
-            if let Some(entry) = entry {
-                let buffered = self.log_entries + self.in_flight_entries;
-                self.log_entries += push_log(
-                    &mut k.logs,
-                    entry,
-                    self.max_per_key,
-                    buffered,
-                    &self.metrics,
-                );
-            }
-            return;
+        if u.refused.is_none() {
+            k.count += 1;
+            add_day(&mut k.days, utc_day(u.at), 1);
+            k.last_used = k.last_used.max(Some(u.at));
         }
-        if self.keys.len() + self.in_flight_keys >= self.max_keys {
-            self.metrics.dropped(UsageDrop::TooManyKeys);
-            return;
-        }
-        let mut k = KeyUsage {
-            key: u.key,
-            count: u64::from(used),
-            days: if used {
-                vec![(utc_day(u.at), 1)]
-            } else {
-                Vec::new()
-            },
-            last_used: used.then_some(u.at),
-            logs: VecDeque::new(),
-        };
         if let Some(entry) = entry {
             let buffered = self.log_entries + self.in_flight_entries;
             self.log_entries += push_log(
@@ -539,10 +531,6 @@ impl Pending {
                 &self.metrics,
             );
         }
-        self.keys.insert(k.key.id.clone(), k);
-        self.metrics
-            .pending_keys
-            .set(gauge(self.keys.len() + self.in_flight_keys));
     }
 
     /// Hands everything to a write.
