@@ -14,9 +14,10 @@
 //!   on its next use, and serves only as the `max_stale` fallback while the store is unreachable.
 //! - While the channel is down ([`KeyCache::distrust`] until [`KeyCache::trust`]), changes made
 //!   elsewhere go unheard, so no positive entry is trusted: the cache behaves as if `ttl` were
-//!   0 (negative entries read meanwhile still last `negative_ttl`), every lookup re-reads the store (one call per hash at a time; requests that arrived while it was
-//!   under way take its answer), and a cached record is served only as the `max_stale` fallback
-//!   while the store is unreachable. Both transitions also mark everything stale: what was read
+//!   0 (negative entries read meanwhile still last `negative_ttl`), every lookup re-reads the
+//!   store (one call per hash at a time; requests that arrived while it was under way take its
+//!   answer), and a cached record is served only as the `max_stale` fallback while the store is
+//!   unreachable. Both transitions also mark everything stale: what was read
 //!   before the channel came back may have missed a message. The trust state is the low bit of
 //!   the epoch, so a hit still costs one atomic load.
 
