@@ -352,8 +352,9 @@ impl Default for CacheConfig {
     }
 }
 
-/// A workspace.
-#[derive(Debug, Clone, Deserialize)]
+/// A workspace's plan and defaults: an entry of `workspaces:`, or the settings of a workspace
+/// created through the admin API (`crate::workspaces`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workspace {
     /// Whether keys may be created (false → `upgrade_required`).
@@ -362,6 +363,28 @@ pub struct Workspace {
     /// Active keys allowed at once.
     #[serde(default = "d_max_active")]
     pub max_active_keys: u32,
+    /// Rate limit of its keys that have none of their own and whose route sets none; before
+    /// the role's and the default (`crate::limits`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Quota of its keys that have none of their own; before the role's.
+    #[serde(default)]
+    pub quota: Option<QuotaSpec>,
+    /// Free-form data for the operator (plan name, customer id, …).
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace {
+            api_access: true,
+            max_active_keys: DEFAULT_MAX_ACTIVE_KEYS,
+            rate_limit: None,
+            quota: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
 }
 
 /// `rate_limits.mode`.
@@ -655,11 +678,12 @@ impl Default for Log {
 }
 
 /// Permissions an admin caller may hold.
-pub const PERMISSIONS: [&str; 4] = [
+pub const PERMISSIONS: [&str; 5] = [
     "api.key.view",
     "api.key.create",
     "api.key.update",
     "api.key.delete",
+    "workspace.manage",
 ];
 
 impl Config {
@@ -844,6 +868,11 @@ impl Config {
                 check_limit(format!("routes[{i}].rate_limit"), l);
             }
         }
+        for (name, w) in &self.workspaces {
+            if let Some(l) = &w.rate_limit {
+                check_limit(format!("workspaces.{name}.rate_limit"), l);
+            }
+        }
         let mut problem = |path: String, message: String| {
             out.push(Problem {
                 path,
@@ -875,12 +904,14 @@ impl Config {
                 }
             }
         }
-        for name in self.workspaces.keys() {
+        for (name, w) in &self.workspaces {
             if !is_workspace_name(name) {
-                problem(
-                    format!("workspaces.{name}"),
-                    "workspace names are 1–64 characters of a-z, 0-9, `-` and `_`".into(),
-                );
+                problem(format!("workspaces.{name}"), WORKSPACE_NAME_RULE.into());
+            }
+            if let Some(q) = &w.quota
+                && let Err(m) = check_quota(q)
+            {
+                problem(format!("workspaces.{name}.quota.refill_day"), m.into());
             }
         }
         for (name, u) in &self.upstreams {
@@ -1007,11 +1038,13 @@ impl Config {
                     );
                 }
             }
+            // A token may name a workspace the config does not declare: workspaces are also
+            // created through the admin API, possibly after the token is configured.
             for (j, w) in t.workspaces.iter().enumerate() {
-                if w != "*" && !self.workspaces.contains_key(w) {
+                if w != "*" && !is_workspace_name(w) {
                     problem(
                         format!("{path}.workspaces[{j}]"),
-                        format!("no workspace `{w}` in `workspaces`"),
+                        WORKSPACE_NAME_RULE.into(),
                     );
                 }
             }
@@ -1052,6 +1085,10 @@ pub fn check_quota(q: &QuotaSpec) -> Result<(), &'static str> {
         _ => Ok(()),
     }
 }
+
+/// What [`is_workspace_name`] accepts, for error messages.
+pub const WORKSPACE_NAME_RULE: &str =
+    "workspace names are 1–64 characters of a-z, 0-9, `-` and `_`";
 
 /// Whether `name` may name a workspace (it appears in paths and store keys).
 pub fn is_workspace_name(name: &str) -> bool {

@@ -16,7 +16,7 @@ use crate::keys::{
 };
 use crate::store::cache::KeyCache;
 use crate::store::invalidation::{invalidate_everywhere, invalidate_hash_everywhere};
-use crate::store::{KeyStore, Store, StoreError};
+use crate::store::{Admission, KeyStore, Store, StoreError};
 
 /// The fields a caller chooses when creating a key.
 #[derive(Debug, Clone, Default)]
@@ -122,9 +122,9 @@ impl KeyManager {
     pub async fn create(
         &self,
         new: NewKey,
-        max_active: Option<u32>,
+        admission: impl Into<Admission>,
     ) -> Result<(KeyRecord, Secret), StoreError> {
-        self.create_with(new, max_active, None).await
+        self.create_with(new, admission.into(), None).await
     }
 
     /// Creates the successor of `old` in a rotation: a new secret, the same settings, and
@@ -134,14 +134,19 @@ impl KeyManager {
         old: &KeyRecord,
         created_by: &str,
     ) -> Result<(KeyRecord, Secret), StoreError> {
-        self.create_with(NewKey::like(old, created_by), None, Some(old.id.clone()))
-            .await
+        // A successor takes no slot of its own: its predecessor ends with the rotation.
+        self.create_with(
+            NewKey::like(old, created_by),
+            Admission::Open,
+            Some(old.id.clone()),
+        )
+        .await
     }
 
     async fn create_with(
         &self,
         new: NewKey,
-        max_active: Option<u32>,
+        admission: Admission,
         rotated_from: Option<KeyId>,
     ) -> Result<(KeyRecord, Secret), StoreError> {
         let secret = self.format.generate();
@@ -149,7 +154,7 @@ impl KeyManager {
         let mut record = self.record(new, self.keyed(&secret), prefix);
         record.rotated_from = rotated_from;
         self.store()
-            .create(&record, max_active, OffsetDateTime::now_utc())
+            .create(&record, admission, OffsetDateTime::now_utc())
             .await?;
         // A negative entry may exist if this secret was ever tried (practically never, but free).
         invalidate_everywhere(&self.cache, &record).await;
@@ -163,8 +168,9 @@ impl KeyManager {
         &self,
         new: NewKey,
         secret: ImportedSecret,
-        max_active: Option<u32>,
+        admission: impl Into<Admission>,
     ) -> Result<KeyRecord, StoreError> {
+        let admission = admission.into();
         let record = match secret {
             ImportedSecret::Plaintext(secret) => {
                 let digest = SecretHash(Sha256::digest(secret.expose().as_bytes()).into());
@@ -190,7 +196,7 @@ impl KeyManager {
         // The tag makes one secret one key whatever form either import came in: the store
         // refuses a taken tag in the same atomic step as the insert.
         self.store()
-            .create(&record, max_active, OffsetDateTime::now_utc())
+            .create(&record, admission, OffsetDateTime::now_utc())
             .await?;
         invalidate_everywhere(&self.cache, &record).await;
         Ok(record)

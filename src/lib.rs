@@ -17,6 +17,8 @@
 //! - [`store`] — the key index (`KeyStore`: embedded redb or Redis), its hot cache, and the
 //!   invalidation channel that keeps the caches of instances sharing Redis in step.
 //! - [`control`] — key lifecycle operations (write the store, then invalidate the cache).
+//! - [`workspaces`] — workspaces from the config and from the admin API, and this instance's
+//!   copy of them.
 //! - [`admin`] — the admin listener: admin API, OpenAPI document, health and readiness, metrics.
 //! - [`usage`] — usage counts and request logs: recorded off the request path, written in
 //!   batches, drained on shutdown.
@@ -38,6 +40,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod workspaces;
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -159,7 +162,18 @@ impl App {
             None => None,
         };
         // Other instances' changes reach this cache for as long as it serves, drain included.
-        let invalidations = store::invalidation::Subscriber::start(self.gateway.keys().clone());
+        let workspaces = self.gateway.workspaces().clone();
+        // Before the first request, so that stored workspaces' defaults apply to it; if the
+        // store cannot answer now, the directory's task keeps trying.
+        if let Err(e) = workspaces.refresh_all(&self.store).await {
+            tracing::warn!(error = %e, "stored workspaces not read at start; retrying");
+            workspaces.maybe_missed();
+        }
+        let invalidations =
+            store::invalidation::Subscriber::start(self.gateway.keys().clone(), workspaces.clone());
+        // Stored workspaces are read now, when other instances change them, and every
+        // `cache.ttl`, for as long as the gateway serves.
+        let directory = tokio::spawn(workspaces.run(self.store.clone(), self.config.cache.ttl));
         // The usage flusher runs while serving (and only once, if serve is called again).
         let flusher = self
             .flusher
@@ -232,6 +246,7 @@ impl App {
         let _ = drained_tx.send(());
         let _ = quota_writer.await;
         invalidations.stop().await;
+        directory.abort();
         Ok(())
     }
 }

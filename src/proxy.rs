@@ -33,6 +33,7 @@ use crate::route::{CompiledRoute, Router};
 use crate::store::cache::{KeyCache, Lookup};
 use crate::store::{KeyStore, Store, StoreError};
 use crate::usage::Recorder;
+use crate::workspaces::Directory;
 pub use pool::PooledBody;
 use upstream::{Forwarding, Upstream};
 
@@ -145,6 +146,7 @@ pub struct Gateway {
     upstreams: Vec<Upstream>,
     keys: Arc<KeyCache<Store>>,
     limits: Arc<Limits>,
+    workspaces: Arc<Directory>,
     format: SecretFormat,
     hasher: SecretHasher,
     sources: CredentialSources,
@@ -160,6 +162,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the data plane for a validated config over a key cache.
     pub fn new(config: &Config, keys: Arc<KeyCache<Store>>) -> Self {
+        let workspaces = Arc::new(Directory::new(config));
         let names: Vec<&String> = config.upstreams.keys().collect();
         let upstreams = config
             .upstreams
@@ -174,7 +177,12 @@ impl Gateway {
                     .expect("validate() checked that every route names an upstream")
             }),
             upstreams,
-            limits: Arc::new(Limits::new(config, keys.store().clone())),
+            limits: Arc::new(Limits::new(
+                config,
+                keys.store().clone(),
+                workspaces.clone(),
+            )),
+            workspaces,
             keys,
             format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
             hasher: SecretHasher::new(&config.secrets.pepper),
@@ -214,6 +222,11 @@ impl Gateway {
     /// Rate limits, quotas and the failed-authentication limit.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
+    }
+
+    /// Every workspace, config and stored, as this instance knows them.
+    pub fn workspaces(&self) -> &Arc<Directory> {
+        &self.workspaces
     }
 
     /// The secret hasher of this configuration.

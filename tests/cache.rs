@@ -13,7 +13,9 @@ use keygate::config::{CacheConfig, EmbeddedConfig};
 use keygate::keys::{KeyId, KeyRecord, SecretHash, SecretHasher};
 use keygate::store::cache::KeyCache;
 use keygate::store::embedded::EmbeddedStore;
-use keygate::store::{KeyPage, KeyStore, ListQuery, RequestLogEntry, StoreError, UsageDelta};
+use keygate::store::{
+    Admission, KeyPage, KeyStore, ListQuery, RequestLogEntry, StoreError, UsageDelta,
+};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
@@ -28,10 +30,10 @@ impl KeyStore for Instrumented {
     async fn create(
         &self,
         r: &KeyRecord,
-        max: Option<u32>,
+        admission: impl Into<Admission> + Send,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.inner.create(r, max, now).await
+        self.inner.create(r, admission, now).await
     }
     async fn get_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);

@@ -4,6 +4,7 @@
 //! its dispatch is checked too. Backend-specific tests (restart of the file, Redis outage, Redis
 //! key layout, an upgrade cut short) follow the shared ones.
 
+#[macro_use]
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -13,9 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use keygate::config::{CacheConfig, EmbeddedConfig, RedisConfig};
 use keygate::control::{Changed, KeyManager};
-use keygate::keys::{
-    HashScheme, KeyId, KeyRecord, KeyStatus, SecretFormat, SecretHash, SecretHasher,
-};
+use keygate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretFormat, SecretHash};
 use keygate::store::cache::KeyCache;
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
@@ -24,58 +23,14 @@ use keygate::store::{
     StoreError, USAGE_DAYS_KEPT, UsageDelta,
 };
 use support::redis::RedisServer;
+use support::stores::{
+    embedded_backend, embedded_store, hasher, ms, now_ms, record, redis_backend, redis_config,
+    redis_store,
+};
 use time::{Date, OffsetDateTime};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-/// Now, in whole milliseconds: stores keep `last_used_at` and list positions at ms precision.
-fn now_ms() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
-        .expect("a truncated nanosecond is valid")
-}
-
-fn ms(n: i64) -> time::Duration {
-    time::Duration::milliseconds(n)
-}
-
-/// A fresh active key of `ws` with a random id and secret, created now.
-fn record(ws: &str, name: &str) -> KeyRecord {
-    let secret = SecretFormat::new("kg", "test").generate();
-    let now = now_ms();
-    KeyRecord {
-        id: KeyId::generate(),
-        workspace: ws.into(),
-        name: name.into(),
-        description: None,
-        prefix: "kg_test_abcd".into(),
-        hash: hasher().hash(secret.expose()),
-        hash_scheme: keygate::keys::HashScheme::KeyedBlake3,
-        scopes: vec!["sessions:read".into()],
-        role: None,
-        ip_allowlist: Vec::new(),
-        expires_at: None,
-        rate_limit: None,
-        quota: None,
-        owner: None,
-        metadata: None,
-        created_at: now,
-        created_by: "test".into(),
-        updated_at: now,
-        revoked_at: None,
-        last_used_at: None,
-        usage_count: 0,
-        sha256_tag: None,
-        rotated_from: None,
-        replaced_by: None,
-    }
-}
-
-/// The pepper every test hashes with.
-fn hasher() -> SecretHasher {
-    SecretHasher::new("test-pepper-0123456789")
-}
 
 /// A key imported with only a digest of its secret, and the keyed hash the gateway computes on
 /// its first use. The store never computes either: unkeyed BLAKE3 stands in for SHA-256 here.
@@ -1941,84 +1896,7 @@ async fn a_revoke_racing_an_upgrade_is_never_lost(store: Store) {
 // ---------------------------------------------------------------------------------------------
 // Backends
 
-fn embedded_store() -> (Store, tempfile::TempDir) {
-    let (store, dir) = embedded_backend();
-    (Store::Embedded(store), dir)
-}
-
-fn embedded_backend() -> (EmbeddedStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let config = EmbeddedConfig {
-        path: dir.path().join("nested/dir/keygate.redb"),
-    };
-    (
-        EmbeddedStore::open(&config).expect("open embedded store"),
-        dir,
-    )
-}
-
-fn redis_config(server: &RedisServer, timeout: Duration) -> RedisConfig {
-    RedisConfig {
-        url: Some(server.url()),
-        timeout,
-        ..RedisConfig::default()
-    }
-}
-
-async fn redis_store() -> (Store, RedisServer) {
-    let (store, server) = redis_backend().await;
-    (Store::Redis(store), server)
-}
-
-async fn redis_backend() -> (RedisStore, RedisServer) {
-    let server = RedisServer::start();
-    // Generous: tests share two cores; outage tests set their own.
-    let config = redis_config(&server, Duration::from_secs(2));
-    let store = RedisStore::connect(&config).await.expect("connect");
-    (store, server)
-}
-
-/// Runs each scenario once per backend: `embedded::<name>` and `redis::<name>`. Scenarios of
-/// the first list borrow the store; those after `owning:` take it (to put it behind a
-/// `KeyManager`) and run on a multi-threaded runtime, since they race tasks.
-macro_rules! conformance {
-    ($($scenario:ident),* $(,)?; owning: $($owning:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    let (store, _dir) = super::embedded_store();
-                    super::$scenario(&store).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $owning() {
-                    let (store, _dir) = super::embedded_store();
-                    super::$owning(store).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    let (store, _server) = super::redis_store().await;
-                    super::$scenario(&store).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $owning() {
-                    let (store, _server) = super::redis_store().await;
-                    super::$owning(store).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_stores!(
     create_then_lookup_by_hash_and_id,
     duplicate_id_or_secret_is_a_conflict,
     update_replaces_the_record_but_keeps_usage,

@@ -22,6 +22,10 @@ pub const CREATE: &str = "api.key.create";
 pub const UPDATE: &str = "api.key.update";
 /// `api.key.delete`.
 pub const DELETE: &str = "api.key.delete";
+/// `workspace.manage`: create, change and delete workspaces. Admin tokens only: a workspace's
+/// plan is the operator's to set, and a key holding this scope (or `*`) could otherwise lift
+/// its own workspace's key limit or grant it API access.
+pub const MANAGE: &str = "workspace.manage";
 
 /// An admin token, kept as a digest so comparisons take the same time whatever the input.
 pub struct TokenEntry {
@@ -84,7 +88,19 @@ impl Caller {
                 workspace: own,
                 scopes,
                 ..
-            } => own == workspace && auth::has_scope(scopes, &[], permission),
+            } => {
+                permission != MANAGE && own == workspace && auth::has_scope(scopes, &[], permission)
+            }
+        }
+    }
+
+    /// The workspaces the caller may act on at all: `None` for every one (a token with `*`),
+    /// else the names its token lists or the calling key's own workspace.
+    pub fn workspace_names(&self) -> Option<&[String]> {
+        match &self.kind {
+            Kind::Token { workspaces, .. } if workspaces.iter().any(|w| w == "*") => None,
+            Kind::Token { workspaces, .. } => Some(workspaces),
+            Kind::Key { workspace, .. } => Some(std::slice::from_ref(workspace)),
         }
     }
 

@@ -10,16 +10,18 @@ use http_body_util::Full;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::caller::{CREATE, DELETE, UPDATE, VIEW};
+use super::caller::{CREATE, DELETE, MANAGE, UPDATE, VIEW};
 use super::fields::{
     KeyFields, MAX_GRACE_PERIOD, Patch, Purpose, Valid, key_json, known_scopes, parse_json,
 };
+use super::workspaces::{self, Found, find, workspace};
 use super::{AdminError, Call, json_response, read_body};
 use crate::auth::query_pairs;
-use crate::config::{Workspace, duration_text};
+use crate::config::duration_text;
 use crate::control::{Changed, ImportedSecret, NewKey};
 use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
 use crate::store::{AuditEntry, KeyStore, ListQuery, StoreError, USAGE_DAYS_KEPT};
+use crate::workspaces::Source;
 
 /// Default page size of list calls.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -45,6 +47,22 @@ where
     match segments {
         ["v1", "audit"] if is(&Method::GET) => audit_log(call, query).await,
         ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "workspaces"] if is(&Method::GET) => {
+            let p = params(query, &["limit", "cursor"])?;
+            workspaces::list(call, p.limit.as_deref(), p.cursor.as_deref()).await
+        }
+        ["v1", "workspaces"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "workspaces", ws] => {
+            if is(&Method::GET) {
+                workspaces::show(call, ws).await
+            } else if method == Method::PUT {
+                workspaces::put(call, ws, &read_body(req.into_body()).await?).await
+            } else if method == Method::DELETE {
+                workspaces::delete(call, ws).await
+            } else {
+                Err(AdminError::MethodNotAllowed("GET, HEAD, PUT, DELETE"))
+            }
+        }
         ["v1", "workspaces", ws, "keys"] => {
             if is(&Method::GET) {
                 list(call, ws, query).await
@@ -94,25 +112,12 @@ where
     }
 }
 
-/// The workspace's config, after checking the caller's permission there.
-fn workspace<'a>(call: &Call<'a>, ws: &str, permission: &str) -> Result<&'a Workspace, AdminError> {
-    if !call.caller.may(permission, ws) {
-        return Err(AdminError::Forbidden(format!(
-            "this caller lacks `{permission}` on workspace `{ws}`"
-        )));
-    }
-    call.state
-        .config
-        .workspaces
-        .get(ws)
-        .ok_or(AdminError::NotFound("workspace"))
-}
-
 /// A workspace the caller may create keys in, and whose plan includes API access (creating,
-/// rotating and importing keys all need both).
-fn workspace_for_new_keys<'a>(call: &Call<'a>, ws: &str) -> Result<&'a Workspace, AdminError> {
-    let workspace = workspace(call, ws, CREATE)?;
-    if !workspace.api_access {
+/// rotating and importing keys all need both). The store checks a stored workspace's plan
+/// again in the create itself ([`Found::admission`]).
+async fn workspace_for_new_keys(call: &Call<'_>, ws: &str) -> Result<Found, AdminError> {
+    let workspace = workspace(call, ws, CREATE).await?;
+    if !workspace.settings.api_access {
         return Err(AdminError::UpgradeRequired);
     }
     Ok(workspace)
@@ -176,25 +181,34 @@ fn new_key(ws: &str, valid: Valid, created_by: &str) -> NewKey {
     }
 }
 
-fn limit_error(e: StoreError, ws: &Workspace) -> AdminError {
+/// A refused create's error; for the key limit, with the limit (read again for a stored
+/// workspace, whose plan may have changed since `found` was read).
+async fn limit_error(call: &Call<'_>, e: StoreError, found: &Found) -> AdminError {
     match e {
-        StoreError::LimitReached => AdminError::KeyLimitReached(ws.max_active_keys),
+        StoreError::LimitReached => {
+            let max = match found.source {
+                Source::Config => found.settings.max_active_keys,
+                Source::Api => match find(call, &found.name).await {
+                    Ok(Some(now)) => now.settings.max_active_keys,
+                    _ => found.settings.max_active_keys,
+                },
+            };
+            AdminError::KeyLimitReached(max)
+        }
         other => other.into(),
     }
 }
 
 async fn create(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
-    let workspace = workspace_for_new_keys(call, ws)?;
+    let workspace = workspace_for_new_keys(call, ws).await?;
     let valid = validate(call, parse_json(body)?, Purpose::Create)?;
     let new = new_key(ws, valid, &call.caller.actor);
     call.caller
         .may_grant(&granted(call, &new.scopes, new.role.as_deref()))?;
-    let (record, secret) = call
-        .state
-        .keys
-        .create(new, Some(workspace.max_active_keys))
-        .await
-        .map_err(|e| limit_error(e, workspace))?;
+    let (record, secret) = match call.state.keys.create(new, workspace.admission()).await {
+        Ok(created) => created,
+        Err(e) => return Err(limit_error(call, e, &workspace).await),
+    };
     call.audit(
         "key.create",
         ws,
@@ -265,7 +279,7 @@ fn page_limit(limit: Option<&str>) -> Result<usize, AdminError> {
 }
 
 async fn list(call: &Call<'_>, ws: &str, query: Option<&str>) -> Reply {
-    workspace(call, ws, VIEW)?;
+    workspace(call, ws, VIEW).await?;
     let p = params(query, &["status", "owner", "limit", "cursor"])?;
     let status = match p.status.as_deref() {
         None => None,
@@ -295,13 +309,13 @@ async fn list(call: &Call<'_>, ws: &str, query: Option<&str>) -> Reply {
 }
 
 async fn show(call: &Call<'_>, ws: &str, id: &str) -> Reply {
-    workspace(call, ws, VIEW)?;
+    workspace(call, ws, VIEW).await?;
     let record = existing(call, ws, &key_id(id)?).await?;
     Ok(json_response(StatusCode::OK, &key_json(&record, now())))
 }
 
 async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
-    workspace(call, ws, UPDATE)?;
+    workspace(call, ws, UPDATE).await?;
     let id = key_id(id)?;
     let valid = validate(call, parse_json(body)?, Purpose::Update)?;
     let changes_access = valid.changes_access();
@@ -382,7 +396,7 @@ struct RotateBody {
 }
 
 async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
-    workspace_for_new_keys(call, ws)?;
+    workspace_for_new_keys(call, ws).await?;
     let id = key_id(id)?;
     let grace = if body.iter().all(u8::is_ascii_whitespace) {
         Duration::ZERO
@@ -467,7 +481,7 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
 }
 
 async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
-    workspace(call, ws, DELETE)?;
+    workspace(call, ws, DELETE).await?;
     let id = key_id(id)?;
     let was_revoked = manageable(call, ws, &id).await?.revoked_at.is_some();
     let record = call.state.keys.revoke(ws, &id).await?;
@@ -479,7 +493,7 @@ async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
 }
 
 async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
-    workspace(call, ws, DELETE)?;
+    workspace(call, ws, DELETE).await?;
     let id = key_id(id)?;
     manageable(call, ws, &id).await?;
     let record = call.state.keys.delete(ws, &id).await?;
@@ -497,7 +511,7 @@ async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
 }
 
 async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {
-    workspace(call, ws, VIEW)?;
+    workspace(call, ws, VIEW).await?;
     let id = key_id(id)?;
     let p = params(query, &["limit"])?;
     let limit = page_limit(p.limit.as_deref())?;
@@ -517,7 +531,7 @@ async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply
 const DEFAULT_USAGE_DAYS: u32 = 30;
 
 async fn usage(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {
-    workspace(call, ws, VIEW)?;
+    workspace(call, ws, VIEW).await?;
     let id = key_id(id)?;
     let p = params(query, &["days"])?;
     let days = match p.days.as_deref() {
@@ -554,8 +568,16 @@ async fn usage(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Repl
 async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
     let p = params(query, &["workspace", "limit", "cursor"])?;
     match p.workspace.as_deref() {
+        // A deleted workspace's log stays readable: the name is checked, not that it exists.
         Some(ws) => {
-            workspace(call, ws, VIEW)?;
+            if !call.caller.may(VIEW, ws) && !call.caller.may(MANAGE, ws) {
+                return Err(AdminError::Forbidden(format!(
+                    "this caller lacks `{VIEW}` on workspace `{ws}`"
+                )));
+            }
+            if !crate::config::is_workspace_name(ws) {
+                return Err(AdminError::NotFound("workspace"));
+            }
         }
         None if !call.caller.may_everywhere(VIEW) => {
             return Err(AdminError::Forbidden(
@@ -594,7 +616,7 @@ fn audit_json(e: &AuditEntry) -> serde_json::Value {
 }
 
 async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
-    let workspace = workspace_for_new_keys(call, ws)?;
+    let workspace = workspace_for_new_keys(call, ws).await?;
     let mut fields: KeyFields = parse_json(body)?;
     let secret = std::mem::take(&mut fields.secret).value();
     let sha256 = std::mem::take(&mut fields.sha256).value();
@@ -646,12 +668,15 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
     let new = new_key(ws, valid, &call.caller.actor);
     call.caller
         .may_grant(&granted(call, &new.scopes, new.role.as_deref()))?;
-    let record = call
+    let record = match call
         .state
         .keys
-        .import(new, imported, Some(workspace.max_active_keys))
+        .import(new, imported, workspace.admission())
         .await
-        .map_err(|e| limit_error(e, workspace))?;
+    {
+        Ok(record) => record,
+        Err(e) => return Err(limit_error(call, e, &workspace).await),
+    };
     call.audit(
         "key.import",
         ws,

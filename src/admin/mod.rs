@@ -10,6 +10,7 @@
 pub mod caller;
 pub mod fields;
 pub mod handlers;
+pub mod workspaces;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,6 +67,12 @@ pub enum AdminError {
     /// The imported secret is a key already.
     #[error("key_exists")]
     KeyExists,
+    /// The workspace is declared in the config file: the API cannot change it.
+    #[error("managed_by_config")]
+    ManagedByConfig,
+    /// The workspace still holds this many keys.
+    #[error("workspace_not_empty")]
+    WorkspaceNotEmpty(u64),
     /// The key is revoked.
     #[error("key_revoked")]
     KeyRevoked,
@@ -102,6 +109,8 @@ impl AdminError {
             AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::KeyLimitReached(_)
             | AdminError::KeyExists
+            | AdminError::ManagedByConfig
+            | AdminError::WorkspaceNotEmpty(_)
             | AdminError::KeyRevoked
             | AdminError::KeyExpired => StatusCode::CONFLICT,
             AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,6 +130,8 @@ impl AdminError {
             AdminError::MethodNotAllowed(_) => "method_not_allowed",
             AdminError::KeyLimitReached(_) => "key_limit_reached",
             AdminError::KeyExists => "key_exists",
+            AdminError::ManagedByConfig => "managed_by_config",
+            AdminError::WorkspaceNotEmpty(_) => "workspace_not_empty",
             AdminError::KeyRevoked => "key_revoked",
             AdminError::KeyExpired => "key_expired",
             AdminError::PayloadTooLarge => "payload_too_large",
@@ -143,6 +154,12 @@ impl AdminError {
                 "This workspace already has {max} active keys, its limit. Revoke one first."
             ),
             AdminError::KeyExists => "A key with this secret exists already.".into(),
+            AdminError::ManagedByConfig => "This workspace is declared in the config file; \
+                 change it there."
+                .into(),
+            AdminError::WorkspaceNotEmpty(n) => {
+                format!("This workspace still holds {n} keys; delete them first.")
+            }
             AdminError::KeyRevoked => "The key is revoked; revocation cannot be undone.".into(),
             AdminError::KeyExpired => "The key has expired; create a new one instead.".into(),
             AdminError::PayloadTooLarge => {
@@ -189,6 +206,9 @@ impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LimitReached => AdminError::KeyLimitReached(0),
+            StoreError::NoWorkspace => AdminError::NotFound("workspace"),
+            StoreError::NoApiAccess => AdminError::UpgradeRequired,
+            StoreError::WorkspaceNotEmpty(n) => AdminError::WorkspaceNotEmpty(n),
             StoreError::NotFound => AdminError::NotFound("key"),
             StoreError::Conflict => AdminError::KeyExists,
             StoreError::InvalidCursor => AdminError::field("cursor", "not a cursor this API made"),

@@ -12,10 +12,12 @@
 //!
 //! # Which limit
 //!
-//! Most specific first: the key's `rate_limit`, else the route's, else `rate_limits.roles` of
-//! the key's role, else `rate_limits.default`; none means no limit and no `RateLimit-*`
-//! headers. A key's own, role and default limits share one bucket per key, so moving a key
-//! between them keeps its state; a route's own limit has a bucket per key and route, so that a
+//! Most specific first: the key's `rate_limit`, else the route's, else its workspace's
+//! default `rate_limit`, else `rate_limits.roles` of the key's role, else
+//! `rate_limits.default`; none means no limit and no `RateLimit-*` headers. A quota likewise:
+//! the key's, else its workspace's, else its role's (`quotas.roles`). A key's own, workspace,
+//! role and default limits share one bucket per key, so moving a key between them keeps its
+//! state; a route's own limit has a bucket per key and route, so that a
 //! tight limit on one route is not spent by the key's traffic elsewhere (and does not refuse
 //! it). In `mode: local` each instance limits on its own (N instances allow N times the rate);
 //! `mode: redis` is one limit for all.
@@ -53,6 +55,7 @@ use crate::error::Reject;
 use crate::keys::KeyRecord;
 use crate::route::CompiledRoute;
 use crate::store::Store;
+use crate::workspaces::Directory;
 
 /// `RateLimit-Limit`: the size of the bucket that applies (its `burst`, by default its
 /// `requests`): the most requests that pass at once, never below `RateLimit-Remaining`.
@@ -141,17 +144,24 @@ pub struct Limits {
     global: Option<RedisLimiter>,
     failures: Option<(Gcra, Buckets)>,
     quotas: Quotas,
+    workspaces: Arc<Directory>,
 }
 
 impl Limits {
-    /// The limits of a validated config over its store, on the system clock.
-    pub fn new(config: &Config, store: Arc<Store>) -> Limits {
-        Limits::with_clock(config, store, Arc::new(SystemClock::new()))
+    /// The limits of a validated config over its store, on the system clock, with the
+    /// workspace defaults of `workspaces`.
+    pub fn new(config: &Config, store: Arc<Store>, workspaces: Arc<Directory>) -> Limits {
+        Limits::with_clock(config, store, workspaces, Arc::new(SystemClock::new()))
     }
 
     /// The same on a given clock (tests pass a [`clock::FakeClock`]). The clock drives the
     /// local buckets and quota periods; `mode: redis` buckets run on the Redis server's clock.
-    pub fn with_clock(config: &Config, store: Arc<Store>, clock: Arc<dyn Clock>) -> Limits {
+    pub fn with_clock(
+        config: &Config,
+        store: Arc<Store>,
+        workspaces: Arc<Directory>,
+        clock: Arc<dyn Clock>,
+    ) -> Limits {
         let global = match (config.rate_limits.mode, &*store) {
             (RateLimitMode::Redis, Store::Redis(redis)) => Some(RedisLimiter::new(redis)),
             // `validate` refuses `mode: redis` without the Redis store.
@@ -182,6 +192,7 @@ impl Limits {
                 .map(|spec| (Gcra::new(spec), Buckets::new(FAILURE_SUBJECTS_MAX))),
             quotas: Quotas::new(store, clock.clone(), config.cache.max_stale.is_zero()),
             clock,
+            workspaces,
         }
     }
 
@@ -198,6 +209,9 @@ impl Limits {
         if let Some(spec) = &route.rate_limit {
             return Some((Gcra::new(spec), Some(route.index)));
         }
+        if let (Some(spec), _) = self.workspaces.defaults(&key.workspace) {
+            return Some((Gcra::new(&spec), None));
+        }
         key.role
             .as_deref()
             .and_then(|role| self.roles.get(role))
@@ -205,13 +219,15 @@ impl Limits {
             .map(|gcra| (*gcra, None))
     }
 
-    /// The key's quota: its own, else its role's.
-    pub fn quota_of<'a>(&'a self, key: &'a KeyRecord) -> Option<&'a QuotaSpec> {
-        key.quota.as_ref().or_else(|| {
-            key.role
-                .as_deref()
-                .and_then(|role| self.role_quotas.get(role))
-        })
+    /// The key's quota: its own, else its workspace's, else its role's.
+    pub fn quota_of(&self, key: &KeyRecord) -> Option<QuotaSpec> {
+        key.quota
+            .or_else(|| self.workspaces.defaults(&key.workspace).1)
+            .or_else(|| {
+                key.role
+                    .as_deref()
+                    .and_then(|role| self.role_quotas.get(role).copied())
+            })
     }
 
     /// The limit stage, after the scope check: the rate limit, then the quota (so a request the
@@ -228,12 +244,12 @@ impl Limits {
             headers.rate = Some(RateHeaders::from(&state));
             if !state.allowed {
                 // The count this instance last saw: a refused request costs no store call.
-                headers.quota_remaining = quota.and_then(|q| self.quotas.known(&key.id, q));
+                headers.quota_remaining = quota.and_then(|q| self.quotas.known(&key.id, &q));
                 return Err((Reject::RateLimited(state.retry_after_secs()), headers));
             }
         }
         if let Some(q) = quota {
-            match self.quotas.spend(&key.id, q).await {
+            match self.quotas.spend(&key.id, &q).await {
                 Ok(outcome) => headers.quota_remaining = Some(outcome.remaining),
                 Err(reject) => {
                     if matches!(reject, Reject::QuotaExceeded(_)) {
@@ -256,7 +272,7 @@ impl Limits {
             None => None,
         };
         let quota_remaining = match self.quota_of(key) {
-            Some(q) => self.quotas.remaining(&key.id, q).await,
+            Some(q) => self.quotas.remaining(&key.id, &q).await,
             None => None,
         };
         LimitHeaders {

@@ -20,6 +20,7 @@
 //! | `audit_v1` | `(time unix ms, entry id)` | `AuditEntry` JSON: the global log; read backwards, newest first |
 //! | `audit_ws_v1` | `(workspace, time unix ms, entry id)` | `AuditEntry` JSON: each workspace's log |
 //! | `audit_ws_len_v1` | workspace | entries in its log (the global log's length is the table's) |
+//! | `workspaces_v1` | workspace name | `WorkspaceRecord` JSON of a workspace created through the admin API |
 //! | `quota_v1` | `(key id, period start unix s)` | `(units spent, expires unix s)`, `i64::MAX` for never; rows of ended periods go when the key's next period is written |
 //!
 //! Usage lives apart from the record so that an edit never overwrites counts the usage flusher
@@ -35,13 +36,16 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use time::{Date, OffsetDateTime};
 
+mod workspaces;
+
 use super::{
-    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
-    RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, oldest_usage_day,
+    AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount,
+    QuotaSpend, RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, oldest_usage_day,
     parse_cursor, parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
+use crate::workspaces::WorkspaceRecord;
 
 /// Longest a call may take before it reports [`StoreError::Unavailable`]. `store.embedded` has no
 /// timeout setting; this only guards the request path against a wedged disk (a write waits for
@@ -165,15 +169,22 @@ impl KeyStore for EmbeddedStore {
     async fn create(
         &self,
         record: &KeyRecord,
-        max_active: Option<u32>,
+        admission: impl Into<Admission> + Send,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let admission = admission.into();
         let record = record.clone();
         let json = stored_json(&record)?;
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             let ws = record.workspace.as_str();
             let id = record.id.as_str();
+            // In this transaction: no plan change or workspace deletion can slip in between.
+            let max_active = match admission {
+                Admission::Open => None,
+                Admission::Limit(max) => Some(max),
+                Admission::Stored => Some(workspaces::admit(&txn, ws)?),
+            };
             {
                 let mut records = txn.open_table(RECORDS).map_err(db_err)?;
                 let mut by_hash = txn
@@ -803,6 +814,30 @@ impl KeyStore for EmbeddedStore {
             })
         })
         .await
+    }
+
+    async fn get_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.workspace(name).await
+    }
+
+    async fn list_workspaces(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        self.workspaces_after(after, limit).await
+    }
+
+    async fn put_workspace(
+        &self,
+        record: &WorkspaceRecord,
+        expected_updated_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        self.store_workspace(record, expected_updated_at).await
+    }
+
+    async fn delete_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.remove_workspace(name).await
     }
 
     async fn count_active(&self, workspace: &str, now: OffsetDateTime) -> Result<u32, StoreError> {

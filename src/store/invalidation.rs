@@ -29,6 +29,9 @@
 //!   more ([`KeyCache::trust`]), for whatever was published in between, and since Redis
 //!   evidently answers, the store's circuit breaker is closed.
 //!
+//! - **Workspaces**: a `ws:<name>` message asks this instance's [`Directory`] to read the
+//!   stored workspace again; (re)subscribing and an unreadable message have it read them all.
+//!
 //! A lost connection is noticed at once when it closes (the feed ends: Redis stopped or
 //! restarted, `CLIENT KILL`), and within the heartbeat otherwise.
 //!
@@ -44,6 +47,7 @@ use super::Store;
 use super::cache::KeyCache;
 use super::redis::{InvalidationFeed, InvalidationMessage};
 use crate::keys::{HashScheme, KeyRecord, SecretHash};
+use crate::workspaces::Directory;
 
 /// First wait before subscribing again after a failure: short, so that a Redis restart costs
 /// little more than the restart.
@@ -100,6 +104,27 @@ pub async fn invalidate_everywhere(cache: &KeyCache<Store>, key: &KeyRecord) {
     }
 }
 
+/// Tells every other instance sharing the store that stored workspace `name` changed (this
+/// instance has refreshed its own copy already). A failed publish is logged, not returned:
+/// the change is stored, and other instances re-read every workspace within `cache.ttl`.
+pub async fn publish_workspace_change(store: &Store, name: &str) {
+    let Store::Redis(redis) = store else { return };
+    let stats = redis.invalidation_stats();
+    match redis.publish_workspace_change(name).await {
+        Ok(()) => {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                error = %e,
+                workspace = name,
+                "workspace change not published; other instances see it within cache.ttl"
+            );
+        }
+    }
+}
+
 /// Drops `hash` (one that `key` answers to) here and everywhere: for a hash the key record does
 /// not carry, such as the target of an unfinished upgrade.
 pub async fn invalidate_hash_everywhere(
@@ -141,13 +166,13 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Starts subscribing for `cache` if its store is shared (Redis); on the embedded backend
-    /// this does nothing. Needs a Tokio runtime.
-    pub fn start(cache: Arc<KeyCache<Store>>) -> Subscriber {
+    /// Starts subscribing for `cache` and the stored workspaces of `workspaces` if the store is
+    /// shared (Redis); on the embedded backend this does nothing. Needs a Tokio runtime.
+    pub fn start(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) -> Subscriber {
         let task = matches!(cache.store().as_ref(), Store::Redis(_)).then(|| {
             // Nothing is heard of other instances' changes until subscribed.
             cache.distrust();
-            tokio::spawn(run(cache.clone()))
+            tokio::spawn(run(cache.clone(), workspaces))
         });
         Subscriber { cache, task }
     }
@@ -178,7 +203,7 @@ impl Drop for Subscriber {
 }
 
 /// Subscribes, applies messages until the subscription is lost, and subscribes again, for ever.
-async fn run(cache: Arc<KeyCache<Store>>) {
+async fn run(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) {
     let Store::Redis(store) = cache.store().as_ref() else {
         return;
     };
@@ -192,6 +217,7 @@ async fn run(cache: Arc<KeyCache<Store>>) {
                 // start: requests may have filled the cache before this), may have been missed;
                 // from here on, changes are heard of.
                 cache.trust();
+                workspaces.maybe_missed();
                 store.breaker().close();
                 stats.subscribed.store(true, Ordering::Release);
                 let resubscribed = stats.subscriptions.fetch_add(1, Ordering::Relaxed) > 0;
@@ -203,7 +229,7 @@ async fn run(cache: Arc<KeyCache<Store>>) {
                 delay = RETRY_MIN_DELAY;
                 failures = 0;
 
-                let why = listen(&cache, stats, &mut feed).await;
+                let why = listen(&cache, &workspaces, stats, &mut feed).await;
                 drop(feed);
                 cache.distrust();
                 stats.subscribed.store(false, Ordering::Release);
@@ -231,6 +257,7 @@ async fn run(cache: Arc<KeyCache<Store>>) {
 /// Applies messages until the feed ends or stops answering; returns why.
 async fn listen(
     cache: &KeyCache<Store>,
+    workspaces: &Directory,
     stats: &InvalidationStats,
     feed: &mut InvalidationFeed,
 ) -> String {
@@ -245,10 +272,16 @@ async fn listen(
                     // Release: whoever reads the count sees the invalidation done.
                     stats.received.fetch_add(1, Ordering::Release);
                 }
+                Some(InvalidationMessage::Workspace(name)) => {
+                    // Read by the directory's own task: this loop never waits on the store.
+                    workspaces.changed_elsewhere(&name);
+                    stats.received.fetch_add(1, Ordering::Release);
+                }
                 Some(InvalidationMessage::Unreadable) => {
                     // It may name any key (a newer format during a rolling upgrade, say): trust
                     // nothing cached. The payload stays out of the log, whatever it holds.
                     cache.mark_all_stale();
+                    workspaces.maybe_missed();
                     stats.unreadable.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("unreadable invalidation message; cached keys re-read");
                 }
@@ -287,6 +320,20 @@ mod tests {
             format!("{}0", hash.to_hex()).as_bytes(),
             &[0xff; 64],
         ] {
+            assert_eq!(
+                InvalidationMessage::parse(bad),
+                InvalidationMessage::Unreadable
+            );
+        }
+    }
+
+    #[test]
+    fn workspace_messages_name_a_valid_workspace() {
+        assert_eq!(
+            InvalidationMessage::parse(b"ws:cust-42"),
+            InvalidationMessage::Workspace("cust-42".into())
+        );
+        for bad in [&b"ws:"[..], b"ws:Cust", b"ws:a b", b"ws:\xff"] {
             assert_eq!(
                 InvalidationMessage::parse(bad),
                 InvalidationMessage::Unreadable

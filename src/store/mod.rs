@@ -16,6 +16,27 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
 use crate::keys::{KeyId, KeyRecord, KeyStatus, SecretHash};
+use crate::workspaces::WorkspaceRecord;
+
+/// What a new key is admitted against, checked by [`KeyStore::create`] in the same atomic step
+/// as the insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Nothing: any number of active keys (a rotation's successor; tests).
+    Open,
+    /// At most this many active keys in the workspace (a config workspace's plan).
+    Limit(u32),
+    /// The plan of the stored workspace, read in the same step: [`StoreError::NoWorkspace`]
+    /// without one, [`StoreError::NoApiAccess`] when its plan has no API access, and its
+    /// `max_active_keys`. So a plan change is in force for the next create, on every instance.
+    Stored,
+}
+
+impl From<Option<u32>> for Admission {
+    fn from(max: Option<u32>) -> Self {
+        max.map_or(Admission::Open, Admission::Limit)
+    }
+}
 
 /// Why a store call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,6 +48,15 @@ pub enum StoreError {
     /// `create` would exceed the workspace's `max_active_keys`.
     #[error("workspace has reached its active key limit")]
     LimitReached,
+    /// `create` with [`Admission::Stored`]: the workspace is not stored (or was deleted).
+    #[error("no such workspace")]
+    NoWorkspace,
+    /// `create` with [`Admission::Stored`]: the workspace's plan has no API access.
+    #[error("the workspace's plan has no API access")]
+    NoApiAccess,
+    /// `delete_workspace`: the workspace still holds this many keys (revoked ones included).
+    #[error("the workspace still holds {0} keys")]
+    WorkspaceNotEmpty(u64),
     /// The key does not exist (update of a deleted key).
     #[error("key not found")]
     NotFound,
@@ -243,10 +273,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// or if `record.sha256_tag` is held by another key (checked in the same atomic step as the
     /// insert, so of concurrent imports of one secret, in either form, one wins). The tag is
     /// held until [`KeyStore::delete`], whatever [`KeyStore::upgrade_hash`] does meanwhile.
+    ///
+    /// What the key is admitted against is an [`Admission`] (`Option<u32>` converts: `None` is
+    /// [`Admission::Open`]); `max_active` above is its limit.
     fn create(
         &self,
         record: &KeyRecord,
-        max_active: Option<u32>,
+        admission: impl Into<Admission> + Send,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -432,6 +465,52 @@ pub trait KeyStore: Send + Sync + 'static {
         let _ = (workspace, now);
         async { Err(unsupported("count_active")) }
     }
+
+    /// A stored workspace (one created through the admin API).
+    fn get_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<WorkspaceRecord>, StoreError>> + Send {
+        let _ = name;
+        async { Err(unsupported("get_workspace")) }
+    }
+
+    /// Up to `limit` stored workspaces whose names sort after `after`, by name.
+    fn list_workspaces(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<WorkspaceRecord>, StoreError>> + Send {
+        let _ = (after, limit);
+        async { Err(unsupported("list_workspaces")) }
+    }
+
+    /// Stores a workspace, conditionally, in one atomic step: with `expected_updated_at`
+    /// `None` only if there is none of this name (create), else only if the stored one's
+    /// `updated_at` is that, to the millisecond (change). [`StoreError::Conflict`] otherwise,
+    /// with nothing written, unless what is stored is exactly `record` already (the resend of
+    /// a write that landed). The caller gives a change an `updated_at` later than the one it
+    /// replaces.
+    fn put_workspace(
+        &self,
+        record: &WorkspaceRecord,
+        expected_updated_at: Option<OffsetDateTime>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (record, expected_updated_at);
+        async { Err(unsupported("put_workspace")) }
+    }
+
+    /// Removes a stored workspace if it holds no key (revoked ones included), checked in the
+    /// same atomic step as the removal and as [`Admission::Stored`] creates: a key is never
+    /// left in a deleted workspace. [`StoreError::WorkspaceNotEmpty`] otherwise. Returns what
+    /// was removed, `None` if there was nothing. Its audit log stays.
+    fn delete_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<WorkspaceRecord>, StoreError>> + Send {
+        let _ = name;
+        async { Err(unsupported("delete_workspace")) }
+    }
 }
 
 /// A listing position: the sort time in unix milliseconds and the id that breaks ties. Both
@@ -530,10 +609,11 @@ impl KeyStore for Store {
     async fn create(
         &self,
         record: &KeyRecord,
-        max_active: Option<u32>,
+        admission: impl Into<Admission> + Send,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.create(record, max_active, now))
+        let admission = admission.into();
+        dispatch!(self, s => s.create(record, admission, now))
     }
     async fn get_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
         dispatch!(self, s => s.get_by_hash(hash))
@@ -618,5 +698,25 @@ impl KeyStore for Store {
     }
     async fn count_active(&self, workspace: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
         dispatch!(self, s => s.count_active(workspace, now))
+    }
+    async fn get_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        dispatch!(self, s => s.get_workspace(name))
+    }
+    async fn list_workspaces(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        dispatch!(self, s => s.list_workspaces(after, limit))
+    }
+    async fn put_workspace(
+        &self,
+        record: &WorkspaceRecord,
+        expected_updated_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_workspace(record, expected_updated_at))
+    }
+    async fn delete_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        dispatch!(self, s => s.delete_workspace(name))
     }
 }

@@ -14,6 +14,8 @@
 //! | `P{t:<tag hex>}` | STRING | `<key id> <workspace>`: the imported key that holds this `sha256_tag`, for the key's lifetime. Claimed by `create` between the index entry and the record, so that one secret is one key whatever form it was imported in; removed by `delete`. A claim whose key has no index entry any more (a create or delete cut short) is taken over by the next import of the secret. |
 //! | `P{ws:<workspace>}:keys` | HASH | key id → where its record is: `<hex>` for `P{h:<hex>}`; `s:<hex>` for `P{s:<hex>}`; `u:<sha256 hex>:<hex>` while an upgrade is under way (or was cut short): `P{s:…}` is still the record, `P{h:…}` a copy kept in step |
 //! | `P{ws:<workspace>}:created` | ZSET | key id scored by `created_at` unix ms: newest-first listing, ties by id |
+//! | `P{ws:<workspace>}:meta` | HASH | a workspace created through the admin API: `rec`: `WorkspaceRecord` JSON; `api`: `1`/`0`, its API access; `max`: its `max_active_keys`; `u`: `updated_at` unix ms, compared by a conditional write. Read by `create` (`Admission::Stored`) in the script that counts active keys; removed only while `…:keys` is empty. |
+//! | `P{workspaces}` | ZSET | names of stored workspaces, all scored 0 (listed by name). Added before `…:meta` is written and removed after it is, so every stored workspace is listed (a name without `meta` is skipped). |
 //! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`, and by `count_active`. |
 //! | `P{ws:<workspace>}:logs:<id>` | LIST | `RequestLogEntry` JSON, newest first, trimmed to `max_per_key` |
 //! | `P{ws:<workspace>}:days:<id>` | HASH | per-day usage: UTC day `YYYY-MM-DD` → requests. Written by `add_usage` in the round trip that adds `uc` (its own script: another slot than the record); when a day is first written, days older than `USAGE_DAYS_KEPT` are removed, and the hash expires `USAGE_DAYS_KEPT` + 1 days after its last write. Removed by `delete`. |
@@ -30,7 +32,9 @@
 //! every subscribed instance drops that hash from its cache. A message is exactly the 64
 //! lowercase hex digits of the hash, as in `P{h:<hex>}`: never a secret, and never a SHA-256
 //! digest (no cache holds records by digest, so there is nothing to drop, and an unkeyed digest
-//! is a guess verifier that has no business on the wire). A receiver that cannot read a message
+//! is a guess verifier that has no business on the wire). After every change to a stored
+//! workspace, the message `ws:<name>` tells every instance to read it again
+//! ([`crate::workspaces`]). A receiver that cannot read a message
 //! re-reads every key it has cached before trusting it again. The channel needs no hash tag:
 //! pub/sub is not sharded by slot. What publishing and subscribing mean for the cache, and what
 //! an instance does when it loses the channel, is in [`super::invalidation`].
@@ -124,18 +128,20 @@ use time::format_description::BorrowedFormatItem;
 use time::{Date, OffsetDateTime};
 
 mod scripts;
+mod workspaces;
 
 use scripts::{ADD_DAYS, ADD_USAGE, APPEND_AUDIT, CONSUME_QUOTA, SCRIPTS};
 
 use super::breaker::{Breaker, Outcome};
 use super::invalidation::InvalidationStats;
 use super::{
-    AUDIT_MAX_ENTRIES, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount, QuotaSpend,
-    RequestLogEntry, StoreError, USAGE_DAYS_KEPT, UsageDelta, cursor_at, from_unix_ms,
+    AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount,
+    QuotaSpend, RequestLogEntry, StoreError, USAGE_DAYS_KEPT, UsageDelta, cursor_at, from_unix_ms,
     oldest_usage_day, parse_cursor, parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::RedisConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
+use crate::workspaces::WorkspaceRecord;
 
 /// Shortest time one connection attempt gets, even with a smaller per-call timeout: the caller
 /// gives up after its own timeout anyway, and a too-short connect timeout would never succeed
@@ -157,6 +163,8 @@ struct WorkspaceKeys {
     keys: String,
     created: String,
     active: String,
+    /// The stored workspace (see [`workspaces`]).
+    meta: String,
 }
 
 /// Where a key's record is, as its workspace index (`P{ws:…}:keys`) says. The hex strings are
@@ -359,6 +367,7 @@ impl RedisStore {
             keys: format!("{}{{ws:{ws}}}:keys", self.prefix),
             created: format!("{}{{ws:{ws}}}:created", self.prefix),
             active: format!("{}{{ws:{ws}}}:active", self.prefix),
+            meta: format!("{}{{ws:{ws}}}:meta", self.prefix),
         }
     }
 
@@ -614,17 +623,23 @@ impl KeyStore for RedisStore {
     async fn create(
         &self,
         record: &KeyRecord,
-        max_active: Option<u32>,
+        admission: impl Into<Admission> + Send,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let admission = admission.into();
         let entry = IndexEntry::of(record);
         let json = stored_json(record)?;
         let ws = self.workspace_keys(&record.workspace);
         let is_active = record.status_at(now) == KeyStatus::Active;
         // A key born revoked or expired takes no slot, so the limit does not apply to it.
-        let max = match (max_active, is_active) {
-            (Some(max), true) => i64::from(max),
+        let max = match (admission, is_active) {
+            (Admission::Limit(max), true) => i64::from(max),
             _ => -1,
+        };
+        let stored = if admission == Admission::Stored {
+            "1"
+        } else {
+            "0"
         };
         let mut conn = self.conn.clone();
         let outcome: String = self
@@ -634,6 +649,7 @@ impl KeyStore for RedisStore {
                     .key(&ws.keys)
                     .key(&ws.created)
                     .key(&ws.active)
+                    .key(&ws.meta)
                     .arg(record.id.as_str())
                     .arg(entry.value())
                     .arg(unix_ms(record.created_at))
@@ -641,6 +657,7 @@ impl KeyStore for RedisStore {
                     .arg(unix_ms(now))
                     .arg(max)
                     .arg(if is_active { "1" } else { "0" })
+                    .arg(stored)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -648,6 +665,8 @@ impl KeyStore for RedisStore {
             "ok" => {}
             "conflict" => return Err(StoreError::Conflict),
             "limit" => return Err(StoreError::LimitReached),
+            "no_workspace" => return Err(StoreError::NoWorkspace),
+            "no_api_access" => return Err(StoreError::NoApiAccess),
             _ => return Err(StoreError::Corrupt("unexpected reply from redis".into())),
         }
         // Between the index entry and the record: a claim is never left by a key without an
@@ -1340,6 +1359,30 @@ impl KeyStore for RedisStore {
         })
     }
 
+    async fn get_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.workspace(name).await
+    }
+
+    async fn list_workspaces(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        self.workspaces_after(after, limit).await
+    }
+
+    async fn put_workspace(
+        &self,
+        record: &WorkspaceRecord,
+        expected_updated_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        self.store_workspace(record, expected_updated_at).await
+    }
+
+    async fn delete_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.remove_workspace(name).await
+    }
+
     async fn count_active(&self, workspace: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
         // What CREATE_INDEX counts after pruning scores up to now.
         let live: u64 = self
@@ -1581,6 +1624,19 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Tells the other instances that stored workspace `name` changed, bounded like
+    /// [`RedisStore::publish_invalidation`].
+    pub async fn publish_workspace_change(&self, name: &str) -> Result<(), StoreError> {
+        let _receivers: i64 = self
+            .retried(
+                redis::cmd("PUBLISH")
+                    .arg(&self.channel.name)
+                    .arg(format!("{WORKSPACE_MESSAGE}{name}")),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Opens a dedicated connection subscribed to the invalidation channel. Connecting and
     /// subscribing are bounded together by `store.redis.timeout`, but never by less than one
     /// second (as the store's own connection attempts).
@@ -1617,10 +1673,12 @@ impl RedisStore {
 }
 
 /// One message of the invalidation channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidationMessage {
     /// Drop this keyed hash.
     Key(SecretHash),
+    /// This stored workspace changed (created, changed or deleted): read it again.
+    Workspace(String),
     /// Not a message this version can read (e.g. one of a newer format).
     Unreadable,
 }
@@ -1628,14 +1686,26 @@ pub enum InvalidationMessage {
 impl InvalidationMessage {
     /// Reads a message's payload (see the module docs for the format).
     pub fn parse(payload: &[u8]) -> InvalidationMessage {
-        std::str::from_utf8(payload)
-            .ok()
-            // Only lowercase: `from_hex` takes either case, the format is one of them.
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return InvalidationMessage::Unreadable;
+        };
+        if let Some(name) = text.strip_prefix(WORKSPACE_MESSAGE) {
+            return if crate::config::is_workspace_name(name) {
+                InvalidationMessage::Workspace(name.to_owned())
+            } else {
+                InvalidationMessage::Unreadable
+            };
+        }
+        // Only lowercase: `from_hex` takes either case, the format is one of them.
+        Some(text)
             .filter(|text| !text.bytes().any(|b| b.is_ascii_uppercase()))
             .and_then(SecretHash::from_hex)
             .map_or(InvalidationMessage::Unreadable, InvalidationMessage::Key)
     }
 }
+
+/// What a workspace's invalidation message starts with; its name follows.
+const WORKSPACE_MESSAGE: &str = "ws:";
 
 /// A connection subscribed to the invalidation channel, from
 /// [`RedisStore::subscribe_invalidations`]. Dropping it closes the connection.

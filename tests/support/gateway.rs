@@ -75,7 +75,7 @@ admin:
   tokens:
     - name: ops
       token: ops-token-0123456789abcdef
-      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete]
+      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete, workspace.manage]
       workspaces: ["*"]
     - name: viewer
       token: viewer-token-0123456789abcdef
@@ -83,7 +83,7 @@ admin:
       workspaces: [acme]
 "#;
 
-/// The admin token with every permission on every workspace.
+/// The admin token with every permission on every workspace (`workspace.manage` included).
 pub const OPS_TOKEN: &str = "ops-token-0123456789abcdef";
 /// An admin token that may only view `acme`.
 pub const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef";

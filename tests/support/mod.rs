@@ -22,7 +22,41 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each scenario once per backend, `embedded::<name>` and `redis::<name>`, on a fresh
+/// store from [`stores`] (the scenario's file imports `embedded_store` and `redis_store`).
+/// Scenarios of the first list borrow the store; those after `owning:` take it (to put it
+/// behind a `KeyManager`, or to race tasks) and run on a multi-threaded runtime.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?; owning: $($owning:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test]
+            async fn $scenario() {
+                let (store, _dir) = super::embedded_store();
+                super::$scenario(&store).await;
+            })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $owning() {
+                let (store, _dir) = super::embedded_store();
+                super::$owning(store).await;
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $scenario() {
+                let (store, _server) = super::redis_store().await;
+                super::$scenario(&store).await;
+            })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $owning() {
+                let (store, _server) = super::redis_store().await;
+                super::$owning(store).await;
+            })*
+        }
+    };
+}
+
 pub mod gateway;
 pub mod process;
 pub mod redis;
+pub mod stores;
 pub mod upstream;

@@ -5,12 +5,20 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Adds a key to its workspace index, enforcing `max_active_keys` on the same slot.
-/// KEYS: keys, created, active. ARGV: id, index entry, created ms, expiry score, now ms,
-/// max active (-1: no limit), add to active (1/0).
+/// Adds a key to its workspace index, enforcing `max_active_keys` on the same slot: the
+/// caller's, or with `stored` the stored workspace's (its `meta`, on this slot too, so that a
+/// plan change or a workspace deletion is ordered with every create).
+/// KEYS: keys, created, active, meta. ARGV: id, index entry, created ms, expiry score, now ms,
+/// max active (-1: no limit), add to active (1/0), stored ('1': admit by `meta`).
 pub(super) const CREATE_INDEX: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'conflict' end
 local max = tonumber(ARGV[6])
+if ARGV[8] == '1' then
+  local plan = redis.call('HMGET', KEYS[4], 'api', 'max')
+  if not plan[1] then return 'no_workspace' end
+  if plan[1] ~= '1' then return 'no_api_access' end
+  if ARGV[7] == '1' then max = tonumber(plan[2]) end
+end
 if max >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
   if redis.call('ZCARD', KEYS[3]) >= max then return 'limit' end
@@ -427,6 +435,32 @@ end
 return {used, 1}
 ";
 
+/// Writes a stored workspace conditionally. KEYS: meta. ARGV: record JSON, api access (1/0),
+/// max active keys, updated ms, expected updated ms ('' for a create). Returns `ok` (also when
+/// the record is there already, byte for byte) or `conflict`.
+pub(super) const PUT_WORKSPACE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'rec')
+if cur == ARGV[1] then return 'ok' end
+if ARGV[5] == '' then
+  if cur then return 'conflict' end
+elseif not cur or redis.call('HGET', KEYS[1], 'u') ~= ARGV[5] then
+  return 'conflict'
+end
+redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'api', ARGV[2], 'max', ARGV[3], 'u', ARGV[4])
+return 'ok'
+";
+
+/// Removes a stored workspace if its key index is empty. KEYS: meta, keys. Returns `{'none'}`,
+/// `{'not_empty', n}` or `{'ok', record JSON}`.
+pub(super) const DELETE_WORKSPACE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'rec')
+if not cur then return {'none'} end
+local n = redis.call('HLEN', KEYS[2])
+if n > 0 then return {'not_empty', tostring(n)} end
+redis.call('DEL', KEYS[1])
+return {'ok', cur}
+";
+
 /// The scripts, hashed once (`EVALSHA`; the client loads a script again after `NOSCRIPT`, e.g.
 /// after a Redis restart).
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(Scripts::new);
@@ -453,6 +487,8 @@ pub(super) struct Scripts {
     pub(super) page: Script,
     pub(super) append_logs: Script,
     pub(super) consume_quota: Script,
+    pub(super) put_workspace: Script,
+    pub(super) delete_workspace: Script,
 }
 
 impl Scripts {
@@ -479,6 +515,8 @@ impl Scripts {
             page: Script::new(ZSET_PAGE),
             append_logs: Script::new(APPEND_LOGS),
             consume_quota: Script::new(CONSUME_QUOTA),
+            put_workspace: Script::new(PUT_WORKSPACE),
+            delete_workspace: Script::new(DELETE_WORKSPACE),
         }
     }
 }
