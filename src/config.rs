@@ -1548,6 +1548,32 @@ routes:
     }
 
     #[test]
+    fn workspaces_carry_defaults_and_metadata() {
+        let c = parse(&format!(
+            "{MINIMAL}workspaces:\n  acme: {{ rate_limit: {{ requests: 5, period: 1s }}, \
+             quota: {{ limit: 100, refill: daily }}, metadata: {{ plan: pro, seats: 3 }} }}\n"
+        ))
+        .unwrap();
+        let acme = &c.workspaces["acme"];
+        assert_eq!((acme.api_access, acme.max_active_keys), (true, 5));
+        assert_eq!(acme.rate_limit.map(|l| l.requests.get()), Some(5));
+        assert_eq!(acme.quota.map(|q| q.limit), Some(100));
+        assert_eq!(acme.metadata["seats"], 3);
+        let err = parse(&format!(
+            "{MINIMAL}workspaces:\n  acme: {{ rate_limit: {{ requests: 5, period: 0s }}, \
+             quota: {{ limit: 1, refill: daily, refill_day: 2 }} }}\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "workspaces.acme.rate_limit.period",
+            "workspaces.acme.quota.refill_day",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
     fn extra_headers_are_few_and_distinct() {
         let many: Vec<String> = (0..64).map(|i| format!("X-Key-{i}")).collect();
         let text = format!(

@@ -15,7 +15,7 @@ use super::fields::{
     KeyFields, MAX_GRACE_PERIOD, Patch, Purpose, Valid, key_json, known_scopes, parse_json,
 };
 use super::workspaces::{self, Found, find, workspace};
-use super::{AdminError, Call, json_response, read_body};
+use super::{AdminError, Call, change_detail, json_response, read_body};
 use crate::auth::query_pairs;
 use crate::config::duration_text;
 use crate::control::{Changed, ImportedSecret, NewKey};
@@ -350,19 +350,12 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         before.map(|b| key_json(&b, at)).unwrap_or_default(),
         key_json(&record, at),
     );
-    let changes: serde_json::Map<String, serde_json::Value> = changed
-        .iter()
-        .map(|&f| {
-            let change = serde_json::json!({"old": old.get(f), "new": new.get(f)});
-            (f.to_owned(), change)
-        })
-        .collect();
     call.audit(
         "key.update",
         ws,
         Some(&record.id),
         "ok",
-        serde_json::json!({"fields": changed, "changes": changes}),
+        change_detail(&changed, &old, &new),
     )
     .await;
     Ok(json_response(StatusCode::OK, &new))

@@ -229,6 +229,23 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     r
 }
 
+/// The `detail` of an update's audit entry: the `fields` changed, and `changes`, each one's old
+/// and new value as the API object shows it (`old` and `new`: the object before and after).
+pub fn change_detail(
+    fields: &[&str],
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+) -> serde_json::Value {
+    let changes: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|&f| {
+            let change = serde_json::json!({"old": old.get(f), "new": new.get(f)});
+            (f.to_owned(), change)
+        })
+        .collect();
+    serde_json::json!({"fields": fields, "changes": changes})
+}
+
 /// Everything the admin handlers share.
 pub struct AdminState {
     /// The running config.

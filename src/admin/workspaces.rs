@@ -12,7 +12,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::caller::{MANAGE, VIEW};
 use super::fields::{MAX_METADATA_BYTES, Patch, parse_json};
-use super::{AdminError, Call, json_response};
+use super::{AdminError, Call, change_detail, json_response};
 use crate::config::{self, QuotaSpec, RateLimitSpec, Workspace, is_workspace_name};
 use crate::store::invalidation::publish_workspace_change;
 use crate::store::{Admission, KeyStore, StoreError};
@@ -379,19 +379,12 @@ pub async fn put(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
                 .into_iter()
                 .filter(|f| old.get(*f) != new.get(*f))
                 .collect();
-            let changes: serde_json::Map<String, serde_json::Value> = changed
-                .iter()
-                .map(|&f| {
-                    let change = serde_json::json!({"old": old.get(f), "new": new.get(f)});
-                    (f.to_owned(), change)
-                })
-                .collect();
             call.audit(
                 "workspace.updated",
                 ws,
                 None,
                 "ok",
-                serde_json::json!({"fields": changed, "changes": changes}),
+                change_detail(&changed, &old, &new),
             )
             .await;
             StatusCode::OK

@@ -43,9 +43,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::Store;
 use super::cache::KeyCache;
 use super::redis::{InvalidationFeed, InvalidationMessage};
+use super::{Store, StoreError};
 use crate::keys::{HashScheme, KeyRecord, SecretHash};
 use crate::workspaces::Directory;
 
@@ -109,20 +109,24 @@ pub async fn invalidate_everywhere(cache: &KeyCache<Store>, key: &KeyRecord) {
 /// the change is stored, and other instances re-read every workspace within `cache.ttl`.
 pub async fn publish_workspace_change(store: &Store, name: &str) {
     let Store::Redis(redis) = store else { return };
-    let stats = redis.invalidation_stats();
-    match redis.publish_workspace_change(name).await {
-        Ok(()) => {
-            stats.published.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                error = %e,
-                workspace = name,
-                "workspace change not published; other instances see it within cache.ttl"
-            );
-        }
+    let outcome = redis.publish_workspace_change(name).await;
+    if let Err(e) = counted(redis.invalidation_stats(), outcome) {
+        tracing::warn!(
+            error = %e,
+            workspace = name,
+            "workspace change not published; other instances see it within cache.ttl"
+        );
     }
+}
+
+/// Counts a publish in `stats`, passing its outcome on.
+fn counted(stats: &InvalidationStats, outcome: Result<(), StoreError>) -> Result<(), StoreError> {
+    let counter = match outcome {
+        Ok(()) => &stats.published,
+        Err(_) => &stats.publish_failures,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    outcome
 }
 
 /// Drops `hash` (one that `key` answers to) here and everywhere: for a hash the key record does
@@ -141,20 +145,14 @@ async fn publish(cache: &KeyCache<Store>, hash: &SecretHash, key: &KeyRecord) {
     let Some(stats) = store.invalidation_stats() else {
         return;
     };
-    match store.publish_invalidation(hash).await {
-        Ok(()) => {
-            stats.published.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-            // Not an error for the caller: the change is stored. Other instances that cached the
-            // key keep the old record until their entry's `cache.ttl` runs out.
-            tracing::warn!(
-                error = %e,
-                key_id = %key.id,
-                "invalidation not published; other instances may serve the old record for up to cache.ttl"
-            );
-        }
+    if let Err(e) = counted(stats, store.publish_invalidation(hash).await) {
+        // Not an error for the caller: the change is stored. Other instances that cached the
+        // key keep the old record until their entry's `cache.ttl` runs out.
+        tracing::warn!(
+            error = %e,
+            key_id = %key.id,
+            "invalidation not published; other instances may serve the old record for up to cache.ttl"
+        );
     }
 }
 
