@@ -1,21 +1,24 @@
-//! How the CLI shows keys to people: the key table, the one-key view, the one-time secret.
+//! How the CLI shows things to people: the table layout every command uses, the key table, the
+//! one-key view, the one-time secret, and the text helpers (times, limits, [`sanitize`]).
 //! Everything here is a pure function from JSON to text, so it is tested without a server.
 //!
 //! Text from the API (names, messages) goes through [`sanitize`] first: a key name is chosen by
 //! whoever created the key, and must not be able to move the cursor or recolour the terminal of
 //! whoever lists it.
 
+use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::Failure;
 
-/// Longest NAME shown in a table; `show` and `--json` have the whole name.
+/// Widest NAME shown in a table, in terminal columns; `show` and `--json` have the whole name.
 const NAME_WIDTH: usize = 32;
-/// Longest SCOPES/ROLE shown in a table.
+/// Widest SCOPES/ROLE shown in a table, in terminal columns.
 const SCOPES_WIDTH: usize = 40;
 
 /// The key object as the CLI reads it. Every field is optional and unknown fields are ignored,
@@ -95,48 +98,47 @@ pub(super) fn list(keys: &[KeyView]) -> String {
     ];
     /// USES is a number: right-aligned.
     const RIGHT: usize = 7;
-    let rows: Vec<[String; 9]> = keys
-        .iter()
-        .map(|k| {
-            [
-                k.id(),
-                clip(&text_or(k.name.as_deref(), "-"), NAME_WIDTH),
-                prefix(k.prefix.as_deref()),
-                clip(&scopes_and_role(k), SCOPES_WIDTH),
-                text_or(k.status.as_deref(), "-"),
-                when(k.created_at.as_deref(), "-"),
-                when(k.last_used_at.as_deref(), "never"),
-                k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
-                when(k.expires_at.as_deref(), "never"),
-            ]
-        })
-        .collect();
-    let mut widths = HEADERS.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+    let rows = keys.iter().map(|k| {
+        vec![
+            k.id(),
+            clip(&text_or(k.name.as_deref(), "-"), NAME_WIDTH),
+            prefix(k.prefix.as_deref()),
+            clip(&scopes_and_role(k), SCOPES_WIDTH),
+            text_or(k.status.as_deref(), "-"),
+            when(k.created_at.as_deref(), "-"),
+            when(k.last_used_at.as_deref(), "never"),
+            k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
+            when(k.expires_at.as_deref(), "never"),
+        ]
+    });
+    table(&HEADERS, rows, &[RIGHT])
+}
+
+/// A table for people: a header row, then one line per row; no borders or rules; columns two
+/// spaces apart, each as wide as its widest cell, and the columns in `right` aligned right
+/// (numbers). Widths are terminal columns: comfy-table measures each cell's display width, so a
+/// name in a wide script (CJK, most emoji) keeps the columns after it aligned, where counting
+/// `char`s would not. Cells must be [`sanitize`]d (one line each).
+pub(super) fn table(
+    headers: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+    right: &[usize],
+) -> String {
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.to_vec())
+        .add_rows(rows);
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        // One space either side of each column but the outer edges: two between columns.
+        column.set_padding((u16::from(i > 0), u16::from(i < last)));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let mut out = String::new();
-    let header = HEADERS.map(String::from);
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            let pad = " ".repeat(width - cell.chars().count());
-            if i == RIGHT {
-                line.push_str(&pad);
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.push_str(&pad);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = t.trim_fmt();
+    out.push('\n');
     out
 }
 
@@ -322,12 +324,21 @@ fn when_utc(t: Option<&str>, none: &str) -> String {
     }
 }
 
-/// Cuts to `max` characters, marking the cut with `…`.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+/// Cuts to `max` terminal columns, marking the cut with `…` (one column).
+pub(super) fn clip(s: &str, max: usize) -> String {
+    if s.width() <= max {
         return s.into();
     }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > max.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
     out.push('…');
     out
 }
@@ -420,6 +431,44 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
             "{name}"
         );
         assert_eq!(table.lines().count(), 2, "a name cannot add lines");
+    }
+
+    #[test]
+    fn wide_characters_keep_the_columns_aligned_and_are_clipped_by_width() {
+        // Each of these characters takes two terminal columns.
+        let wide = key("key_000000000000000000000a", "本番サーバー");
+        let narrow = key("key_000000000000000000000b", "ci");
+        let views: Vec<KeyView> = [wide, narrow]
+            .iter()
+            .map(|k| KeyView::from_value(k).unwrap())
+            .collect();
+        let table = list(&views);
+        // PREFIX starts at the same terminal column on every line.
+        let columns: Vec<usize> = table
+            .lines()
+            .map(|l| {
+                let at = l.find("kg_live").or_else(|| l.find("PREFIX")).unwrap();
+                l[..at].width()
+            })
+            .collect();
+        assert_eq!(columns.len(), 3, "{table}");
+        assert!(
+            columns.iter().all(|&c| c == columns[0]),
+            "{columns:?}\n{table}"
+        );
+        assert_eq!(
+            columns[0],
+            "key_000000000000000000000a  本番サーバー  ".width()
+        );
+
+        let clipped = clip(&"名".repeat(40), NAME_WIDTH);
+        assert!(clipped.ends_with('…'), "{clipped}");
+        assert_eq!(
+            clipped.width(),
+            NAME_WIDTH - 1,
+            "15 wide characters and the mark"
+        );
+        assert_eq!(clip("短い", NAME_WIDTH), "短い");
     }
 
     #[test]
