@@ -18,6 +18,42 @@ pub(super) struct RateLimitArg {
     pub(super) burst: Option<u32>,
 }
 
+impl RateLimitArg {
+    /// The API's rate limit object: `{"requests", "period", "burst"?}`.
+    pub(super) fn to_json(&self) -> Value {
+        let mut limit = Map::new();
+        limit.insert("requests".into(), self.requests.into());
+        limit.insert("period".into(), self.period.as_str().into());
+        if let Some(b) = self.burst {
+            limit.insert("burst".into(), b.into());
+        }
+        Value::Object(limit)
+    }
+}
+
+/// `--quota`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct QuotaArg {
+    pub(super) limit: u64,
+    /// `none`, `daily` or `monthly`.
+    pub(super) refill: &'static str,
+    /// Only with `monthly`: 1–28 (every month has those days).
+    pub(super) refill_day: Option<u8>,
+}
+
+impl QuotaArg {
+    /// The API's quota object: `{"limit", "refill", "refill_day"?}`.
+    pub(super) fn to_json(&self) -> Value {
+        let mut quota = Map::new();
+        quota.insert("limit".into(), self.limit.into());
+        quota.insert("refill".into(), self.refill.into());
+        if let Some(d) = self.refill_day {
+            quota.insert("refill_day".into(), d.into());
+        }
+        Value::Object(quota)
+    }
+}
+
 /// A non-zero duration (`--expires-in`, `--timeout`).
 pub(super) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration_text(s)? {
@@ -79,6 +115,51 @@ pub(super) fn parse_rate_limit(s: &str) -> Result<RateLimitArg, String> {
     })
 }
 
+/// `--quota LIMIT/REFILL[:DAY]`: `10000/monthly`, `10000/monthly:15`, `500/daily`, `100/none`
+/// (never refills). The day is checked as the API checks it (1–28, monthly only).
+pub(super) fn parse_quota(s: &str) -> Result<QuotaArg, String> {
+    let shape = "expected LIMIT/REFILL[:DAY] with REFILL none, daily or monthly, e.g. \
+                 10000/monthly, 10000/monthly:15 or 500/daily";
+    let (limit, rest) = s.trim().split_once('/').ok_or(shape)?;
+    let limit = limit
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("limit must be a whole number; {shape}"))?;
+    let (refill, day) = match rest.split_once(':') {
+        Some((r, d)) => (r.trim(), Some(d.trim())),
+        None => (rest.trim(), None),
+    };
+    let refill = match refill.to_ascii_lowercase().as_str() {
+        "none" => "none",
+        "daily" => "daily",
+        "monthly" => "monthly",
+        _ => return Err(format!("unknown refill `{refill}`; {shape}")),
+    };
+    let refill_day = match day {
+        None => None,
+        Some(_) if refill != "monthly" => {
+            return Err(format!("a refill day is only for monthly quotas; {shape}"));
+        }
+        Some(d) => match d.parse::<u8>() {
+            Ok(n) if (1..=28).contains(&n) => Some(n),
+            _ => return Err(format!("the refill day must be 1–28; {shape}")),
+        },
+    };
+    Ok(QuotaArg {
+        limit,
+        refill,
+        refill_day,
+    })
+}
+
+/// `--metadata KEY=VALUE` of `workspaces set`: a key (not empty) and a string value.
+pub(super) fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err("expected KEY=VALUE, e.g. plan=pro".into()),
+    }
+}
+
 /// `--sha256`: 64 hex digits, sent in lower case.
 pub(super) fn parse_sha256(s: &str) -> Result<String, String> {
     let s = s.trim();
@@ -113,5 +194,65 @@ mod tests {
         );
         assert!(parse_rate_limit("x/1s").is_err());
         assert!(parse_rate_limit("1/1s:0").is_err());
+        assert_eq!(
+            parse_rate_limit("100/1s:200").unwrap().to_json(),
+            serde_json::json!({"requests": 100, "period": "1s", "burst": 200})
+        );
+    }
+
+    #[test]
+    fn quotas_parse_into_the_apis_shape() {
+        for (arg, json) in [
+            (
+                "10000/monthly",
+                serde_json::json!({"limit": 10000, "refill": "monthly"}),
+            ),
+            (
+                " 10000/Monthly:15 ",
+                serde_json::json!({"limit": 10000, "refill": "monthly", "refill_day": 15}),
+            ),
+            (
+                "500/daily",
+                serde_json::json!({"limit": 500, "refill": "daily"}),
+            ),
+            (
+                "100/none",
+                serde_json::json!({"limit": 100, "refill": "none"}),
+            ),
+            ("0/none", serde_json::json!({"limit": 0, "refill": "none"})),
+        ] {
+            assert_eq!(parse_quota(arg).unwrap().to_json(), json, "{arg}");
+        }
+        for bad in [
+            "10000",
+            "10000/weekly",
+            "-1/daily",
+            "many/daily",
+            "10/daily:3",
+            "10/none:1",
+            "10/monthly:0",
+            "10/monthly:29",
+            "10/monthly:x",
+        ] {
+            assert!(parse_quota(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("plan=pro").unwrap(),
+            ("plan".into(), "pro".into())
+        );
+        assert_eq!(
+            parse_key_value("url=a=b").unwrap(),
+            ("url".into(), "a=b".into())
+        );
+        assert_eq!(
+            parse_key_value("note=").unwrap(),
+            ("note".into(), "".into())
+        );
+        assert!(parse_key_value("plan").is_err());
+        assert!(parse_key_value("=pro").is_err());
     }
 }

@@ -55,7 +55,7 @@ pub(super) struct ImportArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "name", "description", "scopes", "role", "expires_at", "expires_in", "ips", "owner",
-            "metadata", "rate_limit", "prefix",
+            "metadata", "rate_limit", "quota", "prefix",
         ]
     )]
     pub(super) file: Option<PathBuf>,

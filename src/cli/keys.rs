@@ -1,6 +1,8 @@
 //! `keygate keys …`: the subcommands, their arguments, and what each asks of the admin API. The
-//! key fields of create, import and update (and the bodies they make) are in [`fields`].
+//! key fields of create, import and update (and the bodies they make) are in [`fields`]; a key's
+//! request log and daily usage in [`activity`].
 
+mod activity;
 pub(super) mod fields;
 
 use clap::{Args, Subcommand};
@@ -10,10 +12,20 @@ use time::OffsetDateTime;
 
 use self::fields::{ClearFlags, KeyFields, key_fields_body, update_body};
 use super::args::parse_grace;
-use super::client::{self, AdminClient};
+use super::client;
 use super::import::{self, ImportArgs};
 use super::render::{self, KeyView};
-use super::{Action, Connection, EXIT_CODES_HELP, Failure, confirm, write_stdout};
+use super::session::{ListKind, Session};
+use super::{
+    Action, CONNECTION_HEADING, Connection, EXIT_CODES_HELP, Failure, block_on, confirm,
+    write_stdout,
+};
+
+/// The key list of a workspace.
+const KEYS: ListKind = ListKind {
+    field: "keys",
+    noun: "keys",
+};
 
 /// `keygate keys`: the connection options (accepted before or after the subcommand) and the
 /// subcommand.
@@ -22,6 +34,17 @@ use super::{Action, Connection, EXIT_CODES_HELP, Failure, confirm, write_stdout}
 pub(crate) struct KeysArgs {
     #[command(flatten)]
     connection: Connection,
+    /// Workspace of the keys [required].
+    // Required, but clap cannot require a global argument: `execute` checks it.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "KEYGATE_WORKSPACE",
+        value_name = "WS",
+        help_heading = CONNECTION_HEADING
+    )]
+    workspace: Option<String>,
     #[command(subcommand)]
     command: KeysCommand,
 }
@@ -65,6 +88,23 @@ enum KeysCommand {
     },
     /// Import an existing secret (from stdin) or its SHA-256, or many keys from a JSON-lines file.
     Import(ImportArgs),
+    /// Show a key's recent requests: forwarded ones and those refused after the key was
+    /// recognised, with their code; newest first.
+    Logs {
+        /// The key id (key_…).
+        id: String,
+        /// How many entries (1–100; the API's default is 50).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: Option<u32>,
+    },
+    /// Show a key's forwarded requests per UTC day, oldest first, and their total.
+    Usage {
+        /// The key id (key_…).
+        id: String,
+        /// How many days, today included (1–90; the API's default is 30).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=90))]
+        days: Option<u32>,
+    },
 }
 
 /// `keys list`.
@@ -113,32 +153,23 @@ struct UpdateArgs {
 
 /// Runs one `keygate keys …` command.
 pub(super) fn execute(args: KeysArgs) -> Result<(), Failure> {
-    let KeysArgs {
-        connection,
-        command,
-    } = args;
-    let (client, workspace) = connection.resolve()?;
-    // One thread is plenty: the CLI makes one request at a time.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Unexpected(format!("cannot start the async runtime: {e}")))?;
-    let session = Session {
-        client,
-        workspace,
-        json: connection.json,
-    };
-    runtime.block_on(session.dispatch(command))
+    let session = args.connection.session()?;
+    let workspace = args.workspace.filter(|w| !w.is_empty()).ok_or_else(|| {
+        Failure::Usage(
+            "a workspace is required: pass -w/--workspace or set KEYGATE_WORKSPACE".into(),
+        )
+    })?;
+    let keys = Keys { session, workspace };
+    block_on(keys.dispatch(args.command))
 }
 
-/// One invocation: who to talk to, about which workspace, and how to print.
-struct Session {
-    client: AdminClient,
+/// One `keys` command: the session, and the workspace of the keys.
+struct Keys {
+    session: Session,
     workspace: String,
-    json: bool,
 }
 
-impl Session {
+impl Keys {
     async fn dispatch(&self, command: KeysCommand) -> Result<(), Failure> {
         match command {
             KeysCommand::Create(a) => self.create(&a).await,
@@ -149,6 +180,12 @@ impl Session {
             KeysCommand::Revoke { id, yes } => self.revoke(&id, yes).await,
             KeysCommand::Delete { id, yes } => self.delete(&id, yes).await,
             KeysCommand::Import(a) => self.import(&a).await,
+            KeysCommand::Logs { id, limit } => {
+                activity::logs(&self.session, &self.key_path(&id), limit).await
+            }
+            KeysCommand::Usage { id, days } => {
+                activity::usage(&self.session, &self.key_path(&id), days).await
+            }
         }
     }
 
@@ -160,82 +197,42 @@ impl Session {
         format!("{}/{}", self.keys_path(), client::encode(id))
     }
 
+    /// A request with a JSON body, whose answer must have one.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Map<String, Value>,
+    ) -> Result<Value, Failure> {
+        let answer = self
+            .session
+            .client
+            .call(method, path, Some(&Value::Object(body)))
+            .await?;
+        client::expect_body(answer)
+    }
+
     async fn create(&self, a: &CreateArgs) -> Result<(), Failure> {
         let body = key_fields_body(Some(&a.name), &a.fields, OffsetDateTime::now_utc())?;
-        let answer = self
-            .client
-            .call(Method::POST, &self.keys_path(), Some(&Value::Object(body)))
-            .await?;
-        let answer = client::expect_body(answer)?;
-        if self.json {
-            return write_stdout(&render::json(&answer));
-        }
-        write_stdout(&render::created(&answer)?)
+        let answer = self.send(Method::POST, &self.keys_path(), body).await?;
+        self.session.print(&answer, render::created)
     }
 
     async fn list(&self, a: &ListArgs) -> Result<(), Failure> {
-        let mut keys = Vec::new();
-        let mut cursor = a.cursor.clone();
-        loop {
-            let path = format!("{}{}", self.keys_path(), list_query(a, cursor.as_deref()));
-            let page = client::expect_body(self.client.call(Method::GET, &path, None).await?)?;
-            let next = match page.get("next_cursor") {
-                Some(Value::String(c)) => Some(c.clone()),
-                Some(Value::Null) | None => None,
-                Some(_) => {
-                    return Err(Failure::Unexpected(
-                        "`next_cursor` is neither a string nor null".into(),
-                    ));
-                }
-            };
-            if !a.all {
-                if self.json {
-                    return write_stdout(&render::json(&page));
-                }
-                let rows = render::keys_of_page(&page)?;
-                if let Some(next) = &next {
-                    eprintln!(
-                        "More keys: run again with --all, or with --cursor {}",
-                        render::sanitize(next)
-                    );
-                }
-                return write_stdout(&render::list(&rows));
-            }
-            match page {
-                Value::Object(mut page) => match page.remove("keys") {
-                    Some(Value::Array(page_keys)) => keys.extend(page_keys),
-                    _ => return Err(Failure::Unexpected("a page without `keys`".into())),
-                },
-                _ => return Err(Failure::Unexpected("a page that is not an object".into())),
-            }
-            match next {
-                // A server that hands back the cursor it was given would loop forever.
-                Some(next) if cursor.as_deref() == Some(next.as_str()) => {
-                    return Err(Failure::Unexpected(
-                        "the API returned the same page cursor twice".into(),
-                    ));
-                }
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        let all = serde_json::json!({ "keys": keys });
-        if self.json {
-            return write_stdout(&render::json(&all));
-        }
-        write_stdout(&render::list(&render::keys_of_page(&all)?))
+        let page = |cursor: Option<&str>| format!("{}{}", self.keys_path(), list_query(a, cursor));
+        let listing = self
+            .session
+            .list(KEYS, page, a.cursor.clone(), a.all)
+            .await?;
+        self.session.print_list(KEYS, &listing, |items| {
+            Ok(render::list(&render::key_views(items)?))
+        })
     }
 
     async fn show(&self, id: &str) -> Result<(), Failure> {
-        let key = client::expect_body(
-            self.client
-                .call(Method::GET, &self.key_path(id), None)
-                .await?,
-        )?;
-        if self.json {
-            return write_stdout(&render::json(&key));
-        }
-        write_stdout(&render::detail(&KeyView::from_value(&key)?))
+        let key = self.session.get(&self.key_path(id)).await?;
+        self.session
+            .print(&key, |key| Ok(render::detail(&KeyView::from_value(key)?)))
     }
 
     async fn update(&self, a: &UpdateArgs) -> Result<(), Failure> {
@@ -245,15 +242,9 @@ impl Session {
             &a.clear,
             OffsetDateTime::now_utc(),
         )?;
-        let key = client::expect_body(
-            self.client
-                .call(
-                    Method::PATCH,
-                    &self.key_path(&a.id),
-                    Some(&Value::Object(body)),
-                )
-                .await?,
-        )?;
+        let key = self
+            .send(Method::PATCH, &self.key_path(&a.id), body)
+            .await?;
         self.print_key(&key)
     }
 
@@ -263,31 +254,25 @@ impl Session {
             body.insert("grace_period".into(), Value::String(grace.to_owned()));
         }
         let path = format!("{}/rotate", self.key_path(id));
-        let answer = client::expect_body(
-            self.client
-                .call(Method::POST, &path, Some(&Value::Object(body)))
-                .await?,
-        )?;
-        if self.json {
-            return write_stdout(&render::json(&answer));
-        }
-        write_stdout(&render::rotated(&answer)?)
+        let answer = self.send(Method::POST, &path, body).await?;
+        self.session.print(&answer, render::rotated)
     }
 
     async fn revoke(&self, id: &str, yes: bool) -> Result<(), Failure> {
         confirm(Action::Revoke, id, yes)?;
         let path = format!("{}/revoke", self.key_path(id));
-        let key = client::expect_body(self.client.call(Method::POST, &path, None).await?)?;
-        self.print_key(&key)
+        let answer = self.session.client.call(Method::POST, &path, None).await?;
+        self.print_key(&client::expect_body(answer)?)
     }
 
     async fn delete(&self, id: &str, yes: bool) -> Result<(), Failure> {
         confirm(Action::Delete, id, yes)?;
-        self.client
+        self.session
+            .client
             .call(Method::DELETE, &self.key_path(id), None)
             .await?;
         // 204 has no body, so --json prints nothing: the exit code says it worked.
-        if self.json {
+        if self.session.json {
             return Ok(());
         }
         write_stdout(&format!(
@@ -299,7 +284,7 @@ impl Session {
     async fn import(&self, a: &ImportArgs) -> Result<(), Failure> {
         let path = format!("{}/import", self.keys_path());
         if let Some(file) = &a.file {
-            return import::run(&self.client, &path, file, self.json).await;
+            return import::run(&self.session.client, &path, file, self.session.json).await;
         }
         let name = a.name.as_deref().ok_or_else(|| {
             // clap's `required_unless_present = "file"` makes this unreachable.
@@ -317,95 +302,59 @@ impl Session {
                 body.insert("prefix".into(), Value::String(prefix.clone()));
             }
         }
-        let key = client::expect_body(
-            self.client
-                .call(Method::POST, &path, Some(&Value::Object(body)))
-                .await?,
-        )?;
+        let key = self.send(Method::POST, &path, body).await?;
         self.print_key(&key)
     }
 
     /// A key object: as JSON, or as a one-row table.
     fn print_key(&self, key: &Value) -> Result<(), Failure> {
-        if self.json {
-            return write_stdout(&render::json(key));
-        }
-        write_stdout(&render::list(&[KeyView::from_value(key)?]))
+        self.session
+            .print(key, |key| Ok(render::list(&[KeyView::from_value(key)?])))
     }
 }
 
 /// The query string of one `list` page (empty when nothing is set).
 fn list_query(a: &ListArgs, cursor: Option<&str>) -> String {
     let limit = a.limit.map(|l| l.to_string());
-    let pairs = [
+    client::query(&[
         ("status", a.status.as_deref()),
         ("owner", a.owner.as_deref()),
         ("limit", limit.as_deref()),
         ("cursor", cursor),
-    ];
-    let query: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", client::encode(v))))
-        .collect();
-    if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", query.join("&"))
-    }
+    ])
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use std::time::Duration;
 
-    use clap::{CommandFactory, Parser};
-
     use super::*;
-    use crate::cli::EXIT_USAGE;
-
-    /// `keygate keys …` as `main` wires it.
-    #[derive(Debug, Parser)]
-    #[command(name = "keygate")]
-    struct TestCli {
-        #[command(subcommand)]
-        command: Top,
-    }
-
-    #[derive(Debug, clap::Subcommand)]
-    enum Top {
-        Keys(KeysArgs),
-    }
+    use crate::cli::tests::parse_cli;
+    use crate::cli::{AdminCommand, EXIT_USAGE};
 
     /// Parses `keygate keys <args>` with a token and workspace given, so the developer's
     /// environment cannot change the outcome.
-    pub(super) fn parse(args: &[&str]) -> Result<KeysArgs, clap::Error> {
-        let mut argv = vec!["keygate", "keys"];
+    pub(in crate::cli) fn parse(args: &[&str]) -> Result<KeysArgs, clap::Error> {
+        let mut argv = vec!["keys"];
         argv.extend_from_slice(args);
-        argv.extend_from_slice(&["--token", "t0k3n", "-w", "acme"]);
-        TestCli::try_parse_from(argv).map(|c| match c.command {
-            Top::Keys(k) => k,
+        argv.extend_from_slice(&["-w", "acme"]);
+        parse_cli(&argv).map(|c| match c {
+            AdminCommand::Keys(k) => *k,
+            other => panic!("not keys: {other:?}"),
         })
     }
 
-    pub(super) fn parse_err(args: &[&str]) -> clap::error::ErrorKind {
+    pub(in crate::cli) fn parse_err(args: &[&str]) -> clap::error::ErrorKind {
         parse(args).unwrap_err().kind()
     }
 
     #[test]
-    fn the_command_definition_is_consistent() {
-        TestCli::command().debug_assert();
-    }
-
-    #[test]
     fn global_options_go_before_or_after_the_subcommand() {
-        let k = TestCli::try_parse_from([
-            "keygate",
+        let k = parse_cli(&[
             "keys",
             "--json",
             "--admin-url",
             "http://10.0.0.1:9901",
-            "--token",
-            "t",
             "list",
             "-w",
             "acme",
@@ -413,10 +362,12 @@ pub(super) mod tests {
             "500ms",
         ])
         .unwrap();
-        let Top::Keys(k) = k.command;
+        let AdminCommand::Keys(k) = k else {
+            panic!("keys")
+        };
         assert!(k.connection.json);
         assert_eq!(k.connection.admin_url, "http://10.0.0.1:9901");
-        assert_eq!(k.connection.workspace.as_deref(), Some("acme"));
+        assert_eq!(k.workspace.as_deref(), Some("acme"));
         assert_eq!(k.connection.timeout, Duration::from_millis(500));
         assert!(matches!(k.command, KeysCommand::List(_)));
     }
@@ -433,12 +384,12 @@ pub(super) mod tests {
     fn token_and_workspace_are_required_with_exit_code_2() {
         let mut k = parse(&["list"]).unwrap();
         k.connection.token = None;
-        let e = k.connection.resolve().err().unwrap();
+        let e = execute(k).err().unwrap();
         assert_eq!(e.exit_code(), EXIT_USAGE);
         assert!(e.to_string().contains("KEYGATE_ADMIN_TOKEN"), "{e}");
         let mut k = parse(&["list"]).unwrap();
-        k.connection.workspace = Some(String::new());
-        let e = k.connection.resolve().err().unwrap();
+        k.workspace = Some(String::new());
+        let e = execute(k).err().unwrap();
         assert_eq!(e.exit_code(), EXIT_USAGE);
         assert!(e.to_string().contains("--workspace"), "{e}");
     }
@@ -533,23 +484,5 @@ pub(super) mod tests {
             panic!("list")
         };
         assert_eq!(list_query(&a, None), "");
-    }
-
-    #[test]
-    fn help_documents_the_exit_codes() {
-        let mut cmd = TestCli::command();
-        let help = cmd
-            .find_subcommand_mut("keys")
-            .unwrap()
-            .render_help()
-            .to_string();
-        for line in [
-            "Exit codes:",
-            "3  not found",
-            "4  not authorized",
-            "6  admin API",
-        ] {
-            assert!(help.contains(line), "{line} missing from:\n{help}");
-        }
     }
 }

@@ -1,17 +1,22 @@
-//! `keygate keys …`: manage API keys from a terminal or a script, as a client of the admin HTTP
-//! API (`docs/admin-api.md`). Nothing here opens the store: every command is one or more HTTP
-//! calls, so the CLI manages keys of any running gateway it can reach, with the permissions of
-//! the admin token (or API key) it is given.
+//! `keygate keys …`, `keygate workspaces …`, `keygate audit`: manage API keys and workspaces and
+//! read the audit log from a terminal or a script, as a client of the admin HTTP API
+//! (`docs/admin-api.md`). Nothing here opens the store: every command is one or more HTTP calls,
+//! so the CLI manages any running gateway it can reach, with the permissions of the admin token
+//! (or API key) it is given.
 //!
 //! # Layout
 //!
 //! - this file: what every command shares: the connection options, [`Failure`] (the one place
 //!   an outcome becomes an exit code), confirmation prompts and writing to stdout.
+//! - [`session`]: one invocation: the client, JSON or tables, lists followed page by page.
 //! - [`keys`]: `keygate keys`: its arguments, what each subcommand does; [`keys::fields`]: the
-//!   key fields of create, import and update and the JSON bodies they make.
+//!   key fields of create, import and update and the JSON bodies they make;
+//!   [`keys::activity`]: `keys logs` and `keys usage`.
+//! - [`workspaces`]: `keygate workspaces list|set|delete`.
+//! - [`audit`]: `keygate audit`.
 //! - [`args`]: parsers of argument values shared by several commands.
 //! - [`client`]: the HTTP client and how an answer becomes a value or a [`Failure`].
-//! - [`render`]: tables and the one-key view for people.
+//! - [`render`]: the table layout, the key table and the one-key view for people.
 //! - [`import`]: `keys import`, one key or many from a JSON-lines file.
 //!
 //! The client speaks plain HTTP only: the admin listener is plain HTTP on loopback by default, and
@@ -24,7 +29,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | the admin API refused the request (400, 409, 413, …), or a confirmation was declined |
-//! | 2 | usage error: clap's own, a missing `--token`/`--workspace`, revoke or delete without `--yes` when stdin is not a terminal |
+//! | 2 | usage error: clap's own, a missing `--token`/`--workspace`, revoke or delete (of a key or a workspace) without `--yes` when stdin is not a terminal |
 //! | 3 | not found (404: unknown key or workspace) |
 //! | 4 | not authorized (401, 403, including `upgrade_required`) |
 //! | 5 | bulk import: at least one line failed |
@@ -34,27 +39,33 @@
 //! secret only in the one-time display after create and rotate.
 
 mod args;
+mod audit;
 mod client;
 mod import;
 mod keys;
 mod render;
+mod session;
+mod workspaces;
 
 use std::fmt;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use http::StatusCode;
 
 use self::args::parse_positive_duration;
+use self::audit::AuditArgs;
 use self::client::AdminClient;
-pub(crate) use self::keys::KeysArgs;
+use self::keys::KeysArgs;
+use self::session::Session;
+use self::workspaces::WorkspacesArgs;
 
 /// Where the admin API listens unless told otherwise (the default `listen.admin`).
 const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
 
-/// The exit codes, for `keygate keys --help` (the table in this module's docs says the same).
+/// The exit codes, for `--help` of each command (the table in this module's docs says the same).
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
@@ -75,12 +86,27 @@ const EXIT_UNAUTHORIZED: u8 = 4;
 const EXIT_IMPORT_FAILED: u8 = 5;
 const EXIT_UNAVAILABLE: u8 = 6;
 
+/// The help heading of the options every command takes anywhere on its line.
+const CONNECTION_HEADING: &str = "Connection (anywhere on the command line)";
+
+/// The commands that talk to the admin API; `main` takes them in among its own.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Manage API keys through the admin API: create, list, show, update, rotate, revoke,
+    /// delete, import, logs, usage.
+    Keys(Box<KeysArgs>),
+    /// Manage workspaces through the admin API: list, set, delete.
+    Workspaces(Box<WorkspacesArgs>),
+    /// Show the audit log of the admin API: who did what to which key, when.
+    Audit(Box<AuditArgs>),
+}
+
 /// How to reach the admin API, as whom, and how to print.
 ///
-/// `--token` and `--workspace` are required, but clap cannot require a global argument, so
-/// [`Connection::resolve`] checks them (exit 2 like clap's own errors).
+/// `--token` is required, but clap cannot require a global argument, so [`Connection::session`]
+/// checks it (exit 2 like clap's own errors).
 #[derive(Args)]
-#[command(next_help_heading = "Connection (before or after the subcommand)")]
+#[command(next_help_heading = CONNECTION_HEADING)]
 struct Connection {
     /// Base URL of the admin API (plain http).
     #[arg(
@@ -104,15 +130,6 @@ struct Connection {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Workspace of the keys [required].
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "KEYGATE_WORKSPACE",
-        value_name = "WS"
-    )]
-    workspace: Option<String>,
     /// How long to wait for each answer of the admin API (e.g. 500ms, 10s).
     #[arg(
         long,
@@ -131,15 +148,14 @@ impl fmt::Debug for Connection {
             .field("admin_url", &self.admin_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("json", &self.json)
-            .field("workspace", &self.workspace)
             .field("timeout", &self.timeout)
             .finish()
     }
 }
 
 impl Connection {
-    /// The client and workspace, once the arguments clap cannot check are checked.
-    fn resolve(&self) -> Result<(AdminClient, String), Failure> {
+    /// The session of one command, once the arguments clap cannot check are checked.
+    fn session(&self) -> Result<Session, Failure> {
         let token = self
             .token
             .as_deref()
@@ -149,17 +165,8 @@ impl Connection {
                     "an admin token is required: set KEYGATE_ADMIN_TOKEN or pass --token".into(),
                 )
             })?;
-        let workspace = self
-            .workspace
-            .as_deref()
-            .filter(|w| !w.is_empty())
-            .ok_or_else(|| {
-                Failure::Usage(
-                    "a workspace is required: pass -w/--workspace or set KEYGATE_WORKSPACE".into(),
-                )
-            })?;
         let client = AdminClient::new(&self.admin_url, token, self.timeout)?;
-        Ok((client, workspace.to_owned()))
+        Ok(Session::new(client, self.json))
     }
 }
 
@@ -253,9 +260,14 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Runs `keygate keys …` and returns the documented exit code.
-pub(crate) fn run(args: KeysArgs) -> ExitCode {
-    match keys::execute(args) {
+/// Runs one admin API command and returns the documented exit code.
+pub(crate) fn run(command: AdminCommand) -> ExitCode {
+    let outcome = match command {
+        AdminCommand::Keys(args) => keys::execute(*args),
+        AdminCommand::Workspaces(args) => workspaces::execute(*args),
+        AdminCommand::Audit(args) => audit::execute(&args),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {failure}");
@@ -264,11 +276,22 @@ pub(crate) fn run(args: KeysArgs) -> ExitCode {
     }
 }
 
+/// Runs one command's requests on a single-threaded runtime: the CLI makes one request at a
+/// time.
+fn block_on(work: impl Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Unexpected(format!("cannot start the async runtime: {e}")))?
+        .block_on(work)
+}
+
 /// What a confirmation prompt asks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Revoke,
     Delete,
+    DeleteWorkspace,
 }
 
 impl Action {
@@ -282,13 +305,17 @@ impl Action {
                 "Applications using this key will stop working, and its request logs will be \
                  deleted. Delete {id}? [y/N] "
             ),
+            Action::DeleteWorkspace => format!(
+                "Its settings (API access, key limit, default limits, metadata) will be lost. \
+                 Delete workspace {id}? [y/N] "
+            ),
         }
     }
 
     fn verb(self) -> &'static str {
         match self {
             Action::Revoke => "revoke",
-            Action::Delete => "delete",
+            Action::Delete | Action::DeleteWorkspace => "delete",
         }
     }
 }
@@ -342,10 +369,57 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
+    use clap::{CommandFactory, Parser};
+
     use super::*;
+
+    /// `keygate …` as `main` wires the admin API commands.
+    #[derive(Debug, Parser)]
+    #[command(name = "keygate")]
+    pub(in crate::cli) struct TestCli {
+        #[command(subcommand)]
+        pub(in crate::cli) command: AdminCommand,
+    }
+
+    /// Parses `keygate <args>` with a token given, so the developer's environment cannot change
+    /// the outcome.
+    pub(in crate::cli) fn parse_cli(args: &[&str]) -> Result<AdminCommand, clap::Error> {
+        let mut argv = vec!["keygate"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--token", "t0k3n"]);
+        TestCli::try_parse_from(argv).map(|c| c.command)
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_documents_the_exit_codes() {
+        for command in ["keys", "workspaces", "audit"] {
+            let mut cli = TestCli::command();
+            let help = cli
+                .find_subcommand_mut(command)
+                .unwrap()
+                .render_help()
+                .to_string();
+            for line in [
+                "Exit codes:",
+                "3  not found",
+                "4  not authorized",
+                "6  admin API",
+            ] {
+                assert!(
+                    help.contains(line),
+                    "{line} missing from {command}:\n{help}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn prompts_say_what_happens_and_only_yes_confirms() {
@@ -358,6 +432,12 @@ mod tests {
                 .question("key_abc")
                 .contains("Delete key_abc? [y/N]")
         );
+        assert!(
+            Action::DeleteWorkspace
+                .question("acme")
+                .ends_with("Delete workspace acme? [y/N] ")
+        );
+        assert_eq!(Action::DeleteWorkspace.verb(), "delete");
         for yes in ["y\n", "Y", "yes\r\n", " YES "] {
             assert!(is_yes(yes), "{yes:?}");
         }

@@ -62,14 +62,9 @@ impl KeyView {
     }
 }
 
-/// The keys of a list page (`{"keys": [...]}`).
-pub(super) fn keys_of_page(page: &Value) -> Result<Vec<KeyView>, Failure> {
-    match page.get("keys") {
-        Some(Value::Array(keys)) => keys.iter().map(KeyView::from_value).collect(),
-        _ => Err(Failure::Unexpected(
-            "a list answer without a `keys` array".into(),
-        )),
-    }
+/// The keys of a list.
+pub(super) fn key_views(keys: &[Value]) -> Result<Vec<KeyView>, Failure> {
+    keys.iter().map(KeyView::from_value).collect()
 }
 
 /// Pretty JSON for `--json`, one document per command (bulk import prints compact lines).
@@ -166,8 +161,8 @@ pub(super) fn detail(k: &KeyView) -> String {
         ("Scopes", list_or(&k.scopes, "-")),
         ("Role", text_or(k.role.as_deref(), "-")),
         ("IP allowlist", list_or(&k.ip_allowlist, "any address")),
-        ("Rate limit", rate_limit(k.rate_limit.as_ref())),
-        ("Quota", quota(k.quota.as_ref())),
+        ("Rate limit", rate_limit(k.rate_limit.as_ref(), "default")),
+        ("Quota", quota(k.quota.as_ref(), "none")),
         ("Owner", text_or(k.owner.as_deref(), "-")),
         ("Metadata", compact(k.metadata.as_ref())),
         ("Created", created),
@@ -255,10 +250,10 @@ fn prefix(p: Option<&str>) -> String {
     }
 }
 
-/// `100/1s (burst 200)`, or `default`.
-fn rate_limit(v: Option<&Value>) -> String {
+/// `100/1s (burst 200)`, or `none` for null.
+pub(super) fn rate_limit(v: Option<&Value>, none: &str) -> String {
     let Some(v) = v.filter(|v| !v.is_null()) else {
-        return "default".into();
+        return none.into();
     };
     match (v.get("requests"), v.get("period").and_then(Value::as_str)) {
         (Some(r), Some(p)) => {
@@ -272,10 +267,10 @@ fn rate_limit(v: Option<&Value>) -> String {
     }
 }
 
-/// `10000, refill monthly (day 1)`, or `none`.
-fn quota(v: Option<&Value>) -> String {
+/// `10000, refill monthly (day 1)`, or `none` for null.
+pub(super) fn quota(v: Option<&Value>, none: &str) -> String {
     let Some(v) = v.filter(|v| !v.is_null()) else {
-        return "none".into();
+        return none.into();
     };
     match (v.get("limit"), v.get("refill").and_then(Value::as_str)) {
         (Some(l), Some(r)) => {
@@ -289,14 +284,16 @@ fn quota(v: Option<&Value>) -> String {
     }
 }
 
-fn compact(v: Option<&Value>) -> String {
+/// A JSON value on one line, or `-` for none or null.
+pub(super) fn compact(v: Option<&Value>) -> String {
     match v {
         Some(v) if !v.is_null() => sanitize(&v.to_string()),
         _ => "-".into(),
     }
 }
 
-fn text_or(s: Option<&str>, none: &str) -> String {
+/// The text, sanitized, or `none`.
+pub(super) fn text_or(s: Option<&str>, none: &str) -> String {
     s.map_or_else(|| none.into(), sanitize)
 }
 
@@ -311,6 +308,24 @@ pub(super) fn when(t: Option<&str>, none: &str) -> String {
         .and_then(|at| {
             at.to_offset(time::UtcOffset::UTC)
                 .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+                .ok()
+        })
+        .unwrap_or_else(|| sanitize(t))
+}
+
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` UTC, for events (requests, audit entries) where
+/// the minute is too coarse; like [`when`] otherwise.
+pub(super) fn when_to_second(t: Option<&str>, none: &str) -> String {
+    let Some(t) = t else {
+        return none.into();
+    };
+    OffsetDateTime::parse(t, &Rfc3339)
+        .ok()
+        .and_then(|at| {
+            at.to_offset(time::UtcOffset::UTC)
+                .format(format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second]"
+                ))
                 .ok()
         })
         .unwrap_or_else(|| sanitize(t))
@@ -406,16 +421,8 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
     #[test]
     fn an_empty_list_says_so() {
         assert_eq!(list(&[]), "No keys.\n");
-        assert_eq!(
-            keys_of_page(&json!({"keys": [], "next_cursor": null}))
-                .unwrap()
-                .len(),
-            0
-        );
-        assert_eq!(
-            keys_of_page(&json!({"items": []})).unwrap_err().exit_code(),
-            6
-        );
+        assert_eq!(key_views(&[]).unwrap().len(), 0);
+        assert_eq!(key_views(&[json!([1])]).unwrap_err().exit_code(), 6);
     }
 
     #[test]
@@ -497,6 +504,11 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
             "2026-11-23 12:00 UTC"
         );
         assert_eq!(when_utc(None, "never"), "never");
+        assert_eq!(
+            when_to_second(Some("2026-11-23T23:59:59.9-01:00"), "-"),
+            "2026-11-24 00:59:59"
+        );
+        assert_eq!(when_to_second(Some("soon"), "-"), "soon");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::cli::Failure;
 use crate::cli::args::{
-    RateLimitArg, parse_ip, parse_metadata, parse_positive_duration, parse_rate_limit,
-    parse_rfc3339,
+    QuotaArg, RateLimitArg, parse_ip, parse_metadata, parse_positive_duration, parse_quota,
+    parse_rate_limit, parse_rfc3339,
 };
 
 /// The optional key fields shared by create, import and update.
@@ -46,6 +46,10 @@ pub(in crate::cli) struct KeyFields {
     /// Rate limit override: REQUESTS/PERIOD[:BURST], e.g. 100/1s or 100/1s:200.
     #[arg(long, value_name = "N/PERIOD[:BURST]", value_parser = parse_rate_limit)]
     rate_limit: Option<RateLimitArg>,
+    /// Quota: LIMIT/REFILL[:DAY] with REFILL none, daily or monthly (DAY: 1–28, default 1),
+    /// e.g. 10000/monthly, 10000/monthly:15, 500/daily, 100/none (never refills).
+    #[arg(long, value_name = "LIMIT/REFILL[:DAY]", value_parser = parse_quota)]
+    quota: Option<QuotaArg>,
 }
 
 /// The update flags that clear a field (sent as `null`, or `[]` for the two lists).
@@ -75,6 +79,9 @@ pub(super) struct ClearFlags {
     /// Remove the key's rate limit override (the role's or default limit applies).
     #[arg(long, conflicts_with = "rate_limit")]
     no_rate_limit: bool,
+    /// Remove the key's quota (the role's quota, if any, applies).
+    #[arg(long, conflicts_with = "quota")]
+    no_quota: bool,
 }
 
 /// The JSON body for create and import (and the set fields of update): only what was given.
@@ -115,13 +122,10 @@ pub(in crate::cli) fn key_fields_body(
         put("metadata", Value::Object(m.clone()));
     }
     if let Some(rl) = &f.rate_limit {
-        let mut limit = Map::new();
-        limit.insert("requests".into(), rl.requests.into());
-        limit.insert("period".into(), rl.period.as_str().into());
-        if let Some(b) = rl.burst {
-            limit.insert("burst".into(), b.into());
-        }
-        put("rate_limit", Value::Object(limit));
+        put("rate_limit", rl.to_json());
+    }
+    if let Some(q) = &f.quota {
+        put("quota", q.to_json());
     }
     Ok(body)
 }
@@ -145,6 +149,7 @@ pub(super) fn update_body(
         (c.no_owner, "owner", Value::Null),
         (c.no_metadata, "metadata", Value::Null),
         (c.no_rate_limit, "rate_limit", Value::Null),
+        (c.no_quota, "quota", Value::Null),
     ];
     for (set, field, value) in clears {
         if set {
@@ -218,6 +223,8 @@ mod tests {
             r#"{"team":"payments"}"#,
             "--rate-limit",
             "100/1s:200",
+            "--quota",
+            "10000/monthly:15",
         ])
         .unwrap();
         let KeysCommand::Create(a) = k.command else {
@@ -237,6 +244,7 @@ mod tests {
                 "owner": "cust_42",
                 "metadata": {"team": "payments"},
                 "rate_limit": {"requests": 100, "period": "1s", "burst": 200},
+                "quota": {"limit": 10000, "refill": "monthly", "refill_day": 15},
             })
         );
         let k = parse(&["create", "--name", "n"]).unwrap();
@@ -262,6 +270,10 @@ mod tests {
             &["--rate-limit", "0/1s"],
             &["--rate-limit", "100/0s"],
             &["--rate-limit", "100/1s:x"],
+            &["--quota", "10000"],
+            &["--quota", "10000/weekly"],
+            &["--quota", "500/daily:2"],
+            &["--quota", "10000/monthly:31"],
         ] {
             let mut args = vec!["create", "--name", "n"];
             args.extend_from_slice(bad);
@@ -300,6 +312,7 @@ mod tests {
             "--no-owner",
             "--no-metadata",
             "--no-rate-limit",
+            "--no-quota",
         ])
         .unwrap();
         let KeysCommand::Update(a) = k.command else {
@@ -319,16 +332,31 @@ mod tests {
                 "owner": null,
                 "metadata": null,
                 "rate_limit": null,
+                "quota": null,
             })
         );
-        let k = parse(&["update", "key_abc", "--role", "viewer", "--scope", "a"]).unwrap();
+        let k = parse(&[
+            "update",
+            "key_abc",
+            "--role",
+            "viewer",
+            "--scope",
+            "a",
+            "--quota",
+            "500/daily",
+        ])
+        .unwrap();
         let KeysCommand::Update(a) = k.command else {
             panic!("update")
         };
         let body = patch(&a).unwrap();
         assert_eq!(
             Value::Object(body),
-            serde_json::json!({"role": "viewer", "scopes": ["a"]})
+            serde_json::json!({
+                "role": "viewer",
+                "scopes": ["a"],
+                "quota": {"limit": 500, "refill": "daily"},
+            })
         );
     }
 
@@ -341,6 +369,8 @@ mod tests {
             ["--ip", "10.0.0.1", "--clear-ips"],
             ["--expires-in", "1d", "--no-expiry"],
             ["--owner", "o", "--no-owner"],
+            ["--quota", "1/none", "--no-quota"],
+            ["--rate-limit", "1/1s", "--no-rate-limit"],
         ] {
             let mut args = vec!["update", "key_abc"];
             args.extend_from_slice(&pair);
