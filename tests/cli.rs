@@ -5,8 +5,8 @@
 //!
 //! This file is the harness (running the binary, checking its output); the tests are in
 //! `tests/cli/`: `keys` (the key lifecycle), `import`, `activity` (a key's logs and usage, the
-//! audit log, quotas, tables), all against the admin API (docs/admin-api.md), and `offline`,
-//! which needs no server at all (usage errors, unreachable and silent servers, help).
+//! audit log, quotas, tables), `workspaces`, all against the admin API (docs/admin-api.md), and
+//! `offline`, which needs no server at all (usage errors, unreachable and silent servers, help).
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -20,6 +20,8 @@ mod import;
 mod keys;
 #[path = "cli/offline.rs"]
 mod offline;
+#[path = "cli/workspaces.rs"]
+mod workspaces;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ use support::gateway::{Backend, Reply, TestGateway};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
-/// The ops token of [`ADMIN`]: every permission on every workspace.
+/// The ops token of [`ADMIN`]: every permission on every workspace (`workspace.manage` too).
 const TOKEN: &str = "ops-token-0123456789abcdef";
 /// A token that may only view.
 const VIEW_TOKEN: &str = "view-token-0123456789abcdef";
@@ -48,7 +50,7 @@ admin:
   tokens:
     - name: ops
       token: "ops-token-0123456789abcdef"
-      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete]
+      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete, workspace.manage]
       workspaces: ["*"]
     - name: viewer
       token: "view-token-0123456789abcdef"

@@ -257,10 +257,9 @@ async fn audit_shows_who_did_what_and_follows_pages() {
         .await
         .expect(4)
         .error_code("forbidden");
-    keygate(&gw, &["audit", "-w", "nowhere"])
-        .await
-        .expect(3)
-        .error_code("not_found");
+    // A workspace with no entries (the ops token may name any: it may be created later).
+    let r = keygate(&gw, &["audit", "-w", "nowhere"]).await.expect(0);
+    assert_eq!(r.stdout, "No audit entries.\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
