@@ -1,5 +1,6 @@
 //! The `keygate` command: parses arguments, loads the config, installs logging and runs; or, for
-//! `keygate keys …`, hands over to [`cli`], the admin API client.
+//! `keygate keys …`, `keygate workspaces …` and `keygate audit`, hands over to [`cli`], the
+//! admin API client.
 
 mod cli;
 
@@ -47,9 +48,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Manage API keys through the admin API: create, list, show, update, rotate, revoke,
-    /// delete, import.
-    Keys(Box<cli::KeysArgs>),
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             config,
             worker_threads,
         } => serve(&config, worker_threads),
-        Command::Keys(args) => cli::run(*args),
+        Command::Admin(command) => cli::run(command),
     }
 }
 

@@ -59,6 +59,17 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, Failure> {
+        self.send(method, path, body).await.map(|(_, value)| value)
+    }
+
+    /// [`AdminClient::call`], also returning the success status (201 created or 200 changed,
+    /// for `PUT /v1/workspaces/{ws}`).
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Option<Value>), Failure> {
         let uri: Uri = format!("{}{path}", self.base)
             .parse()
             .map_err(|e| Failure::Usage(format!("cannot build a request URL: {e}")))?;
@@ -102,7 +113,7 @@ impl AdminClient {
         let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| Failure::Timeout(self.timeout))??;
-        answer(status, &bytes)
+        answer(status, &bytes).map(|value| (status, value))
     }
 }
 
@@ -248,6 +259,19 @@ pub(super) fn encode(s: &str) -> String {
     out
 }
 
+/// A query string from the pairs that have a value (`""` when none has), values encoded.
+pub(super) fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +317,19 @@ mod tests {
     fn encoding_keeps_unreserved_characters_only() {
         assert_eq!(encode("key_AZaz09-.~"), "key_AZaz09-.~");
         assert_eq!(encode("a/b c?d#é"), "a%2Fb%20c%3Fd%23%C3%A9");
+    }
+
+    #[test]
+    fn queries_hold_only_the_values_given() {
+        assert_eq!(query(&[("a", None)]), "");
+        assert_eq!(
+            query(&[
+                ("workspace", Some("a b")),
+                ("limit", None),
+                ("cursor", Some("c/1"))
+            ]),
+            "?workspace=a%20b&cursor=c%2F1"
+        );
     }
 
     #[test]

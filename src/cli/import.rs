@@ -1,5 +1,6 @@
-//! Bulk import (`keygate keys import --file keys.jsonl`): one `POST …/keys/import` per line, in
-//! file order, one report line per input line, and a summary.
+//! `keygate keys import`: its arguments, the secret read from stdin for a single import, and
+//! bulk import (`--file keys.jsonl`): one `POST …/keys/import` per line, in file order, one
+//! report line per input line, and a summary.
 //!
 //! A line that fails on its own (bad JSON, `invalid_request`, `key_exists`, `forbidden`, …) is
 //! reported and the next line is sent. A failure that every later line would meet as well — the
@@ -11,18 +12,94 @@
 //! Lines are never echoed: they hold secrets.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
-use std::path::Path;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 
+use clap::{ArgGroup, Args};
 use http::Method;
 use serde_json::{Map, Value, json};
 
+use super::args::parse_sha256;
 use super::client::{AdminClient, ApiError};
+use super::keys::fields::KeyFields;
 use super::{Failure, render, write_stdout};
 
 /// Longest line read. The API refuses bodies over 64 KiB, so a longer line can only fail; reading
 /// no more of it keeps a file without newlines from filling memory.
 const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// `keys import`. A plaintext secret is never an argument: arguments show in `ps`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["secret_stdin", "sha256", "file"])))]
+pub(super) struct ImportArgs {
+    /// Display name (1–100 characters).
+    #[arg(long, required_unless_present = "file")]
+    pub(super) name: Option<String>,
+    #[command(flatten)]
+    pub(super) fields: KeyFields,
+    /// Read the secret from stdin (one line); it is hashed by the gateway and never stored.
+    #[arg(long)]
+    pub(super) secret_stdin: bool,
+    /// The hex SHA-256 of the secret, for systems that kept only that.
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    pub(super) sha256: Option<String>,
+    /// The displayed start of the secret (for --sha256 imports, where the gateway cannot see it).
+    // `conflicts_with` as well as `requires`: clap counts a requirement as met when the required
+    // argument conflicts with one that is present (here --secret-stdin, via the group).
+    #[arg(long, requires = "sha256", conflicts_with = "secret_stdin")]
+    pub(super) prefix: Option<String>,
+    /// Bulk import: one JSON object per line with the import body fields (`name`, `secret` or
+    /// `sha256`, and any others); `#` lines and blank lines are skipped; `-` reads stdin.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "name", "description", "scopes", "role", "expires_at", "expires_in", "ips", "owner",
+            "metadata", "rate_limit", "quota", "prefix",
+        ]
+    )]
+    pub(super) file: Option<PathBuf>,
+}
+
+/// Longest secret accepted on stdin; the API takes at most 256 characters.
+const MAX_STDIN_SECRET: u64 = 4096;
+
+/// The secret for `import --secret-stdin`: one line, surrounding whitespace removed (imported
+/// secrets are printable characters without spaces). Never echoed back in any message.
+pub(super) fn read_secret_from_stdin() -> Result<String, Failure> {
+    let stdin = io::stdin();
+    let mut text = String::new();
+    let read = if stdin.is_terminal() {
+        // No dependency to turn echo off; say so, and say how to avoid it.
+        eprint!("Secret to import (shown as you type; pipe it in to keep it off the screen): ");
+        let _ = io::stderr().flush();
+        stdin.lock().read_line(&mut text)
+    } else {
+        stdin
+            .lock()
+            .take(MAX_STDIN_SECRET)
+            .read_to_string(&mut text)
+    };
+    read.map_err(|e| Failure::Usage(format!("cannot read the secret from stdin: {e}")))?;
+    secret_from_text(&text)
+}
+
+/// Checks what was read for `--secret-stdin` (messages never include the text).
+fn secret_from_text(text: &str) -> Result<String, Failure> {
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(Failure::Usage(
+            "--secret-stdin: stdin held no secret".into(),
+        ));
+    }
+    if secret.chars().any(char::is_whitespace) {
+        return Err(Failure::Usage(
+            "--secret-stdin: expected one secret on one line without spaces (use --file for many keys)"
+                .into(),
+        ));
+    }
+    Ok(secret.to_owned())
+}
 
 /// Sends every line of `file` (`-` = stdin) to `path` and reports each.
 pub(super) async fn run(
@@ -247,6 +324,7 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
+    use crate::cli::EXIT_USAGE;
 
     #[test]
     fn blank_lines_and_comments_are_skipped() {
@@ -422,5 +500,20 @@ mod tests {
             serde_json::from_str::<Value>(&line).unwrap(),
             json!({"line": 5, "ok": false, "error": {"code": "unauthorized", "message": "m"}})
         );
+    }
+
+    #[test]
+    fn secrets_from_stdin_are_one_trimmed_line() {
+        assert_eq!(
+            secret_from_text("edsk_live_0123456789abcdef\n").unwrap(),
+            "edsk_live_0123456789abcdef"
+        );
+        assert_eq!(secret_from_text("  abc\r\n").unwrap(), "abc");
+        for bad in ["", "\n", "a b", "one\ntwo\n"] {
+            let e = secret_from_text(bad).unwrap_err();
+            assert_eq!(e.exit_code(), EXIT_USAGE);
+        }
+        let e = secret_from_text("hunter2-hunter2 x").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

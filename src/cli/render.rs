@@ -1,21 +1,24 @@
-//! How the CLI shows keys to people: the key table, the one-key view, the one-time secret.
+//! How the CLI shows things to people: the table layout every command uses, the key table, the
+//! one-key view, the one-time secret, and the text helpers (times, limits, [`sanitize`]).
 //! Everything here is a pure function from JSON to text, so it is tested without a server.
 //!
 //! Text from the API (names, messages) goes through [`sanitize`] first: a key name is chosen by
 //! whoever created the key, and must not be able to move the cursor or recolour the terminal of
 //! whoever lists it.
 
+use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::Failure;
 
-/// Longest NAME shown in a table; `show` and `--json` have the whole name.
+/// Widest NAME shown in a table, in terminal columns; `show` and `--json` have the whole name.
 const NAME_WIDTH: usize = 32;
-/// Longest SCOPES/ROLE shown in a table.
+/// Widest SCOPES/ROLE shown in a table, in terminal columns.
 const SCOPES_WIDTH: usize = 40;
 
 /// The key object as the CLI reads it. Every field is optional and unknown fields are ignored,
@@ -59,14 +62,9 @@ impl KeyView {
     }
 }
 
-/// The keys of a list page (`{"keys": [...]}`).
-pub(super) fn keys_of_page(page: &Value) -> Result<Vec<KeyView>, Failure> {
-    match page.get("keys") {
-        Some(Value::Array(keys)) => keys.iter().map(KeyView::from_value).collect(),
-        _ => Err(Failure::Unexpected(
-            "a list answer without a `keys` array".into(),
-        )),
-    }
+/// The keys of a list.
+pub(super) fn key_views(keys: &[Value]) -> Result<Vec<KeyView>, Failure> {
+    keys.iter().map(KeyView::from_value).collect()
 }
 
 /// Pretty JSON for `--json`, one document per command (bulk import prints compact lines).
@@ -95,48 +93,47 @@ pub(super) fn list(keys: &[KeyView]) -> String {
     ];
     /// USES is a number: right-aligned.
     const RIGHT: usize = 7;
-    let rows: Vec<[String; 9]> = keys
-        .iter()
-        .map(|k| {
-            [
-                k.id(),
-                clip(&text_or(k.name.as_deref(), "-"), NAME_WIDTH),
-                prefix(k.prefix.as_deref()),
-                clip(&scopes_and_role(k), SCOPES_WIDTH),
-                text_or(k.status.as_deref(), "-"),
-                when(k.created_at.as_deref(), "-"),
-                when(k.last_used_at.as_deref(), "never"),
-                k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
-                when(k.expires_at.as_deref(), "never"),
-            ]
-        })
-        .collect();
-    let mut widths = HEADERS.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+    let rows = keys.iter().map(|k| {
+        vec![
+            k.id(),
+            clip(&text_or(k.name.as_deref(), "-"), NAME_WIDTH),
+            prefix(k.prefix.as_deref()),
+            clip(&scopes_and_role(k), SCOPES_WIDTH),
+            text_or(k.status.as_deref(), "-"),
+            when(k.created_at.as_deref(), "-"),
+            when(k.last_used_at.as_deref(), "never"),
+            k.usage_count.map_or_else(|| "-".into(), |n| n.to_string()),
+            when(k.expires_at.as_deref(), "never"),
+        ]
+    });
+    table(&HEADERS, rows, &[RIGHT])
+}
+
+/// A table for people: a header row, then one line per row; no borders or rules; columns two
+/// spaces apart, each as wide as its widest cell, and the columns in `right` aligned right
+/// (numbers). Widths are terminal columns: comfy-table measures each cell's display width, so a
+/// name in a wide script (CJK, most emoji) keeps the columns after it aligned, where counting
+/// `char`s would not. Cells must be [`sanitize`]d (one line each).
+pub(super) fn table(
+    headers: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+    right: &[usize],
+) -> String {
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.to_vec())
+        .add_rows(rows);
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        // One space either side of each column but the outer edges: two between columns.
+        column.set_padding((u16::from(i > 0), u16::from(i < last)));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let mut out = String::new();
-    let header = HEADERS.map(String::from);
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            let pad = " ".repeat(width - cell.chars().count());
-            if i == RIGHT {
-                line.push_str(&pad);
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.push_str(&pad);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = t.trim_fmt();
+    out.push('\n');
     out
 }
 
@@ -164,8 +161,8 @@ pub(super) fn detail(k: &KeyView) -> String {
         ("Scopes", list_or(&k.scopes, "-")),
         ("Role", text_or(k.role.as_deref(), "-")),
         ("IP allowlist", list_or(&k.ip_allowlist, "any address")),
-        ("Rate limit", rate_limit(k.rate_limit.as_ref())),
-        ("Quota", quota(k.quota.as_ref())),
+        ("Rate limit", rate_limit(k.rate_limit.as_ref(), "default")),
+        ("Quota", quota(k.quota.as_ref(), "none")),
         ("Owner", text_or(k.owner.as_deref(), "-")),
         ("Metadata", compact(k.metadata.as_ref())),
         ("Created", created),
@@ -253,10 +250,10 @@ fn prefix(p: Option<&str>) -> String {
     }
 }
 
-/// `100/1s (burst 200)`, or `default`.
-fn rate_limit(v: Option<&Value>) -> String {
+/// `100/1s (burst 200)`, or `none` for null.
+pub(super) fn rate_limit(v: Option<&Value>, none: &str) -> String {
     let Some(v) = v.filter(|v| !v.is_null()) else {
-        return "default".into();
+        return none.into();
     };
     match (v.get("requests"), v.get("period").and_then(Value::as_str)) {
         (Some(r), Some(p)) => {
@@ -270,10 +267,10 @@ fn rate_limit(v: Option<&Value>) -> String {
     }
 }
 
-/// `10000, refill monthly (day 1)`, or `none`.
-fn quota(v: Option<&Value>) -> String {
+/// `10000, refill monthly (day 1)`, or `none` for null.
+pub(super) fn quota(v: Option<&Value>, none: &str) -> String {
     let Some(v) = v.filter(|v| !v.is_null()) else {
-        return "none".into();
+        return none.into();
     };
     match (v.get("limit"), v.get("refill").and_then(Value::as_str)) {
         (Some(l), Some(r)) => {
@@ -287,14 +284,16 @@ fn quota(v: Option<&Value>) -> String {
     }
 }
 
-fn compact(v: Option<&Value>) -> String {
+/// A JSON value on one line, or `-` for none or null.
+pub(super) fn compact(v: Option<&Value>) -> String {
     match v {
         Some(v) if !v.is_null() => sanitize(&v.to_string()),
         _ => "-".into(),
     }
 }
 
-fn text_or(s: Option<&str>, none: &str) -> String {
+/// The text, sanitized, or `none`.
+pub(super) fn text_or(s: Option<&str>, none: &str) -> String {
     s.map_or_else(|| none.into(), sanitize)
 }
 
@@ -314,6 +313,24 @@ pub(super) fn when(t: Option<&str>, none: &str) -> String {
         .unwrap_or_else(|| sanitize(t))
 }
 
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` UTC, for events (requests, audit entries) where
+/// the minute is too coarse; like [`when`] otherwise.
+pub(super) fn when_to_second(t: Option<&str>, none: &str) -> String {
+    let Some(t) = t else {
+        return none.into();
+    };
+    OffsetDateTime::parse(t, &Rfc3339)
+        .ok()
+        .and_then(|at| {
+            at.to_offset(time::UtcOffset::UTC)
+                .format(format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second]"
+                ))
+                .ok()
+        })
+        .unwrap_or_else(|| sanitize(t))
+}
+
 /// [`when`] with ` UTC` after a time, for the one-key view where there is room to say it.
 fn when_utc(t: Option<&str>, none: &str) -> String {
     match t {
@@ -322,12 +339,21 @@ fn when_utc(t: Option<&str>, none: &str) -> String {
     }
 }
 
-/// Cuts to `max` characters, marking the cut with `…`.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+/// Cuts to `max` terminal columns, marking the cut with `…` (one column).
+pub(super) fn clip(s: &str, max: usize) -> String {
+    if s.width() <= max {
         return s.into();
     }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > max.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
     out.push('…');
     out
 }
@@ -395,16 +421,8 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
     #[test]
     fn an_empty_list_says_so() {
         assert_eq!(list(&[]), "No keys.\n");
-        assert_eq!(
-            keys_of_page(&json!({"keys": [], "next_cursor": null}))
-                .unwrap()
-                .len(),
-            0
-        );
-        assert_eq!(
-            keys_of_page(&json!({"items": []})).unwrap_err().exit_code(),
-            6
-        );
+        assert_eq!(key_views(&[]).unwrap().len(), 0);
+        assert_eq!(key_views(&[json!([1])]).unwrap_err().exit_code(), 6);
     }
 
     #[test]
@@ -420,6 +438,44 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
             "{name}"
         );
         assert_eq!(table.lines().count(), 2, "a name cannot add lines");
+    }
+
+    #[test]
+    fn wide_characters_keep_the_columns_aligned_and_are_clipped_by_width() {
+        // Each of these characters takes two terminal columns.
+        let wide = key("key_000000000000000000000a", "本番サーバー");
+        let narrow = key("key_000000000000000000000b", "ci");
+        let views: Vec<KeyView> = [wide, narrow]
+            .iter()
+            .map(|k| KeyView::from_value(k).unwrap())
+            .collect();
+        let table = list(&views);
+        // PREFIX starts at the same terminal column on every line.
+        let columns: Vec<usize> = table
+            .lines()
+            .map(|l| {
+                let at = l.find("kg_live").or_else(|| l.find("PREFIX")).unwrap();
+                l[..at].width()
+            })
+            .collect();
+        assert_eq!(columns.len(), 3, "{table}");
+        assert!(
+            columns.iter().all(|&c| c == columns[0]),
+            "{columns:?}\n{table}"
+        );
+        assert_eq!(
+            columns[0],
+            "key_000000000000000000000a  本番サーバー  ".width()
+        );
+
+        let clipped = clip(&"名".repeat(40), NAME_WIDTH);
+        assert!(clipped.ends_with('…'), "{clipped}");
+        assert_eq!(
+            clipped.width(),
+            NAME_WIDTH - 1,
+            "15 wide characters and the mark"
+        );
+        assert_eq!(clip("短い", NAME_WIDTH), "短い");
     }
 
     #[test]
@@ -448,6 +504,11 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
             "2026-11-23 12:00 UTC"
         );
         assert_eq!(when_utc(None, "never"), "never");
+        assert_eq!(
+            when_to_second(Some("2026-11-23T23:59:59.9-01:00"), "-"),
+            "2026-11-24 00:59:59"
+        );
+        assert_eq!(when_to_second(Some("soon"), "-"), "soon");
     }
 
     #[test]
