@@ -133,6 +133,11 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` is believed.
     #[serde(default, with = "ip_list")]
     pub trusted_proxies: Vec<IpNet>,
+    /// Optional scope catalogue: scope → the label people see (dashboard, CLI). When present,
+    /// roles, routes and keys may name only scopes in it (besides `*` and the admin
+    /// permissions).
+    #[serde(default)]
+    pub scopes: BTreeMap<String, String>,
     /// Named scope sets.
     #[serde(default)]
     pub roles: BTreeMap<String, Vec<String>>,
@@ -901,7 +906,25 @@ impl Config {
             for (i, s) in scopes.iter().enumerate() {
                 if let Err(m) = check_scope(s) {
                     problem(format!("roles.{name}[{i}]"), m.into());
+                } else if !self.in_catalogue(s) {
+                    problem(format!("roles.{name}[{i}]"), not_in_catalogue(s));
                 }
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            for (list, scopes) in [("scopes", &r.scopes), ("any_scopes", &r.any_scopes)] {
+                for (j, s) in scopes.iter().enumerate() {
+                    if !self.in_catalogue(s) {
+                        problem(format!("routes[{i}].{list}[{j}]"), not_in_catalogue(s));
+                    }
+                }
+            }
+        }
+        for (s, label) in &self.scopes {
+            if let Err(m) = check_scope(s) {
+                problem(format!("scopes.{s}"), m.into());
+            } else if label.trim().is_empty() || label.chars().count() > 100 {
+                problem(format!("scopes.{s}"), "a label is 1–100 characters".into());
             }
         }
         for (name, w) in &self.workspaces {
@@ -1055,6 +1078,15 @@ impl Config {
         out
     }
 
+    /// Whether `scope` may be named under the scope catalogue: always without one; with one, if
+    /// it is listed, `*`, or an admin permission.
+    pub fn in_catalogue(&self, scope: &str) -> bool {
+        self.scopes.is_empty()
+            || scope == "*"
+            || self.scopes.contains_key(scope)
+            || PERMISSIONS.contains(&scope)
+    }
+
     /// The scopes a role grants, if the role exists.
     pub fn role_scopes(&self, role: &str) -> Option<&[String]> {
         self.roles.get(role).map(Vec::as_slice)
@@ -1084,6 +1116,10 @@ pub fn check_quota(q: &QuotaSpec) -> Result<(), &'static str> {
         (Refill::None | Refill::Daily, Some(_)) => Err("only for `refill: monthly`"),
         _ => Ok(()),
     }
+}
+
+fn not_in_catalogue(scope: &str) -> String {
+    format!("scope `{scope}` is not in the `scopes` catalogue")
 }
 
 /// What [`is_workspace_name`] accepts, for error messages.
@@ -1542,6 +1578,28 @@ routes:
             "quotas.roles.viewer.refill_day",
             "quotas.roles.ghost",
             "quotas.roles.ghost.refill_day",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn a_scope_catalogue_bounds_roles_and_routes() {
+        let c = parse(&format!(
+            "{MINIMAL}scopes: {{ read: Read things }}\nroles: {{ r: [read, \"*\", api.key.view] }}\n"
+        ))
+        .unwrap();
+        assert!(c.in_catalogue("read") && c.in_catalogue("*") && !c.in_catalogue("write"));
+        let err = parse(&format!(
+            "{MINIMAL}scopes: {{ write: Write, \"bad scope\": X, ok: \"\" }}\nroles: {{ r: [read] }}\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "roles.r[0]",
+            "routes[0].scopes[0]",
+            "scopes.bad scope",
+            "scopes.ok",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }

@@ -246,7 +246,10 @@ impl App {
         let _ = drained_tx.send(());
         let _ = quota_writer.await;
         invalidations.stop().await;
+        // Awaited: the task holds the store, which must be closed when `serve` returns (a
+        // restart reopens the embedded file).
         directory.abort();
+        let _ = directory.await;
         Ok(())
     }
 }

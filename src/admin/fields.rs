@@ -183,12 +183,14 @@ pub enum Purpose {
     Update,
 }
 
-/// Scopes a key may hold: those a route or role uses, the admin permissions, and `*`.
+/// Scopes a key may hold: those of the `scopes` catalogue, those a route or role uses (all in
+/// the catalogue when there is one), the admin permissions, and `*`.
 pub fn known_scopes(config: &Config) -> HashSet<String> {
     let mut known: HashSet<String> = config.roles.values().flatten().cloned().collect();
     for r in &config.routes {
         known.extend(r.scopes.iter().chain(&r.any_scopes).cloned());
     }
+    known.extend(config.scopes.keys().cloned());
     known.extend(crate::config::PERMISSIONS.iter().map(|p| (*p).to_owned()));
     known.insert("*".into());
     known

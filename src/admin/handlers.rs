@@ -47,6 +47,8 @@ where
     match segments {
         ["v1", "audit"] if is(&Method::GET) => audit_log(call, query).await,
         ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "scopes"] if is(&Method::GET) => Ok(scopes(call)),
+        ["v1", "scopes"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "workspaces"] if is(&Method::GET) => {
             let p = params(query, &["limit", "cursor"])?;
             workspaces::list(call, p.limit.as_deref(), p.cursor.as_deref()).await
@@ -110,6 +112,32 @@ where
         }
         _ => Err(AdminError::NotFound("admin endpoint")),
     }
+}
+
+/// `GET /v1/scopes`: the scopes the config knows, with their catalogue labels, and the roles,
+/// for the dashboard's scope choices. Any caller: it is the config, not a workspace's data.
+fn scopes(call: &Call<'_>) -> Response<Full<Bytes>> {
+    let config = &call.state.config;
+    let mut names: std::collections::BTreeSet<&str> =
+        config.scopes.keys().map(String::as_str).collect();
+    names.extend(config.roles.values().flatten().map(String::as_str));
+    for r in &config.routes {
+        names.extend(r.scopes.iter().chain(&r.any_scopes).map(String::as_str));
+    }
+    let scopes: Vec<_> = names
+        .into_iter()
+        .filter(|s| !crate::config::PERMISSIONS.contains(s))
+        .map(|s| serde_json::json!({"name": s, "label": config.scopes.get(s)}))
+        .collect();
+    let roles: Vec<_> = config
+        .roles
+        .iter()
+        .map(|(name, scopes)| serde_json::json!({"name": name, "scopes": scopes}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"scopes": scopes, "roles": roles}),
+    )
 }
 
 /// A workspace the caller may create keys in, and whose plan includes API access (creating,

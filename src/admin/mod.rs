@@ -8,6 +8,7 @@
 //! log. Refusals are [`AdminError`]s, turned into the documented JSON in one place.
 
 pub mod caller;
+pub mod dashboard;
 pub mod fields;
 pub mod handlers;
 pub mod workspaces;
@@ -366,6 +367,9 @@ impl Admin {
             Err(e) => e.into_response(&request_id),
         };
         response.headers_mut().insert(X_REQUEST_ID, request_id);
+        // The page's headers on every answer of this origin, JSON included: nothing served
+        // here may be framed, sniffed into HTML or run inline.
+        dashboard::confine(response.headers_mut());
         response
     }
 
@@ -409,6 +413,16 @@ impl Admin {
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                 return Ok(r);
+            }
+            // The dashboard: GET `/` and `/assets/<file>`.
+            [""] => {
+                get_only(&method)?;
+                return dashboard::serve("index.html", req.headers())
+                    .ok_or(AdminError::NotFound("admin endpoint"));
+            }
+            ["assets", file] if *file != "index.html" => {
+                get_only(&method)?;
+                return dashboard::serve(file, req.headers()).ok_or(AdminError::NotFound("asset"));
             }
             ["v1", "openapi.json"] => {
                 get_only(&method)?;
