@@ -112,3 +112,33 @@ scopes:
     let anonymous = gw.admin(Method::GET, "/v1/scopes", None, None).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+/// In a real browser: the page loads its module, and its policy stops inline script, whatever
+/// puts it on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_enforces_the_policy() {
+    let gw = TestGateway::start(Backend::Embedded, "").await;
+    let browser = support::browser::Browser::start(1280, 900).await;
+    browser.open(&format!("http://{}/", gw.admin)).await;
+    browser.find("#app").await;
+    let ran = browser
+        .run(
+            "const s = document.createElement('script');\
+             s.textContent = 'window.__inline = 1';\
+             document.body.appendChild(s);\
+             const i = document.createElement('div');\
+             i.innerHTML = '<img src=x onerror=\"window.__handler = 1\">';\
+             document.body.appendChild(i);\
+             return [window.__inline === undefined, typeof document.querySelector];",
+            vec![],
+        )
+        .await;
+    assert_eq!(ran, json!([true, "function"]), "inline script ran");
+    // An image error handler would fire asynchronously: give it the chance.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let handler = browser
+        .run("return window.__handler === undefined;", vec![])
+        .await;
+    assert_eq!(handler, json!(true), "an inline event handler ran");
+    browser.close().await;
+}

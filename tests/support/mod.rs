@@ -55,6 +55,7 @@ macro_rules! on_both_stores {
     };
 }
 
+pub mod browser;
 pub mod gateway;
 pub mod process;
 pub mod redis;
