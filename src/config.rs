@@ -36,7 +36,8 @@ pub use limits::{
 pub use problems::{ConfigError, Problem};
 pub use routing::{Forward, IdentityHeaders, Route, RouteMatch, Upstream};
 pub use validate::{
-    WORKSPACE_NAME_RULE, check_quota, check_rate_limit, check_scope, is_workspace_name,
+    MAX_SHUTDOWN_DELAY, WORKSPACE_NAME_RULE, check_quota, check_rate_limit, check_scope,
+    is_workspace_name,
 };
 
 /// Default proxy listener.
@@ -139,6 +140,10 @@ pub struct Config {
     /// How long in-flight requests may drain on shutdown.
     #[serde(default = "d_shutdown", with = "duration_text")]
     pub shutdown_timeout: Duration,
+    /// How long the proxy keeps serving after SIGTERM with `/readyz` answering 503, before its
+    /// listeners close: the time load balancers need to stop sending.
+    #[serde(default, with = "duration_text")]
+    pub shutdown_delay: Duration,
     /// Logging.
     #[serde(default)]
     pub log: Log,

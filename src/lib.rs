@@ -149,9 +149,10 @@ impl App {
         &self.keys
     }
 
-    /// Serves both listeners until `shutdown` completes, then stops accepting and drains
-    /// in-flight requests for up to `shutdown_timeout`; then writes the buffered usage (for up
-    /// to `shutdown_timeout` more).
+    /// Serves both listeners until `shutdown` completes; then `/readyz` answers 503 while both
+    /// keep serving for `shutdown_delay`; then stops accepting and drains in-flight requests for
+    /// up to `shutdown_timeout`; then writes the buffered usage (for up to `shutdown_timeout`
+    /// more).
     pub async fn serve(
         &self,
         listeners: Listeners,
@@ -228,6 +229,15 @@ impl App {
         );
         let stop = async {
             shutdown.await;
+            self.gateway.start_draining();
+            let delay = self.config.shutdown_delay;
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "readiness answers 503; serving on for shutdown_delay"
+                );
+                tokio::time::sleep(delay).await;
+            }
             let _ = stop_tx.send(true);
         };
         tokio::join!(proxy, admin, stop);

@@ -147,6 +147,8 @@ pub struct Gateway {
     keys: Arc<KeyCache<Store>>,
     limits: Arc<Limits>,
     workspaces: Arc<Directory>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    draining: std::sync::atomic::AtomicBool,
     format: SecretFormat,
     hasher: SecretHasher,
     sources: CredentialSources,
@@ -183,6 +185,7 @@ impl Gateway {
                 workspaces.clone(),
             )),
             workspaces,
+            draining: std::sync::atomic::AtomicBool::new(false),
             keys,
             format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
             hasher: SecretHasher::new(&config.secrets.pepper),
@@ -222,6 +225,17 @@ impl Gateway {
     /// Rate limits, quotas and the failed-authentication limit.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
+    }
+
+    /// Marks the gateway as shutting down: readiness fails from now on, while it still serves.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every workspace, config and stored, as this instance knows them.

@@ -250,3 +250,60 @@ async fn serve_raises_the_soft_file_descriptor_limit_to_the_hard_limit() {
     assert_eq!(soft, hard, "soft RLIMIT_NOFILE not raised");
     running.terminate().await;
 }
+
+/// SIGTERM: `/readyz` fails at once while the proxy serves on for `shutdown_delay` (so load
+/// balancers stop sending before anything is refused); then the process stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_first_and_serves_through_the_shutdown_delay() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\nshutdown_delay: 2s\n",
+        embedded_config(dir.path(), &upstream)
+    );
+    let (_, secret) = issue_key(
+        &text,
+        keygate::control::NewKey {
+            scopes: vec!["sessions:read".into()],
+            ..new_key("acme")
+        },
+    )
+    .await;
+    let mut running = KeygateProcess::start(dir.path(), "keygate", &text).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let get = |url: String| {
+        let req = http::Request::get(url)
+            .header("authorization", format!("Bearer {}", secret.expose()))
+            .body(Full::default())
+            .unwrap();
+        client.request(req)
+    };
+    let (proxy, admin) = (running.proxy, running.admin);
+    running.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = get(format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], br#"{"status":"draining"}"#);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Readiness has failed, and requests still pass: the listener is open during the delay.
+    let r = get(format!("http://127.0.0.1:{proxy}/api/v1/sessions"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    running.wait_clean_exit().await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", proxy)).is_err(),
+        "the listener is closed after the delay"
+    );
+}

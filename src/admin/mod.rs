@@ -504,6 +504,13 @@ impl Admin {
     }
 
     async fn readiness(&self) -> Response<Full<Bytes>> {
+        if self.state.gateway.is_draining() {
+            // First thing on SIGTERM: load balancers stop sending while requests still pass.
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "draining"}),
+            );
+        }
         match self.state.store.ping().await {
             Ok(()) => json_response(
                 StatusCode::OK,

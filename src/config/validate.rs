@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Longest `shutdown_delay`.
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+
 impl Config {
     /// Every semantic problem: references between sections, value ranges, syntax of paths.
     pub fn validate(&self) -> Vec<Problem> {
@@ -16,6 +19,15 @@ impl Config {
             })
         };
 
+        if self.shutdown_delay > MAX_SHUTDOWN_DELAY {
+            problem(
+                "shutdown_delay".into(),
+                format!(
+                    "at most {}s: an orchestrator kills a process that takes longer",
+                    MAX_SHUTDOWN_DELAY.as_secs()
+                ),
+            );
+        }
         if self.secrets.pepper.len() < 16 {
             problem(
                 "secrets.pepper".into(),

@@ -116,11 +116,21 @@ impl KeygateProcess {
 
     /// SIGTERM, then waits (at most 20 s) and asserts a clean exit.
     pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        self.wait_clean_exit().await;
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, …) to the process.
+    pub fn signal(&self, name: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("kill");
         assert!(sent.success());
+    }
+
+    /// Waits (at most 20 s) for the process to exit and asserts it exited cleanly.
+    pub async fn wait_clean_exit(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
