@@ -63,6 +63,7 @@ fn decision(c: &mut Criterion) {
         ))
         .expect("key");
     let gateway = app.gateway().clone();
+    let policy = gateway.policy();
     let request = Request::get("http://gw.example/api/v1/sessions/42")
         .header("authorization", format!("Bearer {}", secret.expose()))
         .header("user-agent", "bench")
@@ -70,13 +71,16 @@ fn decision(c: &mut Criterion) {
         .expect("request");
     let peer: IpAddr = "127.0.0.1".parse().expect("ip");
     // Warm the cache: every measured iteration is a hit.
-    rt.block_on(gateway.authorize(&request, peer))
+    rt.block_on(gateway.authorize(&policy, &request, peer))
         .expect("allowed");
 
     let mut group = c.benchmark_group("decision");
     group.bench_function("cache_hit_allowed", |b| {
         b.to_async(&rt).iter(|| async {
-            let d = gateway.authorize(&request, peer).await.expect("allowed");
+            let d = gateway
+                .authorize(&policy, &request, peer)
+                .await
+                .expect("allowed");
             std::hint::black_box(d.key.is_some())
         })
     });
@@ -99,7 +103,10 @@ fn decision(c: &mut Criterion) {
     let method = http::Method::GET;
     group.bench_function("cache_hit_allowed_and_recorded", |b| {
         b.to_async(&rt).iter(|| async {
-            let d = gateway.authorize(&request, peer).await.expect("allowed");
+            let d = gateway
+                .authorize(&policy, &request, peer)
+                .await
+                .expect("allowed");
             let key = d.key.expect("authenticated");
             recorder.record(
                 key,
@@ -121,10 +128,10 @@ fn decision(c: &mut Criterion) {
         b.iter(|| hasher.hash(std::hint::black_box(secret.expose())))
     });
     let decision = rt
-        .block_on(gateway.authorize(&request, peer))
+        .block_on(gateway.authorize(&policy, &request, peer))
         .expect("allowed");
     let (key, route) = (decision.key.clone().expect("a key"), decision.route);
-    let limits = gateway.limits().clone();
+    let limits = gateway.limits();
     group.bench_function("part_rate_limit", |b| {
         b.to_async(&rt).iter(|| async {
             let headers = limits.admit(&key, route).await.expect("allowed");

@@ -186,7 +186,7 @@ impl App {
         let drain = server::Drain::new();
         // Quota counts kept in memory are written until the drain is over, then once more.
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-        let quota_writer = tokio::spawn(self.gateway.limits().clone().persist(
+        let quota_writer = tokio::spawn(self.gateway.limits().persist(
             self.config.usage.flush_interval,
             async {
                 let _ = drained_rx.await;

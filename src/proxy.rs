@@ -34,6 +34,7 @@ use crate::store::cache::{KeyCache, Lookup};
 use crate::store::{KeyStore, Store, StoreError};
 use crate::usage::Recorder;
 use crate::workspaces::Directory;
+use arc_swap::ArcSwap;
 pub use pool::PooledBody;
 use upstream::{Forwarding, Upstream};
 
@@ -140,55 +141,37 @@ impl Refusal {
     }
 }
 
-/// The data plane for one configuration.
-pub struct Gateway {
+/// The parts of the data plane a reload replaces: routes, upstreams, limits, credential
+/// sources, roles, trusted proxies, forwarding rules. Swapped whole ([`Gateway::reconfigure`]);
+/// a request loads one at its start and keeps it to its end, so it never sees a mix of two
+/// configs.
+pub struct Policy {
     router: Router,
     upstreams: Vec<Upstream>,
-    keys: Arc<KeyCache<Store>>,
     limits: Arc<Limits>,
-    workspaces: Arc<Directory>,
-    /// Set when shutdown begins: `/readyz` answers 503 from then on.
-    draining: std::sync::atomic::AtomicBool,
-    format: SecretFormat,
-    hasher: SecretHasher,
     sources: CredentialSources,
     roles: HashMap<String, Vec<String>>,
     trusted: Vec<IpNet>,
     forwarding: Forwarding,
     access_log: bool,
-    ids: RequestIds,
-    usage: Recorder,
-    metrics: Metrics,
 }
 
-impl Gateway {
-    /// Builds the data plane for a validated config over a key cache.
-    pub fn new(config: &Config, keys: Arc<KeyCache<Store>>) -> Self {
-        let workspaces = Arc::new(Directory::new(config));
+impl Policy {
+    fn new(config: &Config, limits: Limits) -> Policy {
         let names: Vec<&String> = config.upstreams.keys().collect();
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| Upstream::new(name, u))
-            .collect();
-        Gateway {
+        Policy {
             router: Router::new(&config.routes, |name| {
                 names
                     .iter()
                     .position(|n| n.as_str() == name)
                     .expect("validate() checked that every route names an upstream")
             }),
-            upstreams,
-            limits: Arc::new(Limits::new(
-                config,
-                keys.store().clone(),
-                workspaces.clone(),
-            )),
-            workspaces,
-            draining: std::sync::atomic::AtomicBool::new(false),
-            keys,
-            format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
-            hasher: SecretHasher::new(&config.secrets.pepper),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|(name, u)| Upstream::new(name, u))
+                .collect(),
+            limits: Arc::new(limits),
             sources: CredentialSources::new(config),
             roles: config
                 .roles
@@ -198,10 +181,77 @@ impl Gateway {
             trusted: config.trusted_proxies.clone(),
             forwarding: Forwarding::new(config),
             access_log: config.log.access,
+        }
+    }
+
+    /// Rate limits, quotas and the failed-authentication limit of this config.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    fn role_scopes(&self, key: &KeyRecord) -> &[String] {
+        key.role
+            .as_ref()
+            .and_then(|r| self.roles.get(r))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The scopes a key holds: its own and its role's, deduplicated, in that order.
+    pub fn effective_scopes<'k>(&'k self, key: &'k KeyRecord) -> Vec<&'k str> {
+        let mut out: Vec<&str> = Vec::with_capacity(key.scopes.len());
+        for s in key.scopes.iter().chain(self.role_scopes(key)) {
+            if !out.contains(&s.as_str()) {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+/// The data plane: the running [`Policy`], and what outlives a reload (the key cache, the
+/// secret format and pepper, usage recording, metrics, the stored workspaces).
+pub struct Gateway {
+    policy: ArcSwap<Policy>,
+    keys: Arc<KeyCache<Store>>,
+    workspaces: Arc<Directory>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    draining: std::sync::atomic::AtomicBool,
+    format: SecretFormat,
+    hasher: SecretHasher,
+    ids: RequestIds,
+    usage: Recorder,
+    metrics: Metrics,
+}
+
+impl Gateway {
+    /// Builds the data plane for a validated config over a key cache.
+    pub fn new(config: &Config, keys: Arc<KeyCache<Store>>) -> Self {
+        let workspaces = Arc::new(Directory::new());
+        let limits = Limits::new(config, keys.store().clone(), workspaces.clone());
+        Gateway {
+            policy: ArcSwap::from_pointee(Policy::new(config, limits)),
+            workspaces,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            keys,
+            format: SecretFormat::new(&config.keys.prefix, &config.keys.environment),
+            hasher: SecretHasher::new(&config.secrets.pepper),
             ids: RequestIds::new(),
             usage: Recorder::disabled(),
             metrics: Metrics::new(),
         }
+    }
+
+    /// Swaps in the request-path parts of `config` (a validated config whose restart-only
+    /// fields are those this gateway runs with): requests that have started finish under the
+    /// policy they loaded; buckets, quota counts and the key cache carry on.
+    pub fn reconfigure(&self, config: &Config) {
+        let limits = self.policy.load().limits.reconfigured(config);
+        self.policy.store(Arc::new(Policy::new(config, limits)));
+    }
+
+    /// The running policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
     }
 
     /// Records usage through `usage` and counts requests in `metrics` (without this, usage is not
@@ -222,9 +272,9 @@ impl Gateway {
         &self.keys
     }
 
-    /// Rate limits, quotas and the failed-authentication limit.
-    pub fn limits(&self) -> &Arc<Limits> {
-        &self.limits
+    /// Rate limits, quotas and the failed-authentication limit of the running policy.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.policy.load().limits.clone()
     }
 
     /// Marks the gateway as shutting down: readiness fails from now on, while it still serves.
@@ -261,11 +311,13 @@ impl Gateway {
         // A shared handle on the request line (no copy) for the access and usage logs.
         let uri = req.uri().clone();
 
+        // This request's config, to its end, whatever a reload does meanwhile.
+        let policy = self.policy.load_full();
         let (mut response, key, refused, client_ip, upstream_time) =
-            match self.authorize(&req, conn.peer.ip()).await {
+            match self.authorize(&policy, &req, conn.peer.ip()).await {
                 Err(refusal) => {
                     self.metrics.request_refused(&refusal.reject);
-                    let ip = auth::client_ip(conn.peer.ip(), req.headers(), &self.trusted);
+                    let ip = auth::client_ip(conn.peer.ip(), req.headers(), &policy.trusted);
                     let mut response = refusal.reject.to_response(&request_id).map(Either::Left);
                     refusal.limits.apply(response.headers_mut());
                     let code = refusal.reject.code();
@@ -274,15 +326,15 @@ impl Gateway {
                 Ok(decision) => {
                     let key = decision.key.clone();
                     let client_ip = decision.client_ip;
-                    let upstream = &self.upstreams[decision.route.upstream];
+                    let upstream = &policy.upstreams[decision.route.upstream];
                     // Joined once into the header value's own buffer.
                     let scopes = key.as_deref().map(|k| {
-                        HeaderValue::try_from(self.effective_scopes(k).join(","))
+                        HeaderValue::try_from(policy.effective_scopes(k).join(","))
                             .unwrap_or_else(|_| HeaderValue::from_static(""))
                     });
                     let limits = decision.limits;
                     let sent = Instant::now();
-                    let mut response = match self
+                    let mut response = match policy
                         .forwarding
                         .forward(req, &decision, scopes, upstream, conn, &request_id)
                         .await
@@ -305,7 +357,7 @@ impl Gateway {
             .insert(X_REQUEST_ID, request_id.clone());
         let latency = started.elapsed();
         self.metrics.request_timing(latency, upstream_time);
-        if self.access_log {
+        if policy.access_log {
             log_access(
                 &request_id,
                 &method,
@@ -334,12 +386,14 @@ impl Gateway {
         response
     }
 
-    /// Authentication, authorization and limits, in the documented order; first failure wins.
-    pub async fn authorize<B>(
+    /// Authentication, authorization and limits under `policy`, in the documented order; first
+    /// failure wins.
+    pub async fn authorize<'p, B>(
         &self,
+        policy: &'p Policy,
         req: &Request<B>,
         peer: IpAddr,
-    ) -> Result<Decision<'_>, Refusal> {
+    ) -> Result<Decision<'p>, Refusal> {
         // CONNECT would turn the connection into a raw tunnel that no route, scope or limit sees.
         if req.method() == http::Method::CONNECT {
             return Err(Reject::MethodNotAllowed.into());
@@ -350,7 +404,7 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         let path = crate::route::normalize_path(req.uri().path()).ok_or(Reject::NoRoute)?;
-        let route = self
+        let route = policy
             .router
             .find(req.method(), host, &path)
             .ok_or(Reject::NoRoute)?;
@@ -358,14 +412,14 @@ impl Gateway {
             std::borrow::Cow::Owned(p) => Some(p),
             std::borrow::Cow::Borrowed(_) => None,
         };
-        let client_ip = auth::client_ip(peer, headers, &self.trusted);
+        let client_ip = auth::client_ip(peer, headers, &policy.trusted);
         if route.public {
             // No key is checked, but a credential the client sent anyway is still removed
             // before forwarding (unless `keep_credentials`). When the sources cannot be read as
             // one credential (two different secrets, an empty one beside a real one), every
             // source goes: none of them may reach the upstream.
             let (credential_headers, credential_in_query) =
-                match self.sources.extract(headers, req.uri().query()) {
+                match policy.sources.extract(headers, req.uri().query()) {
                     Ok(sent) => (
                         sent.as_ref().map_or(0, |c| c.header_mask),
                         sent.is_some_and(|c| c.in_query),
@@ -383,13 +437,14 @@ impl Gateway {
             });
         }
 
-        let credential = self
+        let credential = policy
             .sources
             .extract(headers, req.uri().query())?
             .ok_or(Reject::MissingKey)?;
         // A client over its failed-authentication limit gets no further: no hash, no lookup.
-        self.limits.check_failures(client_ip)?;
-        let failed = |reject| self.limits.record_failure(client_ip, reject);
+        let limits = &policy.limits;
+        limits.check_failures(client_ip)?;
+        let failed = |reject| limits.record_failure(client_ip, reject);
         if self.format.shape(&credential.secret) == Shape::Malformed {
             return Err(failed(Reject::InvalidKey("malformed secret or bad checksum")).into());
         }
@@ -413,7 +468,7 @@ impl Gateway {
         let authorized = if auth::ip_allowed(client_ip, &key.ip_allowlist) {
             auth::check_scopes(
                 &key.scopes,
-                self.role_scopes(&key),
+                policy.role_scopes(&key),
                 &route.scopes,
                 &route.any_scopes,
             )
@@ -421,11 +476,10 @@ impl Gateway {
             Err(Reject::IpNotAllowed)
         };
         if let Err(reject) = authorized {
-            let limits = self.limits.peek(&key, route).await;
-            return Err(Refusal::of(&key, reject, limits));
+            let headers = limits.peek(&key, route).await;
+            return Err(Refusal::of(&key, reject, headers));
         }
-        let limits = self
-            .limits
+        let limits = limits
             .admit(&key, route)
             .await
             .map_err(|(reject, limits)| Refusal::of(&key, reject, limits))?;
@@ -472,24 +526,6 @@ impl Gateway {
         // The miss above cached this hash as unknown, here and maybe on other instances.
         crate::store::invalidation::invalidate_everywhere(&self.keys, &upgraded).await;
         Ok(Some(Arc::new(upgraded)))
-    }
-
-    fn role_scopes(&self, key: &KeyRecord) -> &[String] {
-        key.role
-            .as_ref()
-            .and_then(|r| self.roles.get(r))
-            .map_or(&[], Vec::as_slice)
-    }
-
-    /// The scopes a key holds: its own and its role's, deduplicated, in that order.
-    pub fn effective_scopes<'k>(&'k self, key: &'k KeyRecord) -> Vec<&'k str> {
-        let mut out: Vec<&str> = Vec::with_capacity(key.scopes.len());
-        for s in key.scopes.iter().chain(self.role_scopes(key)) {
-            if !out.contains(&s.as_str()) {
-                out.push(s);
-            }
-        }
-        out
     }
 }
 

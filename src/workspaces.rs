@@ -1,9 +1,9 @@
 //! Workspaces, one per customer of the protected API: what a stored workspace is, and this
-//! instance's [`Directory`] of every workspace, config and stored.
+//! instance's [`Directory`], its copy of the stored ones.
 //!
-//! - **Config workspaces** (`workspaces:`) are fixed for the life of the process. The admin API
-//!   lists them with `source: config` and refuses to change them (409 `managed_by_config`); a
-//!   stored workspace of the same name is shadowed by them.
+//! - **Config workspaces** (`workspaces:`) are the running config's (a reload changes them).
+//!   The admin API lists them with `source: config` and refuses to change them (409
+//!   `managed_by_config`); a stored workspace of the same name is shadowed by them.
 //! - **Stored workspaces** are created and changed through the admin API (`PUT
 //!   /v1/workspaces/{ws}`) and kept in the store ([`crate::store::KeyStore::put_workspace`]), so
 //!   that onboarding a customer or changing its plan needs no edit and no restart.
@@ -17,7 +17,8 @@
 //!   concurrent creates. The admin API also reads stored workspaces from the store, not from the
 //!   copy, for the same reason.
 //! - **The request path** reads the copy, for a workspace's default `rate_limit` and `quota`
-//!   ([`Directory::defaults`]): a lock-free flag skips even that when no workspace has defaults.
+//!   ([`Directory::defaults`], after the running config's workspaces, which shadow stored ones
+//!   of the same name): a lock-free flag skips the copy when no stored workspace has defaults.
 //!
 //! # Keeping the copy current
 //!
@@ -29,7 +30,7 @@
 //! when the subscription is (re)established (messages may have been missed), at start, and
 //! every `cache.ttl` (the same bound on an unseen change as for keys when the channel fails).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::config::{Config, QuotaSpec, RateLimitSpec, Workspace};
+use crate::config::{QuotaSpec, RateLimitSpec, Workspace};
 use crate::store::{KeyStore, Store, StoreError};
 
 /// Largest page of stored workspaces read at once when the copy is refreshed whole.
@@ -85,11 +86,11 @@ enum Refresh {
     All,
 }
 
-/// This instance's view of every workspace: the config's, and a copy of the stored ones.
+/// This instance's copy of the stored workspaces (config workspaces are the running config's,
+/// and shadow a stored one of the same name: callers look there first).
 pub struct Directory {
-    config: BTreeMap<String, Workspace>,
     stored: RwLock<HashMap<String, Arc<WorkspaceRecord>>>,
-    /// Whether any workspace, config or stored, has a default rate limit or quota.
+    /// Whether any stored workspace has a default rate limit or quota.
     any_defaults: AtomicBool,
     /// Held across each read of the store and its apply.
     refreshing: Mutex<()>,
@@ -97,48 +98,39 @@ pub struct Directory {
     woken: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Refresh>>>,
 }
 
+impl Default for Directory {
+    fn default() -> Self {
+        Directory::new()
+    }
+}
+
 impl Directory {
-    /// The config's workspaces; no stored one is known until the first refresh.
-    pub fn new(config: &Config) -> Directory {
+    /// An empty copy, filled by the first refresh.
+    pub fn new() -> Directory {
         let (wake, woken) = mpsc::unbounded_channel();
-        let directory = Directory {
-            config: config.workspaces.clone(),
+        Directory {
             stored: RwLock::new(HashMap::new()),
             any_defaults: AtomicBool::new(false),
             refreshing: Mutex::new(()),
             wake,
             woken: std::sync::Mutex::new(Some(woken)),
-        };
-        directory.recount(&HashMap::new());
-        directory
-    }
-
-    /// A workspace of the config file.
-    pub fn config(&self, name: &str) -> Option<&Workspace> {
-        self.config.get(name)
-    }
-
-    /// The config's workspaces, by name.
-    pub fn config_workspaces(&self) -> &BTreeMap<String, Workspace> {
-        &self.config
-    }
-
-    /// This instance's copy of a stored workspace (shadowed by a config one of the same name).
-    pub fn stored(&self, name: &str) -> Option<Arc<WorkspaceRecord>> {
-        if self.config.contains_key(name) {
-            return None;
         }
+    }
+
+    /// This instance's copy of a stored workspace.
+    pub fn stored(&self, name: &str) -> Option<Arc<WorkspaceRecord>> {
         self.read().get(name).cloned()
     }
 
-    /// The default rate limit and quota of `name`'s keys. On the request path: without any
-    /// defaults anywhere this is one atomic load.
+    /// Whether any stored workspace has a default rate limit or quota (one atomic load).
+    pub fn any_defaults(&self) -> bool {
+        self.any_defaults.load(Ordering::Acquire)
+    }
+
+    /// The default rate limit and quota of stored workspace `name`'s keys.
     pub fn defaults(&self, name: &str) -> (Option<RateLimitSpec>, Option<QuotaSpec>) {
-        if !self.any_defaults.load(Ordering::Acquire) {
+        if !self.any_defaults() {
             return (None, None);
-        }
-        if let Some(w) = self.config.get(name) {
-            return (w.rate_limit, w.quota);
         }
         self.read()
             .get(name)
@@ -151,8 +143,9 @@ impl Directory {
     }
 
     fn recount(&self, stored: &HashMap<String, Arc<WorkspaceRecord>>) {
-        let has = |w: &Workspace| w.rate_limit.is_some() || w.quota.is_some();
-        let any = self.config.values().any(has) || stored.values().any(|r| has(&r.settings));
+        let any = stored
+            .values()
+            .any(|r| r.settings.rate_limit.is_some() || r.settings.quota.is_some());
         self.any_defaults.store(any, Ordering::Release);
     }
 

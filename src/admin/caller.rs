@@ -232,6 +232,7 @@ pub async fn authenticate(
             id: key.id.clone(),
             workspace: key.workspace.clone(),
             scopes: gateway
+                .policy()
                 .effective_scopes(&key)
                 .into_iter()
                 .map(str::to_owned)

@@ -117,7 +117,7 @@ where
 /// `GET /v1/scopes`: the scopes the config knows, with their catalogue labels, and the roles,
 /// for the dashboard's scope choices. Any caller: it is the config, not a workspace's data.
 fn scopes(call: &Call<'_>) -> Response<Full<Bytes>> {
-    let config = &call.state.config;
+    let config = &call.config;
     let mut names: std::collections::BTreeSet<&str> =
         config.scopes.keys().map(String::as_str).collect();
     names.extend(config.roles.values().flatten().map(String::as_str));
@@ -178,7 +178,7 @@ fn now() -> OffsetDateTime {
 /// The scopes a key would hold with `scopes` and `role`, for the escalation check.
 fn granted<'a>(call: &'a Call<'_>, scopes: &'a [String], role: Option<&'a str>) -> Vec<&'a str> {
     let role_scopes = role
-        .and_then(|r| call.state.config.role_scopes(r))
+        .and_then(|r| call.config.role_scopes(r))
         .unwrap_or_default();
     scopes
         .iter()
@@ -188,8 +188,8 @@ fn granted<'a>(call: &'a Call<'_>, scopes: &'a [String], role: Option<&'a str>) 
 }
 
 fn validate(call: &Call<'_>, fields: KeyFields, purpose: Purpose) -> Result<Valid, AdminError> {
-    let known = known_scopes(&call.state.config);
-    fields.validate(purpose, &call.state.config, &known, now())
+    let known = known_scopes(&call.config);
+    fields.validate(purpose, &call.config, &known, now())
 }
 
 fn new_key(ws: &str, valid: Valid, created_by: &str) -> NewKey {

@@ -247,17 +247,30 @@ pub fn change_detail(
     serde_json::json!({"fields": fields, "changes": changes})
 }
 
-/// Everything the admin handlers share.
-pub struct AdminState {
+/// The parts of the admin API a reload replaces.
+pub struct AdminConfig {
     /// The running config.
     pub config: Arc<Config>,
+    tokens: Vec<TokenEntry>,
+}
+
+impl AdminConfig {
+    fn new(config: Arc<Config>) -> AdminConfig {
+        let tokens = TokenEntry::from_config(&config.admin.tokens);
+        AdminConfig { config, tokens }
+    }
+}
+
+/// Everything the admin handlers share.
+pub struct AdminState {
+    /// The running config and the admin tokens it declares, swapped whole by a reload.
+    current: arc_swap::ArcSwap<AdminConfig>,
     /// The store.
     pub store: Arc<Store>,
     /// Key lifecycle operations.
     pub keys: KeyManager,
     /// The data plane (secret format, hashing, cached lookups).
     pub gateway: Arc<Gateway>,
-    tokens: Vec<TokenEntry>,
     ids: RequestIds,
 }
 
@@ -271,6 +284,8 @@ pub struct Admin {
 pub struct Call<'a> {
     /// Shared state.
     pub state: &'a AdminState,
+    /// The config this call runs under, start to end (a reload meanwhile does not change it).
+    pub config: Arc<Config>,
     /// The authenticated caller.
     pub caller: Caller,
     /// Client address.
@@ -342,14 +357,12 @@ impl Admin {
         keys: KeyManager,
         gateway: Arc<Gateway>,
     ) -> Self {
-        let tokens = TokenEntry::from_config(&config.admin.tokens);
         Admin {
             state: Arc::new(AdminState {
-                config,
+                current: arc_swap::ArcSwap::from_pointee(AdminConfig::new(config)),
                 store,
                 keys,
                 gateway,
-                tokens,
                 ids: RequestIds::new(),
             }),
         }
@@ -435,8 +448,11 @@ impl Admin {
             _ => return Err(AdminError::NotFound("admin endpoint")),
         }
 
+        // One config for the whole call, whatever a reload does meanwhile.
+        let current = state.current.load_full();
+        let config = current.config.clone();
         let client_ip =
-            crate::auth::client_ip(conn.peer.ip(), req.headers(), &state.config.trusted_proxies);
+            crate::auth::client_ip(conn.peer.ip(), req.headers(), &config.trusted_proxies);
         // The data plane's failed-authentication limit guards admin tokens too. A client over it
         // is refused before any comparison and not audited, so guessing cannot fill the log.
         let limits = state.gateway.limits();
@@ -445,9 +461,9 @@ impl Admin {
         }
         let presented = req.headers().contains_key(http::header::AUTHORIZATION);
         let caller = match caller::authenticate(
-            &state.tokens,
+            &current.tokens,
             &state.gateway,
-            &state.config,
+            &config,
             req.headers(),
             conn.peer.ip(),
         )
@@ -478,6 +494,7 @@ impl Admin {
         };
         let call = Call {
             state,
+            config,
             caller,
             client_ip,
         };

@@ -61,7 +61,7 @@ impl Found {
 
 /// The workspace `ws`, config or stored, if there is one.
 pub async fn find(call: &Call<'_>, ws: &str) -> Result<Option<Found>, AdminError> {
-    if let Some(w) = call.state.gateway.workspaces().config(ws) {
+    if let Some(w) = call.config.workspaces.get(ws) {
         return Ok(Some(Found {
             name: ws.to_owned(),
             settings: w.clone(),
@@ -155,10 +155,9 @@ pub async fn list(call: &Call<'_>, limit: Option<&str>, cursor: Option<&str>) ->
             }
         }
         None => {
-            let directory = call.state.gateway.workspaces();
+            let configured_all = &call.config.workspaces;
             let after = |n: &String| cursor.is_none_or(|c| n.as_str() > c);
-            let configured = directory
-                .config_workspaces()
+            let configured = configured_all
                 .iter()
                 .filter(|(n, _)| after(n))
                 .take(limit + 1)
@@ -174,7 +173,7 @@ pub async fn list(call: &Call<'_>, limit: Option<&str>, cursor: Option<&str>) ->
                 .list_workspaces(cursor, limit + 1)
                 .await?
                 .into_iter()
-                .filter(|r| directory.config(&r.name).is_none())
+                .filter(|r| !configured_all.contains_key(&r.name))
                 .map(Found::stored);
             found = configured.chain(stored).collect();
             found.sort_by(|a, b| a.name.cmp(&b.name));
@@ -309,7 +308,7 @@ pub async fn put(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
         return Err(AdminError::field("name", config::WORKSPACE_NAME_RULE));
     }
     let directory = call.state.gateway.workspaces();
-    if directory.config(ws).is_some() {
+    if call.config.workspaces.contains_key(ws) {
         return Err(AdminError::ManagedByConfig);
     }
     let body: WorkspaceBody = parse_json(body)?;
@@ -405,7 +404,7 @@ pub async fn delete(call: &Call<'_>, ws: &str) -> Reply {
         )));
     }
     let directory = call.state.gateway.workspaces();
-    if directory.config(ws).is_some() {
+    if call.config.workspaces.contains_key(ws) {
         return Err(AdminError::ManagedByConfig);
     }
     if !is_workspace_name(ws) {

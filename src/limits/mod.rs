@@ -50,7 +50,7 @@ use self::clock::{Clock, SystemClock};
 use self::gcra::{Buckets, Gcra, RateState, Subject};
 use self::quota::Quotas;
 use self::redis::RedisLimiter;
-use crate::config::{Config, QuotaSpec, RateLimitMode};
+use crate::config::{Config, QuotaSpec, RateLimitMode, RateLimitSpec};
 use crate::error::Reject;
 use crate::keys::KeyRecord;
 use crate::route::CompiledRoute;
@@ -134,15 +134,24 @@ fn policy_value(limit: u32, window: u64) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..len]).expect("digits, ';' and '=' are a valid header value")
 }
 
-/// The limits of one configuration.
+/// The limits of one configuration, over state that outlives it: a reload builds new limits
+/// with [`Limits::reconfigured`], and buckets and quota counts carry on.
 pub struct Limits {
-    clock: Arc<dyn Clock>,
     default: Option<Gcra>,
     roles: HashMap<String, Gcra>,
     role_quotas: HashMap<String, QuotaSpec>,
+    failure_limit: Option<Gcra>,
+    /// The config's workspaces and their defaults; they shadow stored ones of the same name.
+    config_workspaces: HashMap<String, (Option<RateLimitSpec>, Option<QuotaSpec>)>,
+    state: Arc<LimitState>,
+}
+
+/// What counts across configurations: buckets, quota counts, the global limiter.
+struct LimitState {
+    clock: Arc<dyn Clock>,
     local: Buckets,
     global: Option<RedisLimiter>,
-    failures: Option<(Gcra, Buckets)>,
+    failures: Buckets,
     quotas: Quotas,
     workspaces: Arc<Directory>,
 }
@@ -167,6 +176,26 @@ impl Limits {
             // `validate` refuses `mode: redis` without the Redis store.
             _ => None,
         };
+        let state = LimitState {
+            // One bucket per key in use (and per key and limited route): the key cache's
+            // capacity bounds the keys in use.
+            local: Buckets::new(config.cache.capacity),
+            global,
+            failures: Buckets::new(FAILURE_SUBJECTS_MAX),
+            quotas: Quotas::new(store, clock.clone(), config.cache.max_stale.is_zero()),
+            clock,
+            workspaces,
+        };
+        Limits::policy(config, Arc::new(state))
+    }
+
+    /// The limits of `config` over this one's buckets and counts (a reload). `rate_limits.mode`
+    /// and the cache settings are not reloadable: they stay as this state was built.
+    pub fn reconfigured(&self, config: &Config) -> Limits {
+        Limits::policy(config, self.state.clone())
+    }
+
+    fn policy(config: &Config, state: Arc<LimitState>) -> Limits {
         Limits {
             default: config.rate_limits.default.as_ref().map(Gcra::new),
             roles: config
@@ -181,24 +210,28 @@ impl Limits {
                 .iter()
                 .map(|(role, spec)| (role.clone(), *spec))
                 .collect(),
-            // One bucket per key in use (and per key and limited route): the key cache's
-            // capacity bounds the keys in use.
-            local: Buckets::new(config.cache.capacity),
-            global,
-            failures: config
-                .auth
-                .failure_limit
-                .as_ref()
-                .map(|spec| (Gcra::new(spec), Buckets::new(FAILURE_SUBJECTS_MAX))),
-            quotas: Quotas::new(store, clock.clone(), config.cache.max_stale.is_zero()),
-            clock,
-            workspaces,
+            failure_limit: config.auth.failure_limit.as_ref().map(Gcra::new),
+            config_workspaces: config
+                .workspaces
+                .iter()
+                .map(|(name, w)| (name.clone(), (w.rate_limit, w.quota)))
+                .collect(),
+            state,
         }
+    }
+
+    /// The default rate limit and quota of a workspace's keys: the config's workspace if it
+    /// has one of that name, else the stored one's.
+    fn workspace_defaults(&self, ws: &str) -> (Option<RateLimitSpec>, Option<QuotaSpec>) {
+        if let Some(defaults) = self.config_workspaces.get(ws) {
+            return *defaults;
+        }
+        self.state.workspaces.defaults(ws)
     }
 
     /// The quota counts (for tests and metrics).
     pub fn quotas(&self) -> &Quotas {
-        &self.quotas
+        &self.state.quotas
     }
 
     /// The rate limit of a request and its bucket's route (`Some` for a route's own limit).
@@ -209,7 +242,7 @@ impl Limits {
         if let Some(spec) = &route.rate_limit {
             return Some((Gcra::new(spec), Some(route.index)));
         }
-        if let (Some(spec), _) = self.workspaces.defaults(&key.workspace) {
+        if let (Some(spec), _) = self.workspace_defaults(&key.workspace) {
             return Some((Gcra::new(&spec), None));
         }
         key.role
@@ -222,7 +255,7 @@ impl Limits {
     /// The key's quota: its own, else its workspace's, else its role's.
     pub fn quota_of(&self, key: &KeyRecord) -> Option<QuotaSpec> {
         key.quota
-            .or_else(|| self.workspaces.defaults(&key.workspace).1)
+            .or_else(|| self.workspace_defaults(&key.workspace).1)
             .or_else(|| {
                 key.role
                     .as_deref()
@@ -244,12 +277,12 @@ impl Limits {
             headers.rate = Some(RateHeaders::from(&state));
             if !state.allowed {
                 // The count this instance last saw: a refused request costs no store call.
-                headers.quota_remaining = quota.and_then(|q| self.quotas.known(&key.id, &q));
+                headers.quota_remaining = quota.and_then(|q| self.state.quotas.known(&key.id, &q));
                 return Err((Reject::RateLimited(state.retry_after_secs()), headers));
             }
         }
         if let Some(q) = quota {
-            match self.quotas.spend(&key.id, &q).await {
+            match self.state.quotas.spend(&key.id, &q).await {
                 Ok(outcome) => headers.quota_remaining = Some(outcome.remaining),
                 Err(reject) => {
                     if matches!(reject, Reject::QuotaExceeded(_)) {
@@ -272,7 +305,7 @@ impl Limits {
             None => None,
         };
         let quota_remaining = match self.quota_of(key) {
-            Some(q) => self.quotas.remaining(&key.id, &q).await,
+            Some(q) => self.state.quotas.remaining(&key.id, &q).await,
             None => None,
         };
         LimitHeaders {
@@ -289,33 +322,37 @@ impl Limits {
         route: Option<usize>,
         peek: bool,
     ) -> RateState {
-        if let Some(global) = &self.global
-            && global.outage.should_try(self.clock.now())
+        let state = &self.state;
+        if let Some(global) = &state.global
+            && global.outage.should_try(state.clock.now())
         {
             match global.check(&key.id, route, gcra, peek).await {
                 Ok(state) => {
                     global.outage.succeeded();
                     return state;
                 }
-                Err(e) => global.outage.failed(self.clock.now(), &e),
+                Err(e) => global.outage.failed(state.clock.now(), &e),
             }
         }
         let subject = Subject::key(&key.id, route);
-        let now = self.clock.now();
+        let now = state.clock.now();
         if peek {
-            self.local.peek(&subject, gcra, now)
+            state.local.peek(&subject, gcra, now)
         } else {
-            self.local.check(subject, gcra, now)
+            state.local.check(subject, gcra, now)
         }
     }
 
     /// Refuses a credential check from a client over its failed-authentication limit; runs
     /// before the secret is looked at. Counts nothing.
     pub fn check_failures(&self, ip: IpAddr) -> Result<(), Reject> {
-        let Some((gcra, buckets)) = &self.failures else {
+        let Some(gcra) = &self.failure_limit else {
             return Ok(());
         };
-        let state = buckets.peek(&Subject::ip(ip), gcra, self.clock.now());
+        let state = self
+            .state
+            .failures
+            .peek(&Subject::ip(ip), gcra, self.state.clock.now());
         if state.allowed {
             Ok(())
         } else {
@@ -326,13 +363,15 @@ impl Limits {
     /// Counts a failed authentication of a client, if `reject` is one that counts (see the
     /// module docs). Returns `reject` for use in `map_err`.
     pub fn record_failure(&self, ip: IpAddr, reject: Reject) -> Reject {
-        if let Some((gcra, buckets)) = &self.failures
+        if let Some(gcra) = &self.failure_limit
             && matches!(
                 reject,
                 Reject::InvalidKey(_) | Reject::KeyRevoked | Reject::KeyExpired
             )
         {
-            buckets.check(Subject::ip(ip), gcra, self.clock.now());
+            self.state
+                .failures
+                .check(Subject::ip(ip), gcra, self.state.clock.now());
         }
         reject
     }
@@ -340,7 +379,7 @@ impl Limits {
     /// Writes quota units counted in memory to the store (see [`quota`]).
     pub async fn flush(&self) {
         // Failures are logged by the quota counts themselves; the units stay pending.
-        let _ = self.quotas.flush().await;
+        let _ = self.state.quotas.flush().await;
     }
 
     /// Writes quota counts every `interval` until `stop` completes, then once more. Run it
