@@ -562,12 +562,13 @@ impl Default for Log {
 }
 
 /// Permissions an admin caller may hold.
-pub const PERMISSIONS: [&str; 5] = [
+pub const PERMISSIONS: [&str; 6] = [
     "api.key.view",
     "api.key.create",
     "api.key.update",
     "api.key.delete",
     "workspace.manage",
+    "config.reload",
 ];
 
 fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {

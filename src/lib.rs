@@ -12,7 +12,7 @@
 //!
 //! Around it:
 //!
-//! - [`config`] — the YAML file, typed and validated.
+//! - [`config`] — the YAML file, typed and validated; [`reload`] — swapping it in while serving.
 //! - [`keys`] — secret format, ids, keyed hashing, key records.
 //! - [`store`] — the key index (`KeyStore`: embedded redb or Redis), its hot cache, and the
 //!   invalidation channel that keeps the caches of instances sharing Redis in step.
@@ -35,6 +35,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod store;
@@ -92,11 +93,15 @@ pub enum StartError {
     /// TLS material could not be loaded.
     #[error("{0}")]
     Tls(String),
+    /// The config file could not be read or is invalid.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A started gateway: the store, the cache, the data plane and the key operations.
 pub struct App {
     config: Arc<Config>,
+    reloader: Arc<reload::Reloader>,
     store: Arc<Store>,
     gateway: Arc<Gateway>,
     keys: KeyManager,
@@ -106,8 +111,28 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store and builds the data plane for a validated config.
+    /// Opens the store and builds the data plane for a validated config (not read from a file:
+    /// reloads are refused).
     pub async fn new(config: Config) -> Result<App, StartError> {
+        App::open(config, None, String::new()).await
+    }
+
+    /// The same for the config read from `path`, which SIGHUP and `POST /v1/reload` re-read.
+    pub async fn from_file(path: &std::path::Path) -> Result<App, StartError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+        let config = Config::parse(&path.display().to_string(), &text, |v| {
+            std::env::var(v).ok()
+        })
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        App::open(config, Some(path.to_owned()), reload::text_hash(&text)).await
+    }
+
+    async fn open(
+        config: Config,
+        path: Option<std::path::PathBuf>,
+        text_hash: String,
+    ) -> Result<App, StartError> {
         let metrics = Metrics::new();
         let store = Arc::new(Store::open(&config.store).await?);
         let cache = Arc::new(
@@ -119,14 +144,28 @@ impl App {
             Gateway::new(&config, cache.clone()).with_telemetry(recorder, metrics.clone()),
         );
         let keys = KeyManager::new(cache, gateway.format().clone(), gateway.hasher().clone());
+        let config = Arc::new(config);
+        let reloader = Arc::new(reload::Reloader::new(
+            config.clone(),
+            text_hash,
+            path,
+            gateway.clone(),
+            metrics.clone(),
+        ));
         Ok(App {
-            config: Arc::new(config),
+            config,
+            reloader,
             store,
             gateway,
             keys,
             metrics,
             flusher: Mutex::new(Some(flusher)),
         })
+    }
+
+    /// The running config and its reloads.
+    pub fn reloader(&self) -> &Arc<reload::Reloader> {
+        &self.reloader
     }
 
     /// The gateway's metrics.
@@ -159,7 +198,11 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let tls = match &self.config.tls {
-            Some(files) => Some(server::load_tls(files).map_err(StartError::Tls)?),
+            Some(files) => {
+                let (acceptor, certificate) = server::load_tls(files).map_err(StartError::Tls)?;
+                self.reloader.watch_certificate(certificate);
+                Some(acceptor)
+            }
             None => None,
         };
         // Other instances' changes reach this cache for as long as it serves, drain included.
@@ -206,7 +249,7 @@ impl App {
             &drain,
         );
         let admin_handler = admin::Admin::new(
-            self.config.clone(),
+            self.reloader.clone(),
             self.store.clone(),
             self.keys.clone(),
             self.gateway.clone(),
@@ -230,7 +273,7 @@ impl App {
         let stop = async {
             shutdown.await;
             self.gateway.start_draining();
-            let delay = self.config.shutdown_delay;
+            let delay = self.reloader.config().shutdown_delay;
             if !delay.is_zero() {
                 tracing::info!(
                     ?delay,
@@ -242,7 +285,7 @@ impl App {
         };
         tokio::join!(proxy, admin, stop);
 
-        let timeout = self.config.shutdown_timeout;
+        let timeout = self.reloader.config().shutdown_timeout;
         tokio::select! {
             _ = drain.shutdown() => tracing::info!("all connections drained"),
             _ = tokio::time::sleep(timeout) => {

@@ -137,6 +137,15 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // First, before anything slow: SIGHUP's default action ends the process, and nginx
+        // users press it out of habit. From here it reloads the config.
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle SIGHUP; reload with POST /v1/reload");
+                None
+            }
+        };
         let listeners = match keygate::Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -150,7 +159,28 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
                 std::future::pending::<()>().await;
             }
         };
-        match keygate::run(config, listeners, shutdown).await {
+        let app = match keygate::App::from_file(path).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "keygate cannot start");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let reloads = hangups.map(|mut hangups| {
+            let reloader = app.reloader().clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP received, reloading the config");
+                    // The outcome is logged and counted by the reloader.
+                    let _ = reloader.reload().await;
+                }
+            })
+        });
+        let served = app.serve(listeners, shutdown).await;
+        if let Some(task) = reloads {
+            task.abort();
+        }
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "keygate stopped");

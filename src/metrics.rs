@@ -148,6 +148,16 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HashLabels {
+    hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -185,6 +195,8 @@ struct Inner {
     usage: UsageMetrics,
     connections: [ConnectionMetrics; 2],
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
+    reloads: Family<ResultLabels, Counter>,
+    config: Family<HashLabels, Gauge>,
 }
 
 impl Metrics {
@@ -255,6 +267,18 @@ impl Metrics {
         registry.register_collector(Box::new(CacheCollector {
             cache: cache.clone(),
         }));
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "keygate_config_reloads",
+            "Config reloads by result: `ok`, or `invalid` (refused whole; the old config runs on)",
+            reloads.clone(),
+        );
+        let config = Family::<HashLabels, Gauge>::default();
+        registry.register(
+            "keygate_config_info",
+            "1 for the config file running, by the BLAKE3 hash of its text (as /readyz shows it)",
+            config.clone(),
+        );
 
         Metrics {
             inner: Arc::new(Inner {
@@ -268,6 +292,8 @@ impl Metrics {
                 usage,
                 connections,
                 cache,
+                reloads,
+                config,
             }),
         }
     }
@@ -276,6 +302,25 @@ impl Metrics {
     /// added to a lookup). The first cache given is the one exported.
     pub fn observe_cache(&self, cache: Arc<KeyCache<Store>>) {
         let _ = self.inner.cache.set(cache);
+    }
+
+    /// Counts a reload: `ok` or `invalid`.
+    pub fn config_reloaded(&self, result: &'static str) {
+        self.inner
+            .reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Marks `hash` as the config running (and no other).
+    pub fn config_running(&self, hash: &str) {
+        self.inner.config.clear();
+        self.inner
+            .config
+            .get_or_create(&HashLabels {
+                hash: hash.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a refused request (the response is the refusal's own status).

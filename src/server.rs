@@ -32,31 +32,69 @@ use crate::proxy::ConnInfo;
 /// it a failing `accept` would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Loads a rustls server config with ALPN `h2` and `http/1.1`.
-pub fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+/// The proxy listener's certificate, swappable: a reload re-reads the files, and every TLS
+/// handshake from then on gets the new certificate (connections already open keep theirs).
+#[derive(Debug)]
+pub struct Certificate {
+    current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("tls.cert {}: {e}", display(&files.cert)))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "tls.cert {}: no certificate found",
-            display(&files.cert)
-        ));
+impl Certificate {
+    /// Reads the certificate chain and key of `files`, checking that they match.
+    fn read(
+        files: &TlsFiles,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<rustls::sign::CertifiedKey, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("tls.cert {}: {e}", display(&files.cert)))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "tls.cert {}: no certificate found",
+                display(&files.cert)
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&files.key)
+            .map_err(|e| format!("tls.key {}: {e}", display(&files.key)))?;
+        rustls::sign::CertifiedKey::from_der(certs, key, provider)
+            .map_err(|e| format!("tls.cert and tls.key: {e}"))
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("tls.key {}: {e}", display(&files.key)))?;
+
+    /// Re-reads the files; on any error the certificate in use stays.
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), String> {
+        let fresh = Certificate::read(files, &self.provider)?;
+        self.current.store(Arc::new(fresh));
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Loads a rustls server config with ALPN `h2` and `http/1.1`, and its swappable certificate.
+pub fn load_tls(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<Certificate>), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificate = Arc::new(Certificate {
+        current: arc_swap::ArcSwap::from_pointee(Certificate::read(files, &provider)?),
+        provider: provider.clone(),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("tls: {e}"))?;
+        .with_cert_resolver(certificate.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), certificate))
 }
 
 fn display(p: &Path) -> String {

@@ -22,6 +22,8 @@ pub const CREATE: &str = "api.key.create";
 pub const UPDATE: &str = "api.key.update";
 /// `api.key.delete`.
 pub const DELETE: &str = "api.key.delete";
+/// `config.reload`: `POST /v1/reload`, admin tokens only.
+pub const RELOAD: &str = "config.reload";
 /// `workspace.manage`: create, change and delete workspaces. Admin tokens only: a workspace's
 /// plan is the operator's to set, and a key holding this scope (or `*`) could otherwise lift
 /// its own workspace's key limit or grant it API access.
@@ -101,6 +103,15 @@ impl Caller {
             Kind::Token { workspaces, .. } if workspaces.iter().any(|w| w == "*") => None,
             Kind::Token { workspaces, .. } => Some(workspaces),
             Kind::Key { workspace, .. } => Some(std::slice::from_ref(workspace)),
+        }
+    }
+
+    /// Whether the caller may reload the config: admin tokens holding `config.reload` (the
+    /// file is the operator's; no API key may have it re-read).
+    pub fn may_reload(&self) -> bool {
+        match &self.kind {
+            Kind::Token { permissions, .. } => permissions.iter().any(|p| p == RELOAD),
+            Kind::Key { .. } => false,
         }
     }
 

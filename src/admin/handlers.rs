@@ -47,6 +47,8 @@ where
     match segments {
         ["v1", "audit"] if is(&Method::GET) => audit_log(call, query).await,
         ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "reload"] if method == Method::POST => reload(call).await,
+        ["v1", "reload"] => Err(AdminError::MethodNotAllowed("POST")),
         ["v1", "scopes"] if is(&Method::GET) => Ok(scopes(call)),
         ["v1", "scopes"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "workspaces"] if is(&Method::GET) => {
@@ -111,6 +113,41 @@ where
             Err(AdminError::MethodNotAllowed("GET, HEAD"))
         }
         _ => Err(AdminError::NotFound("admin endpoint")),
+    }
+}
+
+/// `POST /v1/reload`: re-reads the config file (SPEC §7); admin tokens with `config.reload`.
+async fn reload(call: &Call<'_>) -> Reply {
+    if !call.caller.may_reload() {
+        return Err(AdminError::Forbidden(
+            "reloading needs an admin token with `config.reload`".into(),
+        ));
+    }
+    let outcome = call.state.reloader.reload().await;
+    let (result, detail) = match &outcome {
+        Ok(r) => (
+            "ok",
+            serde_json::json!({"changed": r.changed, "restart_required": r.restart_required, "config": r.config_hash}),
+        ),
+        Err(e) => (
+            "invalid_config",
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    };
+    if !matches!(outcome, Err(crate::reload::ReloadError::Busy)) {
+        call.audit_global("config.reload", result, detail).await;
+    }
+    match outcome {
+        Ok(r) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "changed": r.changed,
+                "restart_required": r.restart_required,
+                "config": r.config_hash,
+            }),
+        )),
+        Err(crate::reload::ReloadError::Invalid(e)) => Err(AdminError::InvalidConfig(e.problems)),
+        Err(crate::reload::ReloadError::Busy) => Err(AdminError::ReloadInProgress),
     }
 }
 

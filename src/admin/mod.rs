@@ -22,11 +22,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use time::OffsetDateTime;
 
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::control::KeyManager;
 use crate::error::error_response;
 use crate::keys::{KeyId, random_base62};
 use crate::proxy::{ConnInfo, Gateway, RequestIds, X_REQUEST_ID};
+use crate::reload::Reloader;
 use crate::store::{AuditEntry, KeyStore, Store, StoreError};
 use caller::{Caller, TokenEntry};
 
@@ -74,6 +75,12 @@ pub enum AdminError {
     /// The workspace still holds this many keys.
     #[error("workspace_not_empty")]
     WorkspaceNotEmpty(u64),
+    /// A reload found the config file unreadable or invalid: every problem.
+    #[error("invalid_config")]
+    InvalidConfig(Vec<Problem>),
+    /// Another reload is running.
+    #[error("reload_in_progress")]
+    ReloadInProgress,
     /// The key is revoked.
     #[error("key_revoked")]
     KeyRevoked,
@@ -103,7 +110,9 @@ impl AdminError {
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            AdminError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            AdminError::InvalidRequest { .. } | AdminError::InvalidConfig(_) => {
+                StatusCode::BAD_REQUEST
+            }
             AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AdminError::Forbidden(_) | AdminError::UpgradeRequired => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -112,6 +121,7 @@ impl AdminError {
             | AdminError::KeyExists
             | AdminError::ManagedByConfig
             | AdminError::WorkspaceNotEmpty(_)
+            | AdminError::ReloadInProgress
             | AdminError::KeyRevoked
             | AdminError::KeyExpired => StatusCode::CONFLICT,
             AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -133,6 +143,8 @@ impl AdminError {
             AdminError::KeyExists => "key_exists",
             AdminError::ManagedByConfig => "managed_by_config",
             AdminError::WorkspaceNotEmpty(_) => "workspace_not_empty",
+            AdminError::InvalidConfig(_) => "invalid_config",
+            AdminError::ReloadInProgress => "reload_in_progress",
             AdminError::KeyRevoked => "key_revoked",
             AdminError::KeyExpired => "key_expired",
             AdminError::PayloadTooLarge => "payload_too_large",
@@ -161,6 +173,12 @@ impl AdminError {
             AdminError::WorkspaceNotEmpty(n) => {
                 format!("This workspace still holds {n} keys; delete them first.")
             }
+            AdminError::InvalidConfig(problems) => format!(
+                "The config file has {} problem{}; the running config stays.",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            AdminError::ReloadInProgress => "Another reload is running; retry shortly.".into(),
             AdminError::KeyRevoked => "The key is revoked; revocation cannot be undone.".into(),
             AdminError::KeyExpired => "The key has expired; create a new one instead.".into(),
             AdminError::PayloadTooLarge => {
@@ -180,6 +198,18 @@ impl AdminError {
             _ => None,
         };
         let mut response = error_response(self.status(), self.code(), &self.message(), rid, field);
+        if let AdminError::InvalidConfig(problems) = &self {
+            // The documented error, plus every problem with its field path and line.
+            let list: Vec<_> = problems
+                .iter()
+                .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
+                .collect();
+            let body = serde_json::json!({"error": {
+                "code": self.code(), "message": self.message(), "request_id": rid,
+                "problems": list,
+            }});
+            *response.body_mut() = Full::new(Bytes::from(body.to_string()));
+        }
         match self {
             AdminError::Unauthorized(_) => {
                 response.headers_mut().insert(
@@ -255,7 +285,8 @@ pub struct AdminConfig {
 }
 
 impl AdminConfig {
-    fn new(config: Arc<Config>) -> AdminConfig {
+    /// The admin API's part of `config`.
+    pub fn new(config: Arc<Config>) -> AdminConfig {
         let tokens = TokenEntry::from_config(&config.admin.tokens);
         AdminConfig { config, tokens }
     }
@@ -263,8 +294,8 @@ impl AdminConfig {
 
 /// Everything the admin handlers share.
 pub struct AdminState {
-    /// The running config and the admin tokens it declares, swapped whole by a reload.
-    current: arc_swap::ArcSwap<AdminConfig>,
+    /// The running config, its reloads, and the admin tokens it declares (swapped whole).
+    pub reloader: Arc<Reloader>,
     /// The store.
     pub store: Arc<Store>,
     /// Key lifecycle operations.
@@ -315,6 +346,21 @@ impl Call<'_> {
         )
         .await;
     }
+
+    /// Appends to the global audit log only (an action on no workspace, such as a reload).
+    pub async fn audit_global(&self, action: &str, outcome: &str, detail: serde_json::Value) {
+        audit(
+            self.state,
+            &self.caller.actor,
+            self.client_ip,
+            action,
+            None,
+            None,
+            outcome,
+            detail,
+        )
+        .await;
+    }
 }
 
 #[allow(clippy::too_many_arguments, reason = "one flat audit record")]
@@ -352,14 +398,14 @@ async fn audit(
 impl Admin {
     /// The admin API over the running store, data plane and key operations.
     pub fn new(
-        config: Arc<Config>,
+        reloader: Arc<Reloader>,
         store: Arc<Store>,
         keys: KeyManager,
         gateway: Arc<Gateway>,
     ) -> Self {
         Admin {
             state: Arc::new(AdminState {
-                current: arc_swap::ArcSwap::from_pointee(AdminConfig::new(config)),
+                reloader,
                 store,
                 keys,
                 gateway,
@@ -449,7 +495,7 @@ impl Admin {
         }
 
         // One config for the whole call, whatever a reload does meanwhile.
-        let current = state.current.load_full();
+        let current = state.reloader.admin().load_full();
         let config = current.config.clone();
         let client_ip =
             crate::auth::client_ip(conn.peer.ip(), req.headers(), &config.trusted_proxies);
@@ -521,23 +567,24 @@ impl Admin {
     }
 
     async fn readiness(&self) -> Response<Full<Bytes>> {
+        let config = self.state.reloader.config_hash();
         if self.state.gateway.is_draining() {
             // First thing on SIGTERM: load balancers stop sending while requests still pass.
             return json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"status": "draining"}),
+                &serde_json::json!({"status": "draining", "config": *config}),
             );
         }
         match self.state.store.ping().await {
             Ok(()) => json_response(
                 StatusCode::OK,
-                &serde_json::json!({"status": "ready", "store": "ok"}),
+                &serde_json::json!({"status": "ready", "store": "ok", "config": *config}),
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness: store unreachable");
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"status": "degraded", "store": "unavailable"}),
+                    &serde_json::json!({"status": "degraded", "store": "unavailable", "config": *config}),
                 )
             }
         }

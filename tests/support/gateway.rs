@@ -75,7 +75,7 @@ admin:
   tokens:
     - name: ops
       token: ops-token-0123456789abcdef
-      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete, workspace.manage]
+      permissions: [api.key.view, api.key.create, api.key.update, api.key.delete, workspace.manage, config.reload]
       workspaces: ["*"]
     - name: viewer
       token: viewer-token-0123456789abcdef
@@ -115,6 +115,8 @@ pub struct TestGateway {
     pub redis: Option<RedisServer>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The config file and the parts it was written from, for a gateway started from a file.
+    file: Option<(std::path::PathBuf, Vec<String>)>,
     _dir: tempfile::TempDir,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -189,13 +191,67 @@ impl TestGateway {
         redis: Option<RedisServer>,
         dir: tempfile::TempDir,
     ) -> TestGateway {
+        Self::start_serving(config, None, upstream, redis, dir).await
+    }
+
+    /// A gateway on `backend` started from a config file (base config plus `overlay`), as the
+    /// binary starts: SIGHUP-style reloads ([`TestGateway::rewrite_config`], then
+    /// `app.reloader().reload()` or `POST /v1/reload`) re-read it.
+    pub async fn start_from_file(backend: Backend, overlay: &str) -> TestGateway {
+        let redis = match backend {
+            Backend::Redis => Some(RedisServer::start()),
+            Backend::Embedded => None,
+        };
+        let upstream = TestUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = match &redis {
+            Some(r) => redis_store(&r.url()),
+            None => format!(
+                "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
+                dir.path().join("keygate.redb").display()
+            ),
+        };
+        let fixed = vec![BASE_CONFIG.to_owned(), store, upstream_config(&upstream)];
+        let path = dir.path().join("keygate.yaml");
+        let mut parts: Vec<&str> = fixed.iter().map(String::as_str).collect();
+        parts.push(overlay);
+        std::fs::write(&path, config_text(&parts)).expect("write config");
+        let config = config_from(&parts);
+        Self::start_serving(config, Some((path, fixed)), upstream, redis, dir).await
+    }
+
+    /// Rewrites the config file of a gateway started from one: the base config plus `overlay`.
+    pub fn rewrite_config(&self, overlay: &str) {
+        let (path, fixed) = self.file.as_ref().expect("started from a file");
+        let mut parts: Vec<&str> = fixed.iter().map(String::as_str).collect();
+        parts.push(overlay);
+        std::fs::write(path, config_text(&parts)).expect("write config");
+    }
+
+    /// Writes `text` as the config file, as it is (to test what a broken file does).
+    pub fn write_config_text(&self, text: &str) {
+        let (path, _) = self.file.as_ref().expect("started from a file");
+        std::fs::write(path, text).expect("write config");
+    }
+
+    async fn start_serving(
+        config: Config,
+        file: Option<(std::path::PathBuf, Vec<String>)>,
+        upstream: TestUpstream,
+        redis: Option<RedisServer>,
+        dir: tempfile::TempDir,
+    ) -> TestGateway {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (proxy_addr, admin_addr) = (
             proxy.local_addr().expect("proxy addr"),
             admin.local_addr().expect("admin addr"),
         );
-        let app = Arc::new(App::new(config.clone()).await.expect("gateway starts"));
+        let app = match &file {
+            Some((path, _)) => App::from_file(path).await,
+            None => App::new(config.clone()).await,
+        };
+        let app = Arc::new(app.expect("gateway starts"));
         let (tx, rx) = oneshot::channel::<()>();
         let serving = app.clone();
         let task = tokio::spawn(async move {
@@ -215,6 +271,7 @@ impl TestGateway {
             redis,
             shutdown: Some(tx),
             task: Some(task),
+            file,
             _dir: dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
@@ -228,8 +285,9 @@ impl TestGateway {
         let upstream = std::mem::replace(&mut self.upstream, TestUpstream::start().await);
         let redis = self.redis.take();
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
+        let file = self.file.take();
         drop(self);
-        Self::start_with(config, upstream, redis, dir).await
+        Self::start_serving(config, file, upstream, redis, dir).await
     }
 
     /// Triggers a graceful shutdown and returns the serving task, to await the drain.
@@ -424,6 +482,12 @@ fn upstream_config(upstream: &TestUpstream) -> String {
 
 /// A config from the base text and overlays, parsed by the real parser.
 pub fn config_from(parts: &[&str]) -> Config {
+    let text = config_text(parts);
+    Config::parse("test", &text, |_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The YAML text of the base text and overlays merged.
+pub fn config_text(parts: &[&str]) -> String {
     let mut value = serde_yaml::Value::Mapping(Default::default());
     for part in parts {
         let overlay: serde_yaml::Value = serde_yaml::from_str(part).expect("overlay is YAML");
@@ -431,8 +495,7 @@ pub fn config_from(parts: &[&str]) -> Config {
             merge(&mut value, overlay);
         }
     }
-    let text = serde_yaml::to_string(&value).expect("serialize");
-    Config::parse("test", &text, |_| None).unwrap_or_else(|e| panic!("{e}"))
+    serde_yaml::to_string(&value).expect("serialize")
 }
 
 /// The fields of a new key in `workspace`, named after the test.
