@@ -28,7 +28,9 @@ mod problems;
 mod routing;
 #[cfg(test)]
 mod tests;
+mod types;
 mod validate;
+mod warnings;
 
 pub use limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits, MAX_HEADER_READ_TIMEOUT,
@@ -39,6 +41,7 @@ pub use validate::{
     MAX_SHUTDOWN_DELAY, WORKSPACE_NAME_RULE, check_quota, check_rate_limit, check_scope,
     is_workspace_name,
 };
+pub use warnings::STRONG_SECRET_BYTES;
 
 /// Default proxy listener.
 pub const DEFAULT_PROXY_ADDR: &str = "0.0.0.0:8080";

@@ -125,6 +125,9 @@ impl App {
             std::env::var(v).ok()
         })
         .map_err(|e| StartError::Config(e.to_string()))?;
+        for w in config.warnings_in(&text) {
+            tracing::warn!(problem = %w, "config warning");
+        }
         App::open(config, Some(path.to_owned()), reload::text_hash(&text)).await
     }
 

@@ -66,8 +66,20 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::load(&file) {
-            Ok(_) => {
-                eprintln!("{}: ok", file.display());
+            Ok(config) => {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                let warnings = config.warnings_in(&text);
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                match warnings.len() {
+                    0 => eprintln!("{}: ok", file.display()),
+                    n => eprintln!(
+                        "{}: ok, with {n} warning{}",
+                        file.display(),
+                        if n == 1 { "" } else { "s" }
+                    ),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

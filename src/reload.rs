@@ -158,6 +158,9 @@ impl Reloader {
             .map_err(|e| invalid(name.clone(), format!("cannot read file: {e}")))?;
         let new = Config::parse(&name, &text, |var| std::env::var(var).ok())
             .map_err(ReloadError::Invalid)?;
+        for w in new.warnings_in(&text) {
+            tracing::warn!(problem = %w, "config warning");
+        }
         let old = self.running.load_full();
         let (new, restart_required) = keep_restart_only(&old, new);
         // The certificate first: a reload that cannot read it changes nothing.

@@ -1,6 +1,7 @@
 //! Logging: the tracing subscriber (JSON or text) configured by `log:`, whose level filter a
 //! reload replaces ([`set_level`]).
 
+use std::io::IsTerminal as _;
 use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -27,8 +28,14 @@ pub fn init(log: &Log) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
+        // Colours only for a person at a terminal: escape codes in a file or a log pipeline
+        // are noise.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if installed.is_ok() {

@@ -76,7 +76,13 @@ fn config_check_reports_every_problem_and_exits_64() {
     std::fs::write(&file, "secrets: { pepper: 0123456789abcdefgh }\nbogus: 1\n").unwrap();
     let (code, out) = check(&file);
     assert_eq!(code, 64);
-    assert!(out.contains("unknown field `bogus`"), "{out}");
+    for want in [
+        "bogus (line 2): unknown section `bogus`",
+        "the `upstreams` section is missing",
+        "the `routes` section is missing",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
     let (code, out) = check(&dir.path().join("missing.yaml"));
     assert_eq!(code, 64);
     assert!(out.contains("cannot read file"), "{out}");
@@ -308,4 +314,63 @@ async fn sigterm_fails_readiness_first_and_serves_through_the_shutdown_delay() {
         std::net::TcpStream::connect(("127.0.0.1", proxy)).is_err(),
         "the listener is closed after the delay"
     );
+}
+
+/// Type errors of several sections are reported together, in plain words, a duplicated key at
+/// its own line; what is valid but likely wrong is a warning (exit 0).
+#[test]
+fn config_check_reports_type_errors_together_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("types.yaml");
+    std::fs::write(
+        &file,
+        "secrets: { pepper: 0123456789abcdef0123456789abcdef }\n\
+         cache: { capacity: lots }\n\
+         upstreams: { app: { url: http://127.0.0.1:1 } }\n\
+         routes:\n  - match: { path_prefix: /a }\n    upstream: app\n    public: sometimes\n  \
+         - match: { path_prefix: /b, methods: 7 }\n    upstream: app\n",
+    )
+    .unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, 64, "{out}");
+    for want in [
+        "3 problems",
+        "cache.capacity (line 2): expected a whole number (0 or more), found the text \"lots\"",
+        "routes[0].public",
+        "expected true or false",
+        "routes[1].match.methods",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+
+    std::fs::write(
+        &file,
+        "secrets: { pepper: 0123456789abcdef0123456789abcdef }\nupstreams:\n  app: { url: http://127.0.0.1:1 }\n\
+         routes:\n  - match: { path_prefix: /a }\n    upstream: app\n\
+         log: { level: info }\nlog: { level: debug }\n",
+    )
+    .unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("line 8: `log` is given twice"), "{out}");
+
+    std::fs::write(
+        &file,
+        "secrets: { pepper: example-pepper-change-me-in-production }\n\
+         upstreams: { app: { url: http://127.0.0.1:1 } }\n\
+         routes:\n  - match: { path_prefix: /api }\n    upstream: app\n  \
+         - match: { path_prefix: /api/v2, methods: [GET] }\n    upstream: app\n\
+         admin: { tokens: [ { name: ops, token: short-token-1234567890, permissions: [api.key.view], workspaces: [\"*\"] } ] }\n",
+    )
+    .unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "warning: secrets.pepper (line 1): is the example config's placeholder",
+        "warning: routes[1] (line 6): never matches: routes[0] comes first",
+        "warning: admin.tokens[0].token",
+        "ok, with 3 warnings",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
 }
