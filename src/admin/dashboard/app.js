@@ -98,8 +98,12 @@ function shell(workspaces, catalogue) {
   }
 
   async function refreshWorkspace() {
+    const name = ctx.ws.name;
     try {
-      ctx.ws = await getWorkspace(ctx.ws.name);
+      const fresh = await getWorkspace(name);
+      // Another workspace may have been chosen meanwhile: this answer is then not its.
+      if (ctx.ws.name === name) ctx.ws = fresh;
+      workspaces[workspaces.findIndex((w) => w.name === name)] = fresh;
     } catch (err) {
       if (err.status !== 401) notify(err.message);
     }

@@ -21,6 +21,7 @@ function detailText(entry) {
 
 /** Renders the tab into `container` and loads its first page. */
 export function renderAudit(container, ctx) {
+  const ws = ctx.ws.name;
   let list = emptyList();
   let loading = false;
   let error = null;
@@ -65,7 +66,7 @@ export function renderAudit(container, ctx) {
     error = null;
     render();
     try {
-      const page = await auditLog(ctx.ws.name, { cursor: list.cursor });
+      const page = await auditLog(ws, { cursor: list.cursor });
       list = mergePage(list, { items: page.entries, next_cursor: page.next_cursor });
     } catch (err) {
       error = err.message;

@@ -27,7 +27,7 @@ async function confirmInto(dlg, request) {
  * `Rotate`: choose a `Grace period`, `Rotate key`, then `Copy your API key` for the new key.
  * Resolves to `{key, previous}` (the new key without its secret) or undefined when cancelled.
  */
-export async function openRotateDialog(ctx, key) {
+export async function openRotateDialog(key) {
   const name = uid('grace');
   const radios = GRACE_PERIODS.map(([label, value], i) => {
     const input = h('input', { type: 'radio', name, value, id: uid('grace'), checked: i === 0 });
@@ -50,7 +50,7 @@ export async function openRotateDialog(ctx, key) {
       dlg.busy(true);
       try {
         const grace = group.querySelector('input:checked')?.value ?? '0s';
-        const rotated = await rotateKey(ctx.ws.name, key.id, grace);
+        const rotated = await rotateKey(key.workspace, key.id, grace);
         dlg.busy(false);
         dlg.close(rotated);
       } catch (err) {
@@ -69,7 +69,7 @@ export async function openRotateDialog(ctx, key) {
 }
 
 /** `Revoke`: the warning, `Cancel` or `Revoke key`. Resolves to the revoked key, or undefined. */
-export async function openRevokeDialog(ctx, key) {
+export async function openRevokeDialog(key) {
   const cancel = button('Cancel', { onclick: () => dlg.close() });
   const dlg = openDialog({
     title: 'Revoke API key',
@@ -79,14 +79,14 @@ export async function openRevokeDialog(ctx, key) {
       h('p', null, 'Applications using this key will stop working.'),
       h('p', { class: 'strong' }, 'This cannot be undone.'),
     ],
-    actions: [cancel, button('Revoke key', { kind: 'danger', onclick: () => confirmInto(dlg, () => revokeKey(ctx.ws.name, key.id)) })],
+    actions: [cancel, button('Revoke key', { kind: 'danger', onclick: () => confirmInto(dlg, () => revokeKey(key.workspace, key.id)) })],
   });
   cancel.focus();
   return (await dlg.closed)?.result;
 }
 
 /** `Delete`: the warning, `Cancel` or `Delete key`. Resolves to true once deleted. */
-export async function openDeleteDialog(ctx, key) {
+export async function openDeleteDialog(key) {
   const cancel = button('Cancel', { onclick: () => dlg.close() });
   const dlg = openDialog({
     title: 'Delete API key',
@@ -95,7 +95,7 @@ export async function openDeleteDialog(ctx, key) {
       h('p', null, 'Delete ', quoted(key), '?'),
       h('p', null, 'This permanently deletes the key and its request logs.'),
     ],
-    actions: [cancel, button('Delete key', { kind: 'danger', onclick: () => confirmInto(dlg, async () => { await deleteKey(ctx.ws.name, key.id); return true; }) })],
+    actions: [cancel, button('Delete key', { kind: 'danger', onclick: () => confirmInto(dlg, async () => { await deleteKey(key.workspace, key.id); return true; }) })],
   });
   cancel.focus();
   return Boolean((await dlg.closed)?.result);

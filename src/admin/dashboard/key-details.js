@@ -131,7 +131,7 @@ export async function renderDetails(container, ctx, id) {
     button('Rotate', {
       disabled: k.status !== 'active' || !ctx.ws.api_access,
       onclick: async () => {
-        const rotated = await openRotateDialog(ctx, k);
+        const rotated = await openRotateDialog(k);
         if (rotated) {
           await ctx.refreshWorkspace();
           ctx.show('details', rotated.key.id);
@@ -141,7 +141,7 @@ export async function renderDetails(container, ctx, id) {
     revoked ? null : button('Revoke', {
       kind: 'danger',
       onclick: async () => {
-        if (await openRevokeDialog(ctx, k)) {
+        if (await openRevokeDialog(k)) {
           await ctx.refreshWorkspace();
           rerender();
         }
@@ -150,7 +150,7 @@ export async function renderDetails(container, ctx, id) {
     button('Delete', {
       kind: 'danger-outline',
       onclick: async () => {
-        if (await openDeleteDialog(ctx, k)) {
+        if (await openDeleteDialog(k)) {
           await ctx.refreshWorkspace();
           ctx.show('keys');
         }

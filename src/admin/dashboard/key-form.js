@@ -189,7 +189,7 @@ export async function openEditDialog(ctx, key) {
     content: form.element,
     onSubmit: () => submitInto(dlg, form, async () => {
       const patch = patchBody(before, form.read());
-      return Object.keys(patch).length ? updateKey(ctx.ws.name, key.id, patch) : key;
+      return Object.keys(patch).length ? updateKey(key.workspace, key.id, patch) : key;
     }),
     actions: [button('Cancel', { onclick: () => dlg.close() }), button('Save changes', { kind: 'primary', type: 'submit' })],
   });

@@ -50,9 +50,9 @@ function nameCell(key, ctx) {
     key.description ? h('span', { class: 'key-description' }, key.description) : null);
 }
 
-function table(caption, headings, rows) {
+function table(list, caption, headings, rows) {
   return h('div', { class: 'table-wrap' },
-    h('table', { class: 'data-table keys-table' },
+    h('table', { class: 'data-table keys-table', dataset: { list } },
       h('caption', { class: 'sr-only' }, caption),
       h('thead', null, h('tr', null, headings.map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', null, rows)));
@@ -60,6 +60,8 @@ function table(caption, headings, rows) {
 
 /** Renders the screen into `container` and loads its first pages. */
 export function renderKeys(container, ctx) {
+  // This screen's workspace, fixed: answers that arrive after a switch must not mix in.
+  const ws = ctx.ws.name;
   let listed = emptyList();
   let revoked = emptyList();
   let loading = false;
@@ -131,7 +133,7 @@ export function renderKeys(container, ctx) {
     }
     replace(listSlot,
       error,
-      table('API keys', ['Name', 'Key', 'Key ID', 'Scopes', 'Created', 'Last used', 'Usage', 'Expires', 'Status', h('span', { class: 'sr-only' }, 'Actions')],
+      table('keys', 'API keys', ['Name', 'Key', 'Key ID', 'Scopes', 'Created', 'Last used', 'Usage', 'Expires', 'Status', h('span', { class: 'sr-only' }, 'Actions')],
         listed.items.map(keyRow)),
       h('div', { class: 'list-foot' },
         h('span', { class: 'muted' }, `${formatNumber(listed.items.length)} shown`), more));
@@ -148,7 +150,7 @@ export function renderKeys(container, ctx) {
     replace(revokedSlot,
       h('h2', { id: 'revoked-heading' }, 'Revoked keys'),
       h('p', { class: 'lede' }, 'Revoked keys no longer work. They stay listed for reference until deleted.'),
-      table('Revoked keys', ['Name', 'Key', 'Key ID', 'Revoked', 'Last used', 'Usage', 'Status', h('span', { class: 'sr-only' }, 'Actions')],
+      table('revoked', 'Revoked keys', ['Name', 'Key', 'Key ID', 'Revoked', 'Last used', 'Usage', 'Status', h('span', { class: 'sr-only' }, 'Actions')],
         revoked.items.map(revokedRow)),
       !revoked.done ? h('div', { class: 'list-foot' }, button('Load more', { onclick: () => loadRevoked() })) : null);
   }
@@ -163,7 +165,7 @@ export function renderKeys(container, ctx) {
     try {
       for (let i = 0; i < MAX_PAGES_PER_LOAD; i += 1) {
         const before = listed.items.length;
-        const page = await listKeys(ctx.ws.name, { cursor: listed.cursor });
+        const page = await listKeys(ws, { cursor: listed.cursor });
         listed = mergePage(listed, { items: page.keys, next_cursor: page.next_cursor }, isListed);
         if (listed.done || listed.items.length > before) break;
       }
@@ -176,7 +178,7 @@ export function renderKeys(container, ctx) {
 
   async function loadRevoked() {
     try {
-      const page = await listKeys(ctx.ws.name, { status: 'revoked', cursor: revoked.cursor });
+      const page = await listKeys(ws, { status: 'revoked', cursor: revoked.cursor });
       revoked = mergePage(revoked, { items: page.keys, next_cursor: page.next_cursor });
     } catch (err) {
       ctx.notify(err.message);
@@ -195,7 +197,7 @@ export function renderKeys(container, ctx) {
   }
 
   async function revoke(key) {
-    const result = await openRevokeDialog(ctx, key);
+    const result = await openRevokeDialog(key);
     if (!result) return;
     listed = removeItem(listed, key.id);
     revoked = insertItem(revoked, result);
@@ -206,7 +208,7 @@ export function renderKeys(container, ctx) {
   }
 
   async function remove(key) {
-    if (!(await openDeleteDialog(ctx, key))) return;
+    if (!(await openDeleteDialog(key))) return;
     revoked = removeItem(revoked, key.id);
     listed = removeItem(listed, key.id);
     renderList();
@@ -217,6 +219,10 @@ export function renderKeys(container, ctx) {
 
   renderPlan();
   renderRevoked();
+  // The plan and the count of active keys as they are now, not as at sign-in.
+  ctx.refreshWorkspace().then(() => {
+    if (createButton.isConnected) renderPlan();
+  });
   // The table first: the revoked keys are fetched once it shows (a filtered listing may scan).
   loadListed().then(() => loadRevoked());
 }
