@@ -39,6 +39,8 @@ const done = arguments[arguments.length - 1];
   eq('formatNumber en-US', format.formatNumber(1234567, { locale: 'en-US' }), '1,234,567');
   eq('formatNumber de-DE', format.formatNumber(12345, { locale: 'de-DE' }), '12.345');
   eq('formatNumber missing', format.formatNumber(undefined, { locale: 'en-US' }), '0');
+  eq('formatCount', [0, 1, 2, 12345].map((n) => format.formatCount(n, 'request', { locale: 'en-US' })),
+    ['0 requests', '1 request', '2 requests', '12,345 requests']);
   eq('displayPrefix', format.displayPrefix('kg_live_7Hq2'), 'kg_live_7Hq2…');
   eq('displayPrefix marked already', format.displayPrefix('kg_live_7Hq2…'), 'kg_live_7Hq2…');
   eq('displayPrefix none', format.displayPrefix(null), '—');
@@ -63,6 +65,7 @@ const done = arguments[arguments.length - 1];
   eq('describeQuota', format.describeQuota({ limit: 10000, refill: 'monthly', refill_day: 1 }, { locale: 'en-US' }), '10,000 requests a month');
   eq('describeQuota daily', format.describeQuota({ limit: 500, refill: 'daily' }, { locale: 'en-US' }), '500 requests a day');
   eq('describeQuota none', format.describeQuota({ limit: 7, refill: 'none' }, { locale: 'en-US' }), '7 requests in total');
+  eq('describeQuota one', format.describeQuota({ limit: 1, refill: 'daily' }, { locale: 'en-US' }), '1 request a day');
   eq('formatSeconds', [0, 90, 3600, 86400, 604800].map(format.formatSeconds), ['none', '90 seconds', '1 hour', '1 day', '7 days']);
   eq('formatLatency', [12.4, 1234, 'x'].map((n) => format.formatLatency(n, { locale: 'en-US' })), ['12 ms', '1.2 s', '—']);
   eq('describeLogCode', ['forwarded', 'key_revoked'].map(format.describeLogCode), ['Forwarded', 'key_revoked']);

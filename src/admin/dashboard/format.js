@@ -64,6 +64,11 @@ export function formatNumber(n, { locale } = {}) {
   return new Intl.NumberFormat(locale).format(Number(n) || 0);
 }
 
+/** A count and its noun, singular for one: `1 request`, `12,345 requests`. */
+export function formatCount(n, noun, { locale } = {}) {
+  return `${formatNumber(n, { locale })} ${Number(n) === 1 ? noun : `${noun}s`}`;
+}
+
 /** The displayed start of a secret, marked as a start: `kg_live_7Hq2…`. */
 export function displayPrefix(prefix) {
   if (!prefix) return '—';
@@ -118,7 +123,7 @@ export function describeRateLimit(limit, { locale } = {}) {
   if (!limit) return 'Default (workspace, route or role)';
   const secs = durationSeconds(limit.period);
   const word = PERIOD_WORDS.find(([size]) => size === secs)?.[1];
-  let text = `${formatNumber(limit.requests, { locale })} requests per ${word ?? limit.period}`;
+  let text = `${formatCount(limit.requests, 'request', { locale })} per ${word ?? limit.period}`;
   if (limit.burst) text += `, bursts of ${formatNumber(limit.burst, { locale })}`;
   return text;
 }
@@ -126,11 +131,11 @@ export function describeRateLimit(limit, { locale } = {}) {
 /** `10,000 requests a month`, `500 requests a day`, `1,000 requests in total`. */
 export function describeQuota(quota, { locale } = {}) {
   if (!quota) return 'Default (workspace or role)';
-  const n = formatNumber(quota.limit, { locale });
+  const n = formatCount(quota.limit, 'request', { locale });
   switch (quota.refill) {
-    case 'daily': return `${n} requests a day`;
-    case 'monthly': return `${n} requests a month${quota.refill_day && quota.refill_day !== 1 ? ` (refills on day ${quota.refill_day})` : ''}`;
-    default: return `${n} requests in total`;
+    case 'daily': return `${n} a day`;
+    case 'monthly': return `${n} a month${quota.refill_day && quota.refill_day !== 1 ? ` (refills on day ${quota.refill_day})` : ''}`;
+    default: return `${n} in total`;
   }
 }
 

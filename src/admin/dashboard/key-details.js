@@ -4,7 +4,7 @@
 import { h, s, replace, badge, banner } from './dom.js';
 import { button } from './dialog.js';
 import {
-  formatDate, formatDateTime, formatRelative, formatNumber, formatDay, formatLatency, displayPrefix,
+  formatDateTime, formatRelative, formatNumber, formatCount, formatDay, formatLatency, displayPrefix,
   scopeLabel, statusLabel, describeRateLimit, describeQuota, describeLogCode,
 } from './format.js';
 import { usageBars } from './chart.js';
@@ -50,7 +50,7 @@ function facts(key, ctx) {
     fact('Created', time(key.created_at, formatDateTime(key.created_at)), h('span', { class: 'muted' }, ` by ${key.created_by}`)),
     fact('Updated', time(key.updated_at, formatDateTime(key.updated_at))),
     fact('Last used', time(key.last_used_at, formatRelative(key.last_used_at))),
-    fact('Usage', `${formatNumber(key.usage_count)} requests`),
+    fact('Usage', formatCount(key.usage_count, 'request')),
     key.revoked_at ? fact('Revoked', time(key.revoked_at, formatDateTime(key.revoked_at))) : null,
     key.rotated_from ? fact('Rotated from', keyLink(ctx, key.rotated_from)) : null,
     key.replaced_by ? fact('Replaced by', keyLink(ctx, key.replaced_by)) : null,
@@ -64,7 +64,7 @@ function usageChart(days) {
   const { max, total, peak, bars } = usageBars(days, CHART);
   const svg = s('svg', {
     class: 'chart-svg', viewBox: `0 0 ${CHART.width} ${CHART.height}`, preserveAspectRatio: 'none',
-    role: 'img', 'aria-label': `${formatNumber(total)} requests in the last ${bars.length} days`,
+    role: 'img', 'aria-label': `${formatCount(total, 'request')} in the last ${bars.length} days`,
   },
   [0, 0.5, 1].map((f) => s('line', {
     class: 'chart-grid', x1: 0, x2: CHART.width, y1: CHART.height * f, y2: CHART.height * f, 'vector-effect': 'non-scaling-stroke',
@@ -72,7 +72,7 @@ function usageChart(days) {
   bars.map((b) => s('rect', {
     class: b.requests ? 'chart-bar' : 'chart-bar chart-bar-zero', x: b.x, y: b.requests ? b.y : CHART.height - 1,
     width: b.width, height: b.requests ? Math.max(b.height, 1) : 1, 'data-date': b.date, 'data-requests': b.requests,
-  }, s('title', null, `${formatDay(b.date, { withYear: true })}: ${formatNumber(b.requests)} requests`))));
+  }, s('title', null, `${formatDay(b.date, { withYear: true })}: ${formatCount(b.requests, 'request')}`))));
   const first = bars[0]?.date;
   const last = bars[bars.length - 1]?.date;
   return h('figure', { class: 'chart' },
@@ -83,7 +83,7 @@ function usageChart(days) {
         h('div', { class: 'chart-x', attrs: { 'aria-hidden': 'true' } },
           h('span', null, first ? formatDay(first) : ''), h('span', null, last ? `${formatDay(last)} (UTC)` : '')))),
     h('figcaption', { class: 'muted' }, total
-      ? `${formatNumber(total)} requests in total, at most ${formatNumber(peak)} on one day. Days are UTC.`
+      ? `${formatCount(total, 'request')} in total, at most ${formatNumber(peak)} on one day. Days are UTC.`
       : `No requests in the last ${bars.length} days.`));
 }
 
