@@ -42,6 +42,8 @@ async fn create_copy_use_then_revoke() {
     d.check("Sessions (Read)").await;
     d.set_date("Expiry date", "2099-12-31").await;
     d.fill("IP allowlist", "127.0.0.1\n\nnot-an-address").await;
+    d.eval("document.querySelector('dialog[open] .dialog-content').scrollTop = 0")
+        .await;
     d.browser.screenshot("create-dialog").await;
     d.click("Create").await;
     // The API names `ip_allowlist[1]`: the message goes beside the field, with its line.
@@ -139,7 +141,11 @@ async fn create_copy_use_then_revoke() {
     for shown in ["GET", "/api/v1/sessions/1", "200", "127.0.0.1", "Forwarded"] {
         assert!(logs.contains(shown), "`{shown}` not in {logs}");
     }
+    // Tall enough for the chart and the logs.
+    let mut d = d;
+    d.browser.resize(1280, 1300).await;
     d.browser.screenshot("key-details").await;
+    d.browser.resize(1280, 900).await;
 
     // Revoke from the table, behind its warning; Cancel first changes nothing.
     d.click("← API keys").await;
