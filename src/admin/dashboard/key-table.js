@@ -69,7 +69,7 @@ export function renderKeys(container, ctx) {
 
   const createButton = button('Create API key', { kind: 'primary', onclick: create });
   const notices = h('div', { class: 'notices' });
-  const listSlot = h('div', { class: 'list-slot', attrs: { 'aria-live': 'polite', 'aria-busy': 'true' } });
+  const listSlot = h('div', { class: 'list-slot', attrs: { 'aria-busy': 'true' } });
   const revokedSlot = h('section', { class: 'revoked', attrs: { 'aria-labelledby': 'revoked-heading' } });
 
   replace(container,
@@ -136,7 +136,7 @@ export function renderKeys(container, ctx) {
       table('keys', 'API keys', ['Name', 'Key', 'Key ID', 'Scopes', 'Created', 'Last used', 'Usage', 'Expires', 'Status', h('span', { class: 'sr-only' }, 'Actions')],
         listed.items.map(keyRow)),
       h('div', { class: 'list-foot' },
-        h('span', { class: 'muted' }, `${formatNumber(listed.items.length)} shown`), more));
+        h('span', { class: 'muted', attrs: { role: 'status' } }, `${formatNumber(listed.items.length)} shown`), more));
   }
 
   function renderRevoked() {
