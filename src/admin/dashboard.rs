@@ -36,8 +36,83 @@ const ASSETS: &[(&str, &[u8], &str)] = &[
         "text/css; charset=utf-8",
     ),
     (
+        "favicon.svg",
+        include_bytes!("dashboard/favicon.svg"),
+        "image/svg+xml",
+    ),
+    (
         "app.js",
         include_bytes!("dashboard/app.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "api.js",
+        include_bytes!("dashboard/api.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "dom.js",
+        include_bytes!("dashboard/dom.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "dialog.js",
+        include_bytes!("dashboard/dialog.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "format.js",
+        include_bytes!("dashboard/format.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "pages.js",
+        include_bytes!("dashboard/pages.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "fields.js",
+        include_bytes!("dashboard/fields.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "chart.js",
+        include_bytes!("dashboard/chart.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "signin.js",
+        include_bytes!("dashboard/signin.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "key-table.js",
+        include_bytes!("dashboard/key-table.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "key-form.js",
+        include_bytes!("dashboard/key-form.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "secret-dialog.js",
+        include_bytes!("dashboard/secret-dialog.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "key-actions.js",
+        include_bytes!("dashboard/key-actions.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "key-details.js",
+        include_bytes!("dashboard/key-details.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "audit-log.js",
+        include_bytes!("dashboard/audit-log.js"),
         "text/javascript; charset=utf-8",
     ),
 ];
