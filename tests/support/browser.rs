@@ -7,6 +7,7 @@
 //! `KEYGATE_UPDATE_SCREENSHOTS=1` also writes screenshots to `docs/screenshots/` (the README's).
 
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,10 @@ impl Browser {
         let port = free_port();
         let driver_bin =
             std::env::var("KEYGATE_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        // Its own process group (led by its PID), so that stopping it stops the browser it
+        // starts too, even when the test panicked before closing the session.
         let driver = Command::new(&driver_bin)
+            .process_group(0)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -175,17 +179,21 @@ impl Browser {
     }
 
     fn stop_driver(&mut self) {
+        // The group the driver leads: the driver, the browser and the browser's helpers.
+        let group = format!("-{}", self.driver.id());
         if let Ok(None) = self.driver.try_wait() {
-            // SIGTERM lets chromedriver end the browser it started; SIGKILL only if it lingers.
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.driver.id().to_string()])
-                .status();
+            // SIGTERM lets chromedriver end the browser it started; SIGKILL if it lingers.
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while matches!(self.driver.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.driver.kill();
         }
+        // Whatever of the group is left (a browser orphaned by a driver that died first).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.wait();
     }
 }
