@@ -90,6 +90,10 @@ pub struct Config {
     /// TLS termination on the proxy listener.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// TLS on the admin listener (admin API, dashboard, probes), for reaching it across a
+    /// network without a tunnel.
+    #[serde(default)]
+    pub admin_tls: Option<TlsFiles>,
     /// Key index backend.
     #[serde(default)]
     pub store: StoreConfig,

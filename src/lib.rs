@@ -203,7 +203,18 @@ impl App {
         let tls = match &self.config.tls {
             Some(files) => {
                 let (acceptor, certificate) = server::load_tls(files).map_err(StartError::Tls)?;
-                self.reloader.watch_certificate(certificate);
+                self.reloader
+                    .watch_certificate(reload::Listener::Proxy, certificate);
+                Some(acceptor)
+            }
+            None => None,
+        };
+        let admin_tls = match &self.config.admin_tls {
+            Some(files) => {
+                let (acceptor, certificate) =
+                    server::load_tls(files).map_err(|e| StartError::Tls(format!("admin_{e}")))?;
+                self.reloader
+                    .watch_certificate(reload::Listener::Admin, certificate);
                 Some(acceptor)
             }
             None => None,
@@ -259,7 +270,8 @@ impl App {
         );
         let admin = server::accept_loop(
             listeners.admin,
-            server::ListenerOptions::new(Listener::Admin, &self.config.limits, &self.metrics),
+            server::ListenerOptions::new(Listener::Admin, &self.config.limits, &self.metrics)
+                .with_tls(admin_tls),
             move |req, conn| {
                 let admin = admin_handler.clone();
                 async move { admin.handle(req, conn).await }

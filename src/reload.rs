@@ -4,7 +4,7 @@
 //! - **Refused whole**: a file that does not parse or validate changes nothing; every problem
 //!   comes back with its field path (`invalid_config`), and the running config stays. A TLS
 //!   certificate that cannot be read refuses the reload the same way.
-//! - **Restart-only fields** (listen addresses, `tls` switched on or off, the store, the pepper,
+//! - **Restart-only fields** (listen addresses, `tls` or `admin_tls` switched on or off, the store, the pepper,
 //!   the key format, the cache, usage recording, connection limits, `rate_limits.mode`,
 //!   `log.format`) keep their running values; the answer names those that differ.
 //! - **Everything else** is swapped: routes, upstreams, roles, the scope catalogue, limits and
@@ -28,6 +28,15 @@ use crate::config::{Config, ConfigError, Problem};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::server::Certificate;
+
+/// Which listener a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `listen.proxy` (`tls`).
+    Proxy,
+    /// `listen.admin` (`admin_tls`).
+    Admin,
+}
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +68,7 @@ pub struct Reloader {
     gateway: Arc<Gateway>,
     admin: Arc<ArcSwap<AdminConfig>>,
     certificate: OnceLock<Arc<Certificate>>,
+    admin_certificate: OnceLock<Arc<Certificate>>,
     metrics: Metrics,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
@@ -81,6 +91,7 @@ impl Reloader {
             hash: ArcSwap::from_pointee(text_hash),
             gateway,
             certificate: OnceLock::new(),
+            admin_certificate: OnceLock::new(),
             metrics,
             one_at_a_time: tokio::sync::Mutex::new(()),
         }
@@ -101,9 +112,13 @@ impl Reloader {
         self.hash.load_full()
     }
 
-    /// The proxy listener's certificate, re-read by every reload from now on.
-    pub fn watch_certificate(&self, certificate: Arc<Certificate>) {
-        let _ = self.certificate.set(certificate);
+    /// A listener's certificate, re-read by every reload from now on.
+    pub fn watch_certificate(&self, listener: Listener, certificate: Arc<Certificate>) {
+        let slot = match listener {
+            Listener::Proxy => &self.certificate,
+            Listener::Admin => &self.admin_certificate,
+        };
+        let _ = slot.set(certificate);
     }
 
     /// Re-reads the file and swaps in what it changes (see the module docs).
@@ -163,11 +178,23 @@ impl Reloader {
         }
         let old = self.running.load_full();
         let (new, restart_required) = keep_restart_only(&old, new);
-        // The certificate first: a reload that cannot read it changes nothing.
-        if let (Some(certificate), Some(files)) = (self.certificate.get(), &new.tls) {
-            certificate
-                .reload(files)
-                .map_err(|message| invalid(name.clone(), message))?;
+        // The certificates first: a reload that cannot read one changes nothing. Both are read
+        // before either is swapped.
+        let mut fresh = Vec::new();
+        for (slot, files, prefix) in [
+            (&self.certificate, &new.tls, ""),
+            (&self.admin_certificate, &new.admin_tls, "admin_"),
+        ] {
+            if let (Some(certificate), Some(files)) = (slot.get(), files) {
+                // The message names `tls.cert` or `tls.key`; the admin ones are `admin_tls.…`.
+                let read = certificate
+                    .read_files(files)
+                    .map_err(|message| invalid(name.clone(), format!("{prefix}{message}")))?;
+                fresh.push((certificate, read));
+            }
+        }
+        for (certificate, read) in fresh {
+            certificate.install(read);
         }
         if let Err(e) = crate::telemetry::set_level(&new.log.level) {
             // Validated already; a failure here is the subscriber's, and not worth the reload.
@@ -228,6 +255,10 @@ fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str
         new.tls = old.tls.clone();
         kept.push("tls");
     }
+    if old.admin_tls.is_some() != new.admin_tls.is_some() {
+        new.admin_tls = old.admin_tls.clone();
+        kept.push("admin_tls");
+    }
     (new, kept)
 }
 
@@ -265,7 +296,8 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         "shutdown",
         old.shutdown_timeout != new.shutdown_timeout || old.shutdown_delay != new.shutdown_delay,
     );
-    // The certificate is re-read whatever its paths: files are replaced in place.
+    // Certificates are re-read whatever their paths: files are replaced in place.
     note("tls", new.tls.is_some());
+    note("admin_tls", new.admin_tls.is_some());
     changed
 }

@@ -64,11 +64,14 @@ impl Certificate {
             .map_err(|e| format!("tls.cert and tls.key: {e}"))
     }
 
-    /// Re-reads the files; on any error the certificate in use stays.
-    pub fn reload(&self, files: &TlsFiles) -> Result<(), String> {
-        let fresh = Certificate::read(files, &self.provider)?;
+    /// Reads new files for this certificate, without installing them.
+    pub fn read_files(&self, files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, String> {
+        Certificate::read(files, &self.provider)
+    }
+
+    /// Serves `fresh` to every handshake from now on.
+    pub fn install(&self, fresh: rustls::sign::CertifiedKey) {
         self.current.store(Arc::new(fresh));
-        Ok(())
     }
 }
 

@@ -20,6 +20,8 @@ mod import;
 mod keys;
 #[path = "cli/offline.rs"]
 mod offline;
+#[path = "cli/tls.rs"]
+mod tls;
 #[path = "cli/workspaces.rs"]
 mod workspaces;
 

@@ -1,4 +1,5 @@
-//! The admin API client: one request at a time over plain HTTP, each bounded by `--timeout`, and
+//! The admin API client: one request at a time over HTTP or HTTPS (verified against the
+//! system's roots, or only `--ca`), each bounded by `--timeout`, and
 //! the mapping of every answer to a JSON value or a [`Failure`]. Owns the token; nothing it
 //! returns or prints contains it.
 
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -27,14 +29,21 @@ pub(super) struct AdminClient {
     /// `Bearer <token>`, marked sensitive.
     authorization: HeaderValue,
     timeout: Duration,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl AdminClient {
-    /// A client for `admin_url` (plain `http://`, optionally with a path prefix for a proxy that
-    /// mounts the API below one).
-    pub(super) fn new(admin_url: &str, token: &str, timeout: Duration) -> Result<Self, Failure> {
+    /// A client for `admin_url` (`http://` or `https://`, optionally with a path prefix for a
+    /// proxy that mounts the API below one). An `https://` server is verified against the
+    /// certificates of `ca` (a PEM file) if given, else the system's roots.
+    pub(super) fn new(
+        admin_url: &str,
+        token: &str,
+        timeout: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, Failure> {
         let base = base_url(admin_url)?;
+        let connector = connector(ca)?;
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 Failure::Usage(
@@ -47,7 +56,7 @@ impl AdminClient {
             base,
             authorization,
             timeout,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
 
@@ -223,16 +232,10 @@ fn base_url(admin_url: &str) -> Result<String, Failure> {
         .trim()
         .parse()
         .map_err(|_| bad("not a URL like http://127.0.0.1:9901"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not supported: this client speaks plain HTTP; reach the admin \
-                 listener on loopback or through a tunnel (ssh -L, kubectl port-forward)",
-            ));
-        }
-        _ => return Err(bad("must start with http://")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        _ => return Err(bad("must start with http:// or https://")),
+    };
     let authority = uri.authority().ok_or_else(|| bad("no host"))?;
     if authority.as_str().contains('@') {
         return Err(bad("credentials do not belong in the URL; use --token"));
@@ -241,9 +244,49 @@ fn base_url(admin_url: &str) -> Result<String, Failure> {
         return Err(bad("must not have a query string"));
     }
     Ok(format!(
-        "http://{authority}{}",
+        "{scheme}://{authority}{}",
         uri.path().trim_end_matches('/')
     ))
+}
+
+/// The connector: plain HTTP as is; HTTPS verified against `ca` (a PEM file of CA
+/// certificates) or, without one, the system's roots. There is no switch to skip verification.
+fn connector(ca: Option<&std::path::Path>) -> Result<HttpsConnector<HttpConnector>, Failure> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::Unexpected(format!("tls: {e}")))?;
+    let config = match ca {
+        Some(path) => {
+            let bad = |why: String| Failure::Usage(format!("--ca {}: {why}", path.display()));
+            let mut roots = rustls::RootCertStore::empty();
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in the file".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            // Unreadable entries of the system store are skipped, as browsers do.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build())
 }
 
 /// Percent-encodes a path segment or query value: everything but RFC 3986 unreserved characters.
@@ -277,7 +320,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_urls_are_plain_http_with_an_optional_prefix() {
+    fn admin_urls_are_http_or_https_with_an_optional_prefix() {
         assert_eq!(
             base_url("http://127.0.0.1:9901").unwrap(),
             "http://127.0.0.1:9901"
@@ -287,8 +330,11 @@ mod tests {
             "http://admin.internal/keygate"
         );
         assert_eq!(base_url("http://[::1]:9901/").unwrap(), "http://[::1]:9901");
+        assert_eq!(
+            base_url("https://admin.example.com/").unwrap(),
+            "https://admin.example.com"
+        );
         for bad in [
-            "https://admin.example.com",
             "127.0.0.1:9901",
             "ftp://x",
             "http://u:p@host",
@@ -306,6 +352,7 @@ mod tests {
             "http://127.0.0.1:1",
             "tok\nen-secret",
             Duration::from_secs(1),
+            None,
         )
         .err()
         .unwrap();
@@ -400,7 +447,8 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let c = AdminClient::new(&format!("http://{addr}"), "t", Duration::from_secs(5)).unwrap();
+        let c =
+            AdminClient::new(&format!("http://{addr}"), "t", Duration::from_secs(5), None).unwrap();
         let e = c.call(Method::GET, "/v1/x", None).await.unwrap_err();
         assert!(matches!(e, Failure::Unreachable(_)), "{e}");
         assert_eq!(e.exit_code(), 6);
@@ -411,8 +459,13 @@ mod tests {
             let (_conn, _) = silent.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let c =
-            AdminClient::new(&format!("http://{addr}"), "t", Duration::from_millis(100)).unwrap();
+        let c = AdminClient::new(
+            &format!("http://{addr}"),
+            "t",
+            Duration::from_millis(100),
+            None,
+        )
+        .unwrap();
         let e = c.call(Method::GET, "/v1/x", None).await.unwrap_err();
         assert!(matches!(e, Failure::Timeout(_)), "{e}");
         assert_eq!(

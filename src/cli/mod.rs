@@ -19,9 +19,9 @@
 //! - [`render`]: the table layout, the key table and the one-key view for people.
 //! - [`import`]: `keys import`, one key or many from a JSON-lines file.
 //!
-//! The client speaks plain HTTP only: the admin listener is plain HTTP on loopback by default, and
-//! remote use goes through a tunnel (`ssh -L`, `kubectl port-forward`) or a private network. An
-//! `https://` URL is refused with a usage error rather than silently downgraded.
+//! The client speaks HTTP to the admin listener's default (plain HTTP on loopback; remote use
+//! through a tunnel or a private network) and HTTPS to one with `admin_tls`, verifying the
+//! server against the system's roots or `--ca FILE`, with no switch to skip verification.
 //!
 //! # Exit codes
 //!
@@ -77,7 +77,8 @@ Exit codes:
   6  admin API unreachable, timed out, or answered 5xx or something unexpected
 
 Errors are printed to stderr as `error: <code>: <message>`. Times are UTC.
-The admin URL must be plain http:// (loopback, a tunnel, or a private network).";
+The admin URL is http:// (loopback, a tunnel, a private network) or https:// (admin_tls;
+the server is verified against the system's roots, or --ca FILE).";
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -108,7 +109,7 @@ pub(crate) enum AdminCommand {
 #[derive(Args)]
 #[command(next_help_heading = CONNECTION_HEADING)]
 struct Connection {
-    /// Base URL of the admin API (plain http).
+    /// Base URL of the admin API (http:// or https://).
     #[arg(
         long,
         global = true,
@@ -139,6 +140,10 @@ struct Connection {
         value_parser = parse_positive_duration
     )]
     timeout: Duration,
+    /// For an https:// admin URL: trust only the CA certificates in this PEM file (default:
+    /// the system's roots). The server is always verified.
+    #[arg(long, global = true, env = "KEYGATE_ADMIN_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Connection {
@@ -149,6 +154,7 @@ impl fmt::Debug for Connection {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("json", &self.json)
             .field("timeout", &self.timeout)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -165,7 +171,7 @@ impl Connection {
                     "an admin token is required: set KEYGATE_ADMIN_TOKEN or pass --token".into(),
                 )
             })?;
-        let client = AdminClient::new(&self.admin_url, token, self.timeout)?;
+        let client = AdminClient::new(&self.admin_url, token, self.timeout, self.ca.as_deref())?;
         Ok(Session::new(client, self.json))
     }
 }

@@ -46,7 +46,7 @@ pub(super) fn problems(value: &Value) -> Vec<Problem> {
         let at = name.to_owned();
         match name {
             "listen" => check::<Listen>(&at, v, &mut out),
-            "tls" => check::<Option<TlsFiles>>(&at, v, &mut out),
+            "tls" | "admin_tls" => check::<Option<TlsFiles>>(&at, v, &mut out),
             "store" => check::<StoreConfig>(&at, v, &mut out),
             "secrets" => check::<Secrets>(&at, v, &mut out),
             "keys" => check::<KeyFormat>(&at, v, &mut out),

@@ -98,7 +98,7 @@ async fn usage_errors_exit_2() {
         &["create", "--name", "n", "--rate-limit", "fast"],
         &["update", "key_x", "--role", "viewer", "--no-role"],
         &["list", "--limit", "1000"],
-        &["list", "--admin-url", "https://admin.example.com"],
+        &["list", "--admin-url", "ftp://admin.example.com"],
         &["create", "--name", "n", "--quota", "10000/weekly"],
         &["update", "key_x", "--quota", "1/none", "--no-quota"],
         &["logs", "key_x", "--limit", "101"],

@@ -6,8 +6,8 @@
 //! `KEYGATE_CHROMEDRIVER` and `KEYGATE_CHROMIUM` override the binaries' paths.
 //! `KEYGATE_UPDATE_SCREENSHOTS=1` also writes screenshots to `docs/screenshots/` (the README's).
 
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
