@@ -371,4 +371,12 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running.terminate().await;
+    // Text logs to a file, without terminal colour codes: the warning about the test's short
+    // pepper, at start and again for the reloaded file.
+    let log = std::fs::read_to_string(&running.log).unwrap();
+    assert_eq!(log.matches("problem=secrets.pepper").count(), 2, "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
 }

@@ -85,3 +85,50 @@ fn covers(earlier: &RouteMatch, later: &RouteMatch) -> bool {
     };
     host && methods && path
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(
+        host: Option<&str>,
+        prefix: Option<&str>,
+        path: Option<&str>,
+        methods: &[&str],
+    ) -> RouteMatch {
+        RouteMatch {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.map(str::to_owned),
+            path: path.map(str::to_owned),
+            methods: methods
+                .iter()
+                .map(|m| m.parse().expect("a method"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_complete_shadowing_is_reported() {
+        let any = route(None, None, None, &[]);
+        let api = route(None, Some("/api"), None, &[]);
+        let api_get = route(None, Some("/api"), None, &["GET"]);
+        let v2 = route(None, Some("/api/v2"), None, &["GET"]);
+        let exact = route(None, None, Some("/api/v2/x"), &[]);
+        let apix = route(None, Some("/apix"), None, &[]);
+        let hosted = route(Some("a.example"), Some("/api/v2"), None, &[]);
+        assert!(covers(&any, &api));
+        assert!(covers(&api, &v2) && covers(&api, &exact) && covers(&api, &hosted));
+        assert!(covers(&api_get, &v2), "GET ⊇ GET");
+        assert!(
+            !covers(&api_get, &exact),
+            "GET only does not cover every method"
+        );
+        assert!(!covers(&api, &apix), "prefixes end at a segment");
+        assert!(
+            !covers(&hosted, &v2),
+            "a host-bound route leaves other hosts"
+        );
+        assert!(!covers(&exact, &v2) && !covers(&v2, &api));
+        assert!(covers(&route(None, Some("/"), None, &[]), &api));
+    }
+}
