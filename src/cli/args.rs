@@ -256,3 +256,17 @@ mod tests {
         assert!(parse_key_value("=pro").is_err());
     }
 }
+
+/// Paging of a list command (`keys list`, `audit`).
+#[derive(Debug, clap::Args)]
+pub(super) struct Paging {
+    /// Entries per page (1–100; the API's default is 50).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(super) limit: Option<u32>,
+    /// Start at this page cursor (the `next_cursor` of an earlier page).
+    #[arg(long)]
+    pub(super) cursor: Option<String>,
+    /// Follow `next_cursor` to the last page.
+    #[arg(long)]
+    pub(super) all: bool,
+}

@@ -5,6 +5,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::args::Paging;
 use super::client;
 use super::render::{self, clip, compact, sanitize, table};
 use super::session::ListKind;
@@ -27,15 +28,8 @@ pub(crate) struct AuditArgs {
     /// which needs `api.key.view` on all workspaces.
     #[arg(short, long, env = "KEYGATE_WORKSPACE", value_name = "WS")]
     workspace: Option<String>,
-    /// Entries per page (1–100; the API's default is 50).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
-    limit: Option<u32>,
-    /// Start at this page cursor (the `next_cursor` of an earlier page).
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Follow `next_cursor` to the last page.
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    paging: Paging,
     // Last: its help heading would otherwise apply to the options after it.
     #[command(flatten)]
     connection: Connection,
@@ -47,7 +41,7 @@ pub(super) fn execute(args: &AuditArgs) -> Result<(), Failure> {
     block_on(async {
         let page = |cursor: Option<&str>| format!("/v1/audit{}", audit_query(args, cursor));
         let listing = session
-            .list(ENTRIES, page, args.cursor.clone(), args.all)
+            .list(ENTRIES, page, args.paging.cursor.clone(), args.paging.all)
             .await?;
         session.print_list(ENTRIES, &listing, entries_table)
     })
@@ -55,7 +49,7 @@ pub(super) fn execute(args: &AuditArgs) -> Result<(), Failure> {
 
 /// The query string of one page (empty when nothing is set).
 fn audit_query(a: &AuditArgs, cursor: Option<&str>) -> String {
-    let limit = a.limit.map(|l| l.to_string());
+    let limit = a.paging.limit.map(|l| l.to_string());
     client::query(&[
         (
             "workspace",
@@ -139,7 +133,7 @@ mod tests {
     #[test]
     fn queries_carry_the_workspace_limit_and_cursor_given() {
         let a = parse(&["-w", "acme", "--limit", "10", "--all"]).unwrap();
-        assert!(a.all);
+        assert!(a.paging.all);
         assert_eq!(
             audit_query(&a, Some("c/1")),
             "?workspace=acme&limit=10&cursor=c%2F1"

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use self::fields::{ClearFlags, KeyFields, key_fields_body, update_body};
-use super::args::parse_grace;
+use super::args::{Paging, parse_grace};
 use super::client;
 use super::import::{self, ImportArgs};
 use super::render::{self, KeyView};
@@ -116,15 +116,8 @@ struct ListArgs {
     /// Only keys of this owner.
     #[arg(long)]
     owner: Option<String>,
-    /// Keys per page (1–100; the API's default is 50).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
-    limit: Option<u32>,
-    /// Start at this page cursor (the `next_cursor` of an earlier page).
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Follow `next_cursor` to the last page.
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    paging: Paging,
 }
 
 /// `keys create`.
@@ -222,7 +215,7 @@ impl Keys {
         let page = |cursor: Option<&str>| format!("{}{}", self.keys_path(), list_query(a, cursor));
         let listing = self
             .session
-            .list(KEYS, page, a.cursor.clone(), a.all)
+            .list(KEYS, page, a.paging.cursor.clone(), a.paging.all)
             .await?;
         self.session.print_list(KEYS, &listing, |items| {
             Ok(render::list(&render::key_views(items)?))
@@ -315,7 +308,7 @@ impl Keys {
 
 /// The query string of one `list` page (empty when nothing is set).
 fn list_query(a: &ListArgs, cursor: Option<&str>) -> String {
-    let limit = a.limit.map(|l| l.to_string());
+    let limit = a.paging.limit.map(|l| l.to_string());
     client::query(&[
         ("status", a.status.as_deref()),
         ("owner", a.owner.as_deref()),
