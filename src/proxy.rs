@@ -157,7 +157,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn new(config: &Config, limits: Limits) -> Policy {
+    /// The policy of `config`; upstreams unchanged since `previous` keep their connection pools.
+    fn new(config: &Config, limits: Limits, previous: Option<&Policy>) -> Policy {
         let names: Vec<&String> = config.upstreams.keys().collect();
         Policy {
             router: Router::new(&config.routes, |name| {
@@ -169,7 +170,11 @@ impl Policy {
             upstreams: config
                 .upstreams
                 .iter()
-                .map(|(name, u)| Upstream::new(name, u))
+                .map(|(name, u)| {
+                    previous
+                        .and_then(|p| p.upstreams.iter().find(|old| old.name() == name))
+                        .map_or_else(|| Upstream::new(name, u), |old| old.keep_or_new(name, u))
+                })
                 .collect(),
             limits: Arc::new(limits),
             sources: CredentialSources::new(config),
@@ -229,7 +234,7 @@ impl Gateway {
         let workspaces = Arc::new(Directory::new());
         let limits = Limits::new(config, keys.store().clone(), workspaces.clone());
         Gateway {
-            policy: ArcSwap::from_pointee(Policy::new(config, limits)),
+            policy: ArcSwap::from_pointee(Policy::new(config, limits, None)),
             workspaces,
             draining: std::sync::atomic::AtomicBool::new(false),
             keys,
@@ -245,8 +250,10 @@ impl Gateway {
     /// fields are those this gateway runs with): requests that have started finish under the
     /// policy they loaded; buckets, quota counts and the key cache carry on.
     pub fn reconfigure(&self, config: &Config) {
-        let limits = self.policy.load().limits.reconfigured(config);
-        self.policy.store(Arc::new(Policy::new(config, limits)));
+        let previous = self.policy.load_full();
+        let limits = previous.limits.reconfigured(config);
+        self.policy
+            .store(Arc::new(Policy::new(config, limits, Some(&previous))));
     }
 
     /// The running policy.

@@ -380,3 +380,45 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
         "ANSI escapes in a log file: {log:?}"
     );
 }
+
+/// An upstream a reload leaves as it was keeps its pooled connections; one it changes starts a
+/// new pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_upstreams_keep_their_connections_across_a_reload() {
+    let gw = TestGateway::start_from_file(Backend::Embedded, "").await;
+    let (_, secret) = gw.create_key(&["sessions:read"]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            gw.get("/api/v1/sessions", Some(&secret)).await.status,
+            StatusCode::OK
+        );
+    }
+    let before = gw.upstream.connections.load(Ordering::SeqCst);
+    gw.rewrite_config(WITH_V2);
+    assert_eq!(reload(&gw).await.status, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(
+            gw.get("/api/v1/sessions", Some(&secret)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        gw.upstream.connections.load(Ordering::SeqCst),
+        before,
+        "a reload that leaves the upstream as it was reuses its connections"
+    );
+    let url = gw.upstream.url();
+    gw.rewrite_config(&format!(
+        "{WITH_V2}upstreams: {{ app: {{ url: \"{url}\", timeout: 20s }} }}\n"
+    ));
+    assert_eq!(reload(&gw).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get("/api/v1/sessions", Some(&secret)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gw.upstream.connections.load(Ordering::SeqCst),
+        before + 1,
+        "a changed upstream gets a new pool"
+    );
+}

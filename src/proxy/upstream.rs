@@ -49,8 +49,11 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 /// One configured upstream with its connection pool.
+#[derive(Clone)]
 pub struct Upstream {
     name: String,
+    /// Its config as written, to tell whether a reload changed it.
+    config: String,
     host: HeaderValue,
     base_path: String,
     timeout: Duration,
@@ -72,11 +75,22 @@ impl Upstream {
         );
         Upstream {
             name: name.to_owned(),
+            config: format!("{cfg:?}"),
             host: HeaderValue::from_str(authority.as_str())
                 .expect("an authority is a valid header value"),
             base_path: cfg.url.path().trim_end_matches('/').to_owned(),
             timeout: cfg.timeout,
             pool: Pool::new(address, cfg.connect_timeout, cfg.idle_timeout),
+        }
+    }
+
+    /// This upstream if `cfg` is what it was built from (its pool, and the connections in it,
+    /// carry over a reload), else a new one.
+    pub fn keep_or_new(&self, name: &str, cfg: &config::Upstream) -> Upstream {
+        if self.name == name && self.config == format!("{cfg:?}") {
+            self.clone()
+        } else {
+            Upstream::new(name, cfg)
         }
     }
 

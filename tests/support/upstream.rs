@@ -30,6 +30,8 @@ type UpBody = Either<
 /// A running upstream; stops when dropped.
 pub struct TestUpstream {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -39,11 +41,14 @@ impl TestUpstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream address");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service_fn(handle))
@@ -52,7 +57,11 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, task }
+        TestUpstream {
+            addr,
+            connections,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
