@@ -333,13 +333,22 @@ fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminErro
 }
 
 fn page_limit(limit: Option<&str>) -> Result<usize, AdminError> {
+    parse_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// A `limit` query parameter: `default` when absent, else 1–`max`.
+pub(super) fn parse_limit(
+    limit: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, AdminError> {
     match limit {
-        None => Ok(DEFAULT_LIMIT),
+        None => Ok(default),
         Some(l) => l
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| AdminError::field("limit", format!("limit must be 1–{MAX_LIMIT}"))),
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AdminError::field("limit", format!("limit must be 1–{max}"))),
     }
 }
 
@@ -629,9 +638,7 @@ async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
         // A deleted workspace's log stays readable: the name is checked, not that it exists.
         Some(ws) => {
             if !call.caller.may(VIEW, ws) && !call.caller.may(MANAGE, ws) {
-                return Err(AdminError::Forbidden(format!(
-                    "this caller lacks `{VIEW}` on workspace `{ws}`"
-                )));
+                return Err(AdminError::lacks(VIEW, ws));
             }
             if !crate::config::is_workspace_name(ws) {
                 return Err(AdminError::NotFound("workspace"));

@@ -107,6 +107,13 @@ impl AdminError {
         }
     }
 
+    /// `forbidden`: the caller lacks `permission` on workspace `ws`.
+    pub fn lacks(permission: &str, ws: &str) -> Self {
+        AdminError::Forbidden(format!(
+            "this caller lacks `{permission}` on workspace `{ws}`"
+        ))
+    }
+
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -78,9 +78,7 @@ pub async fn find(call: &Call<'_>, ws: &str) -> Result<Option<Found>, AdminError
 /// The workspace `ws`, after checking the caller holds `permission` there.
 pub async fn workspace(call: &Call<'_>, ws: &str, permission: &str) -> Result<Found, AdminError> {
     if !call.caller.may(permission, ws) {
-        return Err(AdminError::Forbidden(format!(
-            "this caller lacks `{permission}` on workspace `{ws}`"
-        )));
+        return Err(AdminError::lacks(permission, ws));
     }
     find(call, ws)
         .await?
@@ -120,14 +118,7 @@ async fn with_count(call: &Call<'_>, found: &Found) -> Result<serde_json::Value,
 
 /// `GET /v1/workspaces?limit=&cursor=`: the workspaces the caller may see, by name.
 pub async fn list(call: &Call<'_>, limit: Option<&str>, cursor: Option<&str>) -> Reply {
-    let limit = match limit {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| AdminError::field("limit", format!("limit must be 1–{MAX_LIMIT}")))?,
-    };
+    let limit = super::handlers::parse_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     if let Some(c) = cursor
         && !is_workspace_name(c)
     {
@@ -300,9 +291,7 @@ impl WorkspaceBody {
 /// `PUT /v1/workspaces/{ws}`: creates (201) or changes (200) a stored workspace.
 pub async fn put(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
     if !call.caller.may(MANAGE, ws) {
-        return Err(AdminError::Forbidden(format!(
-            "this caller lacks `{MANAGE}` on workspace `{ws}`"
-        )));
+        return Err(AdminError::lacks(MANAGE, ws));
     }
     if !is_workspace_name(ws) {
         return Err(AdminError::field("name", config::WORKSPACE_NAME_RULE));
@@ -399,9 +388,7 @@ fn settings_json(s: &Workspace) -> serde_json::Value {
 /// `DELETE /v1/workspaces/{ws}`: only a stored workspace without keys.
 pub async fn delete(call: &Call<'_>, ws: &str) -> Reply {
     if !call.caller.may(MANAGE, ws) {
-        return Err(AdminError::Forbidden(format!(
-            "this caller lacks `{MANAGE}` on workspace `{ws}`"
-        )));
+        return Err(AdminError::lacks(MANAGE, ws));
     }
     let directory = call.state.gateway.workspaces();
     if call.config.workspaces.contains_key(ws) {

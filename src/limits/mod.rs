@@ -143,6 +143,8 @@ pub struct Limits {
     failure_limit: Option<Gcra>,
     /// The config's workspaces and their defaults; they shadow stored ones of the same name.
     config_workspaces: HashMap<String, (Option<RateLimitSpec>, Option<QuotaSpec>)>,
+    /// Whether any of them has a default.
+    config_defaults: bool,
     state: Arc<LimitState>,
 }
 
@@ -216,13 +218,21 @@ impl Limits {
                 .iter()
                 .map(|(name, w)| (name.clone(), (w.rate_limit, w.quota)))
                 .collect(),
+            config_defaults: config
+                .workspaces
+                .values()
+                .any(|w| w.rate_limit.is_some() || w.quota.is_some()),
             state,
         }
     }
 
     /// The default rate limit and quota of a workspace's keys: the config's workspace if it
     /// has one of that name, else the stored one's.
+    /// On the request path: without defaults anywhere (the usual case) it hashes nothing.
     fn workspace_defaults(&self, ws: &str) -> (Option<RateLimitSpec>, Option<QuotaSpec>) {
+        if !self.config_defaults && !self.state.workspaces.any_defaults() {
+            return (None, None);
+        }
         if let Some(defaults) = self.config_workspaces.get(ws) {
             return *defaults;
         }

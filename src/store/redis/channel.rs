@@ -1,0 +1,146 @@
+//! The invalidation channel of the Redis store (see the module docs of [`super`]): publishing,
+//! subscribing, and the message format.
+
+use super::*;
+
+/// The invalidation channel (see the module docs).
+impl RedisStore {
+    /// Publishes one invalidation message for a keyed hash, bounded by `store.redis.timeout`.
+    pub async fn publish_invalidation(&self, hash: &SecretHash) -> Result<(), StoreError> {
+        // The reply counts the subscribers that got it; none is not an error (a lone instance
+        // not subscribed yet drops the key itself, and the others re-read everything when they
+        // subscribe). A message sent twice costs a second invalidation, so it is retried.
+        let _receivers: i64 = self
+            .retried(
+                redis::cmd("PUBLISH")
+                    .arg(&self.channel.name)
+                    .arg(hash.to_hex()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Tells the other instances that stored workspace `name` changed, bounded like
+    /// [`RedisStore::publish_invalidation`].
+    pub async fn publish_workspace_change(&self, name: &str) -> Result<(), StoreError> {
+        let _receivers: i64 = self
+            .retried(
+                redis::cmd("PUBLISH")
+                    .arg(&self.channel.name)
+                    .arg(format!("{WORKSPACE_MESSAGE}{name}")),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a dedicated connection subscribed to the invalidation channel. Connecting and
+    /// subscribing are bounded together by `store.redis.timeout`, but never by less than one
+    /// second (as the store's own connection attempts).
+    pub async fn subscribe_invalidations(&self) -> Result<InvalidationFeed, StoreError> {
+        let limit = self.timeout.max(MIN_CONNECT_TIMEOUT);
+        let subscribe = async {
+            let mut pubsub = self.channel.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel.name).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(limit, subscribe).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return Err(redis_err(&e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis did not accept a subscription within {} ms",
+                    limit.as_millis()
+                )));
+            }
+        };
+        let (sink, messages) = pubsub.split();
+        Ok(InvalidationFeed {
+            sink,
+            messages,
+            ping_timeout: limit,
+        })
+    }
+
+    /// Counters and state of the invalidation channel, shared by the publisher and the
+    /// subscriber of this store.
+    pub fn invalidation_stats(&self) -> &InvalidationStats {
+        &self.channel.stats
+    }
+}
+
+/// One message of the invalidation channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidationMessage {
+    /// Drop this keyed hash.
+    Key(SecretHash),
+    /// This stored workspace changed (created, changed or deleted): read it again.
+    Workspace(String),
+    /// Not a message this version can read (e.g. one of a newer format).
+    Unreadable,
+}
+
+impl InvalidationMessage {
+    /// Reads a message's payload (see the module docs for the format).
+    pub fn parse(payload: &[u8]) -> InvalidationMessage {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return InvalidationMessage::Unreadable;
+        };
+        if let Some(name) = text.strip_prefix(WORKSPACE_MESSAGE) {
+            return if crate::config::is_workspace_name(name) {
+                InvalidationMessage::Workspace(name.to_owned())
+            } else {
+                InvalidationMessage::Unreadable
+            };
+        }
+        // Only lowercase: `from_hex` takes either case, the format is one of them.
+        Some(text)
+            .filter(|text| !text.bytes().any(|b| b.is_ascii_uppercase()))
+            .and_then(SecretHash::from_hex)
+            .map_or(InvalidationMessage::Unreadable, InvalidationMessage::Key)
+    }
+}
+
+/// What a workspace's invalidation message starts with; its name follows.
+const WORKSPACE_MESSAGE: &str = "ws:";
+
+/// A connection subscribed to the invalidation channel, from
+/// [`RedisStore::subscribe_invalidations`]. Dropping it closes the connection.
+pub struct InvalidationFeed {
+    sink: PubSubSink,
+    messages: PubSubStream,
+    ping_timeout: Duration,
+}
+
+impl InvalidationFeed {
+    /// The next message, or `None` once the connection is gone (closed by the server, an I/O
+    /// error, Redis restarted). Cancel-safe: no message is lost if the call is dropped.
+    pub async fn next(&mut self) -> Option<InvalidationMessage> {
+        use futures_util::StreamExt as _;
+        let message = self.messages.next().await?;
+        Some(InvalidationMessage::parse(message.get_payload_bytes()))
+    }
+
+    /// A liveness check that runs until the connection stops answering: a `PING` every
+    /// `every`, each bounded like the subscription itself. A connection that dies without a
+    /// word (a network partition, a host gone) ends no stream, so without this the feed would
+    /// wait forever while messages are lost. Resolves to why the connection is deemed dead.
+    pub fn heartbeat(&self, every: Duration) -> impl Future<Output = StoreError> + Send + 'static {
+        let mut sink = self.sink.clone();
+        let timeout = self.ping_timeout;
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return redis_err(&e),
+                    Err(_) => {
+                        return StoreError::Unavailable(format!(
+                            "redis did not answer PING within {} ms",
+                            timeout.as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
