@@ -5,7 +5,8 @@
 use time::OffsetDateTime;
 
 use super::scripts::SCRIPTS;
-use super::{RedisStore, StoreError, unix_ms};
+use super::{RedisStore, StoreError};
+use crate::store::unix_ms;
 use crate::workspaces::WorkspaceRecord;
 
 impl RedisStore {
