@@ -22,7 +22,8 @@
 //! - [`admin`] — the admin listener: admin API, OpenAPI document, health and readiness, metrics.
 //! - [`usage`] — usage counts and request logs: recorded off the request path, written in
 //!   batches, drained on shutdown.
-//! - [`metrics`] — the Prometheus registry and its typed handles.
+//! - [`metrics`] — the Prometheus registry and its typed handles; [`histogram`] — the lock-free
+//!   latency histogram they (and the store's instruments) record into.
 //! - [`telemetry`] — logging.
 //!
 
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod histogram;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -25,24 +25,23 @@
 //! | `keygate_connections_timed_out_total` | counter | `listener`: closed without a request head within `limits.header_read_timeout` |
 
 use std::fmt::{self, Write as _};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::Reject;
+use crate::histogram::Histogram;
+use crate::store::Store;
 use crate::store::cache::KeyCache;
-use crate::store::{Store, StoreError};
+use crate::store::stats::{STORE_BUCKETS, StoreMetrics, StoreOp};
 
 /// `Content-Type` of the classic Prometheus text format (what `curl` and most tools get).
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -58,10 +57,6 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 /// Upstream time to response head.
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-/// One store round trip (or one redb transaction).
-const STORE_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
 /// Lowest and highest HTTP status codes `http::StatusCode` accepts.
@@ -260,7 +255,7 @@ impl Metrics {
             upstream.clone(),
         );
 
-        let store = StoreMetrics::register(&mut registry);
+        let store = register_store(&mut registry);
         let usage = UsageMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry);
         let cache = Arc::new(OnceLock::new());
@@ -438,98 +433,27 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Store calls made by the data plane and the usage flusher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreOp {
-    /// Key lookup by keyed hash (cache miss or refresh).
-    GetByHash,
-    /// Key lookup by SHA-256 (foreign-format secrets).
-    GetBySha256,
-    /// Re-hash of a SHA-256 import on first use.
-    UpgradeHash,
-    /// Usage counts written by the flusher.
-    AddUsage,
-    /// Request-log entries written by the flusher.
-    AppendRequestLogs,
-}
-
-impl StoreOp {
-    const ALL: [StoreOp; 5] = [
-        StoreOp::GetByHash,
-        StoreOp::GetBySha256,
-        StoreOp::UpgradeHash,
-        StoreOp::AddUsage,
-        StoreOp::AppendRequestLogs,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            StoreOp::GetByHash => "get_by_hash",
-            StoreOp::GetBySha256 => "get_by_sha256",
-            StoreOp::UpgradeHash => "upgrade_hash",
-            StoreOp::AddUsage => "add_usage",
-            StoreOp::AppendRequestLogs => "append_request_logs",
-        }
-    }
-}
-
-/// Latency and errors of store calls, by operation.
-#[derive(Clone, Debug)]
-pub struct StoreMetrics {
-    durations: [Histogram; StoreOp::ALL.len()],
-    errors: [Counter; StoreOp::ALL.len()],
-}
-
-impl StoreMetrics {
-    fn register(registry: &mut Registry) -> StoreMetrics {
-        let durations = Family::<OpLabels, Histogram, _>::new_with_constructor(|| {
-            Histogram::new(STORE_BUCKETS)
-        });
-        registry.register(
-            "keygate_store_duration_seconds",
-            "Store calls of the data plane and the usage flusher, by operation",
-            durations.clone(),
-        );
-        let errors = Family::<OpLabels, Counter>::default();
-        registry.register(
-            "keygate_store_errors",
-            "Store calls that failed (timeout, unreachable, refused), by operation",
-            errors.clone(),
-        );
-        let labels = |op: StoreOp| OpLabels { op: op.label() };
-        StoreMetrics {
-            durations: StoreOp::ALL.map(|op| durations.get_or_create_owned(&labels(op))),
-            errors: StoreOp::ALL.map(|op| errors.get_or_create_owned(&labels(op))),
-        }
-    }
-
-    /// Records one call that started at `started`.
-    pub fn observe<T>(&self, op: StoreOp, started: Instant, result: &Result<T, StoreError>) {
-        let i = op as usize;
-        self.durations[i].observe(started.elapsed());
-        if result.is_err() {
-            self.errors[i].inc();
-        }
-    }
-
-    /// Runs and records one store call.
-    pub async fn time<T>(
-        &self,
-        op: StoreOp,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = call.await;
-        self.observe(op, started, &result);
-        result
-    }
-}
-
-impl Default for StoreMetrics {
-    /// Handles that no registry exports (for a cache built without a gateway, as in tests).
-    fn default() -> Self {
-        StoreMetrics::register(&mut Registry::default())
-    }
+/// Registers the store's instruments ([`StoreMetrics`], owned by the store) as
+/// `keygate_store_duration_seconds` and `keygate_store_errors_total`, by `op`.
+fn register_store(registry: &mut Registry) -> StoreMetrics {
+    let durations =
+        Family::<OpLabels, Histogram, _>::new_with_constructor(|| Histogram::new(STORE_BUCKETS));
+    registry.register(
+        "keygate_store_duration_seconds",
+        "Store calls of the data plane and the usage flusher, by operation",
+        durations.clone(),
+    );
+    let errors = Family::<OpLabels, Counter>::default();
+    registry.register(
+        "keygate_store_errors",
+        "Store calls that failed (timeout, unreachable, refused), by operation",
+        errors.clone(),
+    );
+    let labels = |op: StoreOp| OpLabels { op: op.label() };
+    StoreMetrics::new(
+        StoreOp::ALL.map(|op| durations.get_or_create_owned(&labels(op))),
+        StoreOp::ALL.map(|op| errors.get_or_create_owned(&labels(op))),
+    )
 }
 
 /// Why a use was not counted.
@@ -688,79 +612,6 @@ impl Default for UsageMetrics {
     }
 }
 
-/// A latency histogram that records with two relaxed atomic adds and no lock (the crate's own
-/// `Histogram` takes a mutex per observation). Buckets are counted apart and summed at scrape;
-/// the sum is kept in nanoseconds.
-#[derive(Clone, Debug)]
-pub struct Histogram {
-    inner: Arc<HistogramInner>,
-}
-
-#[derive(Debug)]
-struct HistogramInner {
-    bounds: &'static [f64],
-    bounds_ns: Box<[u64]>,
-    /// One per bound, plus `+Inf`.
-    counts: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
-}
-
-impl Histogram {
-    /// A histogram with these upper bounds, in seconds, ascending.
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            inner: Arc::new(HistogramInner {
-                bounds,
-                bounds_ns: bounds.iter().map(|b| (b * 1e9) as u64).collect(),
-                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                sum_ns: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    /// Records one duration.
-    pub fn observe(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let h = &*self.inner;
-        let i = h.bounds_ns.partition_point(|&b| b < ns);
-        h.counts[i].fetch_add(1, Ordering::Relaxed);
-        h.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-impl TypedMetric for Histogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for Histogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
-        let h = &*self.inner;
-        let buckets: Vec<(f64, u64)> = h
-            .bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(h.counts.iter().map(|c| c.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
 /// Reads the cache's counters at scrape time.
 struct CacheCollector {
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
@@ -840,22 +691,6 @@ mod tests {
         for (i, reject) in all_refusals().iter().enumerate() {
             assert_eq!(refusal_index(reject), i, "{reject:?}");
         }
-    }
-
-    #[test]
-    fn histogram_buckets_are_inclusive_upper_bounds() {
-        let h = Histogram::new(&[0.001, 0.01]);
-        h.observe(Duration::from_millis(1));
-        h.observe(Duration::from_millis(5));
-        h.observe(Duration::from_secs(1));
-        let loads: Vec<u64> = h
-            .inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(loads, [1, 1, 1]);
-        assert_eq!(h.count(), 3);
     }
 
     #[test]

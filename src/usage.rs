@@ -42,7 +42,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::Config;
 use crate::keys::{KeyId, KeyRecord};
-use crate::metrics::{Metrics, StoreOp, UsageDrop, UsageMetrics};
+use crate::metrics::{Metrics, UsageDrop, UsageMetrics};
+use crate::store::stats::StoreOp;
 use crate::store::{KeyStore, RequestLogEntry, Store, StoreError, UsageDelta};
 
 /// Request-log entries the flusher buffers across all keys. Past it, a key's new entry replaces

@@ -29,10 +29,10 @@ use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
+use super::stats::{StoreMetrics, StoreOp};
 use super::{KeyStore, StoreError};
 use crate::config::CacheConfig;
 use crate::keys::{KeyRecord, SecretHash};
-use crate::metrics::{StoreMetrics, StoreOp};
 
 /// Generation shards. A bump forces a re-read of 1/SHARDS of the cached keys: cheap, since
 /// changes to keys are rare next to lookups, and bounded memory unlike a per-key map.

@@ -1,13 +1,15 @@
 //! The key index: the [`KeyStore`] interface, its two backends (`embedded` redb file, `redis`),
 //! and the hot cache in front of them. The request path only ever reaches a store through
 //! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step;
-//! [`breaker`] makes a Redis outage fail calls at once instead of after the timeout.
+//! [`breaker`] makes a Redis outage fail calls at once instead of after the timeout; [`stats`]
+//! holds the latency and error counts of store calls, which the Prometheus registry exports.
 
 pub mod breaker;
 pub mod cache;
 pub mod embedded;
 pub mod invalidation;
 pub mod redis;
+pub mod stats;
 
 use std::future::Future;
 use std::net::IpAddr;
