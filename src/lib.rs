@@ -143,8 +143,12 @@ impl App {
         );
         metrics.observe_cache(cache.clone());
         let (recorder, flusher) = usage::channel(&config, store.clone(), metrics.clone());
+        // Instances sharing the global rate limits. TODO(fleet): the fleet's heartbeat count;
+        // until it is wired, 1: while Redis is down each instance enforces the whole limit.
+        let live_instances = Arc::new(std::sync::atomic::AtomicUsize::new(1));
         let gateway = Arc::new(
-            Gateway::new(&config, cache.clone()).with_telemetry(recorder, metrics.clone()),
+            Gateway::new(&config, cache.clone(), live_instances)
+                .with_telemetry(recorder, metrics.clone()),
         );
         let keys = KeyManager::new(cache, gateway.format().clone(), gateway.hasher().clone());
         let config = Arc::new(config);

@@ -10,11 +10,12 @@
 //! | `keygate_requests_total` | counter | `decision` (`forwarded` or an error code), `status` |
 //! | `keygate_auth_failures_total` | counter | `reason` (an authentication or authorization error code) |
 //! | `keygate_rate_limited_total`, `keygate_quota_exceeded_total` | counter | |
+//! | `keygate_rate_limit_local_total` | counter | `rate_limits.mode: redis` checks decided on this instance's share because Redis did not answer |
 //! | `keygate_gateway_overhead_seconds` | histogram | time spent in the gateway, upstream excluded |
 //! | `keygate_upstream_duration_seconds` | histogram | upstream time to response head |
 //! | `keygate_cache_hits_total`, `…_misses_total`, `…_stale_served_total`, `keygate_cache_entries` | counter, gauge | |
 //! | `keygate_store_duration_seconds`, `keygate_store_errors_total` | histogram, counter | `op` |
-//! | `keygate_store_breaker_open` | gauge | 1 from a failed Redis call until a call finds Redis answering again (Redis backend only) |
+//! | `keygate_store_breaker_open` | gauge | 1 from the failure that opens the breaker (a row of them, or a failure rate) until a call finds Redis answering again (Redis backend only) |
 //! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
@@ -195,6 +196,7 @@ struct Inner {
     usage: UsageMetrics,
     connections: [ConnectionMetrics; 2],
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
+    rate_limit_local: Counter,
     reloads: Family<ResultLabels, Counter>,
     config: Family<HashLabels, Gauge>,
 }
@@ -226,6 +228,12 @@ impl Metrics {
             "keygate_quota_exceeded",
             "Requests refused with 429 quota_exceeded",
             quota_exceeded.clone(),
+        );
+        let rate_limit_local = Counter::default();
+        registry.register(
+            "keygate_rate_limit_local",
+            "rate_limits.mode: redis checks decided on this instance's share of the limit because Redis did not answer",
+            rate_limit_local.clone(),
         );
         let refusals = all_refusals().map(|reject| {
             let labels = RequestLabels {
@@ -292,6 +300,7 @@ impl Metrics {
                 usage,
                 connections,
                 cache,
+                rate_limit_local,
                 reloads,
                 config,
             }),
@@ -302,6 +311,11 @@ impl Metrics {
     /// added to a lookup). The first cache given is the one exported.
     pub fn observe_cache(&self, cache: Arc<KeyCache<Store>>) {
         let _ = self.inner.cache.set(cache);
+    }
+
+    /// `keygate_rate_limit_local_total`, which the limits count into.
+    pub fn rate_limit_local(&self) -> &Counter {
+        &self.inner.rate_limit_local
     }
 
     /// Counts a reload: `ok` or `invalid`.
@@ -813,7 +827,7 @@ impl Collector for CacheCollector {
             let open = ConstGauge::new(i64::from(breaker.is_open()));
             let metric = encoder.encode_descriptor(
                 "keygate_store_breaker_open",
-                "1 while Redis calls fail at once after a failure, 0 while they go to Redis",
+                "1 while Redis calls fail at once after failures, 0 while they go to Redis",
                 None,
                 open.metric_type(),
             )?;
