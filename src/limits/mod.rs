@@ -267,6 +267,12 @@ impl Limits {
         let _ = self.state.local_checks.set(counter);
     }
 
+    /// The number of instances sharing the global limits, as this instance sees it (the handle
+    /// the fleet's heartbeats keep up to date).
+    pub fn live_instances(&self) -> &Arc<AtomicUsize> {
+        &self.state.live_instances
+    }
+
     /// The quota counts (for tests and metrics).
     pub fn quotas(&self) -> &Quotas {
         &self.state.quotas
