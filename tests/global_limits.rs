@@ -117,15 +117,15 @@ async fn one_slow_reply_decides_one_check_here_and_the_next_goes_to_redis() {
     assert_eq!(local_checks(&gw).await, 1, "nothing else was decided here");
 }
 
-/// Sets the live-instance count each of `gateways` shares its limits by (what the fleet's
-/// heartbeats maintain).
-fn live(gateways: &[&TestGateway]) {
+/// Sets the live-instance count of each of `gateways` to `n` (what the fleet's heartbeats
+/// maintain).
+fn live(gateways: &[&TestGateway], n: usize) {
     for gw in gateways {
         gw.app
             .gateway()
             .limits()
             .live_instances()
-            .store(gateways.len(), Ordering::Relaxed);
+            .store(n, Ordering::Relaxed);
     }
 }
 
@@ -133,13 +133,16 @@ fn live(gateways: &[&TestGateway]) {
 async fn without_redis_two_instances_together_admit_the_global_limit_not_twice_it() {
     let mut one = TestGateway::start(Backend::Redis, QUIET).await;
     let two = one.another_instance(QUIET).await;
-    live(&[&one, &two]);
+    live(&[&one, &two], 2);
     let (_, secret) = limited_key(&one, 10).await;
     // Each instance caches the key (a request each, counted in Redis only).
     assert_eq!(passes(&one, &secret, 1).await, 1);
     assert_eq!(passes(&two, &secret, 1).await, 1);
 
     one.redis.as_mut().unwrap().stop();
+    // Cut off from Redis, an instance's fleet counts only itself; the others still serve, and
+    // the shares stay those of the last count Redis answered with.
+    live(&[&one, &two], 1);
     // Every check is decided locally, on half the bucket: 5 and 5, the global 10 in all.
     let admitted = [
         passes(&one, &secret, 15).await,

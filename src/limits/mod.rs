@@ -155,9 +155,13 @@ struct LimitState {
     clock: Arc<dyn Clock>,
     local: Buckets,
     global: Option<RedisLimiter>,
-    /// Instances enforcing the global limits (never read as less than 1): while Redis cannot
-    /// be reached, this one enforces its share.
+    /// Instances enforcing the global limits (never read as less than 1), as the fleet's
+    /// heartbeats see them now.
     live_instances: Arc<AtomicUsize>,
+    /// The same as of the last check Redis answered: what a check decided here shares by. The
+    /// fleet counts an instance that cannot reach Redis as alone, which is true of what it can
+    /// see but not of who else is serving; the count from before the outage is.
+    share_by: AtomicUsize,
     /// `keygate_rate_limit_local_total`, once the metrics are attached.
     local_checks: OnceLock<Counter>,
     failures: Buckets,
@@ -203,6 +207,7 @@ impl Limits {
             // capacity bounds the keys in use.
             local: Buckets::new(config.cache.capacity),
             global,
+            share_by: AtomicUsize::new(live_instances.load(Ordering::Relaxed)),
             live_instances,
             local_checks: OnceLock::new(),
             failures: Buckets::new(FAILURE_SUBJECTS_MAX),
@@ -371,14 +376,20 @@ impl Limits {
         let mut local = *gcra;
         if let Some(global) = &state.global {
             match global.check(&key.id, route, gcra, peek).await {
-                Ok(state) => return state,
+                Ok(rate) => {
+                    let live = state.live_instances.load(Ordering::Relaxed);
+                    if state.share_by.load(Ordering::Relaxed) != live {
+                        state.share_by.store(live, Ordering::Relaxed);
+                    }
+                    return rate;
+                }
                 Err(e) => {
                     // The breaker logs outages; a failure of its own is this check's alone.
                     tracing::debug!(error = %e, "rate limit decided on this instance");
                     if !peek && let Some(counter) = state.local_checks.get() {
                         counter.inc();
                     }
-                    local = gcra.share(state.live_instances.load(Ordering::Relaxed));
+                    local = gcra.share(state.share_by.load(Ordering::Relaxed));
                 }
             }
         }
