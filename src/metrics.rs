@@ -17,6 +17,7 @@
 //! | `keygate_store_duration_seconds`, `keygate_store_errors_total` | histogram, counter | `op` |
 //! | `keygate_store_breaker_open` | gauge | 1 from the failure that opens the breaker (a row of them, or a failure rate) until a call finds Redis answering again (Redis backend only) |
 //! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
+//! | `keygate_fleet_instances` | gauge | instances sharing the Redis store, this one included, as of the last heartbeat (1 while unknown) |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
 //! | `keygate_usage_pending_keys`, `keygate_usage_queue_depth` | gauge | |
@@ -840,6 +841,15 @@ impl Collector for CacheCollector {
                 opens.metric_type(),
             )?;
             opens.encode(metric)?;
+            let live = redis.fleet().live_count().load(Ordering::Relaxed);
+            let instances = ConstGauge::new(i64::try_from(live).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(
+                "keygate_fleet_instances",
+                "Gateway instances sharing the Redis store, this one included, as of its last heartbeat (1 while unknown)",
+                None,
+                instances.metric_type(),
+            )?;
+            instances.encode(metric)?;
         }
         Ok(())
     }

@@ -128,6 +128,7 @@ use time::format_description::BorrowedFormatItem;
 use time::{Date, OffsetDateTime};
 
 mod channel;
+mod fleet;
 mod scripts;
 mod workspaces;
 
@@ -256,6 +257,8 @@ struct Channel {
     /// no other commands).
     client: redis::Client,
     stats: InvalidationStats,
+    /// This instance among those sharing the store ([`super::fleet`]).
+    fleet: super::fleet::Fleet,
 }
 
 impl RedisStore {
@@ -294,6 +297,7 @@ impl RedisStore {
                 name: format!("{}{INVALIDATION_CHANNEL}", config.key_prefix),
                 client,
                 stats: InvalidationStats::default(),
+                fleet: super::fleet::Fleet::new(),
             }),
         })
     }
