@@ -7,8 +7,8 @@
 //! The instances run in this process (each its own listeners, cache, limiter and Redis
 //! connections), driven as hard as LOOPS_PER_INSTANCE sequential clients each can, over real
 //! HTTP on loopback; the store timeout is the default 50 ms. While Redis is paused every
-//! instance enforces its share of the limit (1/N, `limits::Gcra::share`); the live count is set
-//! here as the fleet's heartbeats would.
+//! instance enforces its share of the limit (1/N, `limits::Gcra::share`, N from the fleet's
+//! heartbeats).
 //!
 //! Run: `cargo bench --bench global_limit` (about 40 s; `-- 5` for 5 s runs, default 3 s;
 //! `--profile dev` spares a release build and measures the same thing).
@@ -17,6 +17,7 @@
     clippy::unwrap_used,
     reason = "a bench binary: a failure is a panic with a message"
 )]
+#![allow(clippy::print_stdout, reason = "the report is the bench's output")]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -67,12 +68,12 @@ async fn measure(instances: usize, pause: Option<Duration>, run: Duration) -> Ru
     for _ in 0..instances {
         gateways.push(TestGateway::start_on_redis(&redis, OVERLAY).await);
     }
+    // The instances count each other through their heartbeats.
     for gw in &gateways {
-        gw.app
-            .gateway()
-            .limits()
-            .live_instances()
-            .store(instances, Ordering::Relaxed);
+        let limits = gw.app.gateway().limits();
+        while limits.live_instances().load(Ordering::Relaxed) != instances {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let (_, secret) = gateways[0]
         .create(NewKey {

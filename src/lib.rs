@@ -143,9 +143,12 @@ impl App {
         );
         metrics.observe_cache(cache.clone());
         let (recorder, flusher) = usage::channel(&config, store.clone(), metrics.clone());
-        // Instances sharing the global rate limits. TODO(fleet): the fleet's heartbeat count;
-        // until it is wired, 1: while Redis is down each instance enforces the whole limit.
-        let live_instances = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        // Instances sharing the global rate limits, as the fleet's heartbeats count them (one
+        // node alone on the embedded store).
+        let live_instances = store.fleet().map_or_else(
+            || Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+            store::fleet::Fleet::live_count,
+        );
         let gateway = Arc::new(
             Gateway::new(&config, cache.clone(), live_instances)
                 .with_telemetry(recorder, metrics.clone()),
