@@ -17,6 +17,9 @@
 //! | `keygate_store_breaker_open` | gauge | 1 from a failed Redis call until a call finds Redis answering again (Redis backend only) |
 //! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
 //! | `keygate_fleet_instances` | gauge | instances sharing the Redis store, this one included, as of the last heartbeat (1 while unknown) |
+//! | `keygate_invalidation_unconfirmed_total` | counter | live instances that did not confirm a change to a key in time (one per instance per change) |
+//! | `keygate_invalidation_confirm_seconds` | histogram | how long a change to a key waited for the other instances' confirmations |
+//! | `keygate_cache_lease_lapses_total` | counter | times this instance stood still longer than the cache's lease and re-read every cached key |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
 //! | `keygate_usage_pending_keys`, `keygate_usage_queue_depth` | gauge | |
@@ -795,6 +798,11 @@ impl Collector for CacheCollector {
                 "Lookups answered with a record past cache.ttl because the store was unreachable",
                 &stats.stale_served,
             ),
+            (
+                "keygate_cache_lease_lapses",
+                "Times this instance found it had stood still longer than the cache's lease (SIGSTOP, a stalled runtime) and re-read every cached key",
+                &stats.lease_lapses,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
@@ -836,6 +844,22 @@ impl Collector for CacheCollector {
                 instances.metric_type(),
             )?;
             instances.encode(metric)?;
+            let fleet = redis.fleet().stats();
+            let unconfirmed = ConstCounter::new(fleet.unconfirmed.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(
+                "keygate_invalidation_unconfirmed",
+                "Live instances that did not confirm dropping a changed key within the confirmation wait (one per instance per change)",
+                None,
+                unconfirmed.metric_type(),
+            )?;
+            unconfirmed.encode(metric)?;
+            let metric = encoder.encode_descriptor(
+                "keygate_invalidation_confirm_seconds",
+                "Time a change to a key waited for the other live instances to confirm dropping it",
+                None,
+                MetricType::Histogram,
+            )?;
+            fleet.confirm_wait.encode(metric)?;
         }
         Ok(())
     }
