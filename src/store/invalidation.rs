@@ -7,8 +7,15 @@
 //! - **Publishing**, [`invalidate_everywhere`]: after the store write, the key is dropped from
 //!   this instance's cache (so its very next request sees the change), then one message per
 //!   keyed hash goes out, bounded by the store timeout. [`crate::control::KeyManager`] calls it
-//!   for every change it makes (create, update, revoke, delete; a rotation is a create and an
-//!   update), and the request path after upgrading a SHA-256 import's hash.
+//!   for a new key (to clear negative entries), and the request path after upgrading a SHA-256
+//!   import's hash. Changes to an existing key (update, revoke, delete; a rotation ends the old
+//!   key with an update) go through [`invalidate_confirmed`], which also waits until every live
+//!   instance has confirmed dropping the key, at most [`fleet::CONFIRM_TIMEOUT`], and reports
+//!   who did not ([`super::fleet`]).
+//! - **Confirming**: a message that asks for it is confirmed to its origin only after the hash
+//!   is dropped and its generation bumped, off the subscriber's loop (a spawned publish).
+//!   The loop also renews the cache's lease every [`fleet::PULSE_INTERVAL`], so a process that
+//!   stood still re-reads what it cached (see [`KeyCache`]).
 //! - **A missed message**: a publish that fails is logged and counted, never turned into an
 //!   error, since the change is stored already. An instance that never hears of it keeps serving
 //!   its cached record until the entry's `cache.ttl` runs out, then re-reads the store: `ttl` is
