@@ -2203,16 +2203,6 @@ async fn redis_store_starts_while_redis_is_down() {
 }
 
 #[tokio::test]
-async fn redis_cluster_config_is_refused_for_now() {
-    let config = RedisConfig {
-        cluster: vec!["redis://127.0.0.1:1/".into()],
-        ..RedisConfig::default()
-    };
-    let got = RedisStore::connect(&config).await;
-    assert!(matches!(got, Err(StoreError::Unavailable(_))));
-}
-
-#[tokio::test]
 async fn redis_key_layout_matches_the_documented_one() {
     let server = RedisServer::start();
     let config = RedisConfig {

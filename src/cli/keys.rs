@@ -299,10 +299,14 @@ impl Keys {
         self.print_key(&key)
     }
 
-    /// A key object: as JSON, or as a one-row table.
+    /// A key object: as JSON, or as a one-row table (and a warning when a change was not
+    /// confirmed by every gateway instance in time).
     fn print_key(&self, key: &Value) -> Result<(), Failure> {
-        self.session
-            .print(key, |key| Ok(render::list(&[KeyView::from_value(key)?])))
+        self.session.print(key, |key| {
+            let mut out = render::list(&[KeyView::from_value(key)?]);
+            out.push_str(&render::propagation(key));
+            Ok(out)
+        })
     }
 }
 

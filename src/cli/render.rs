@@ -208,7 +208,32 @@ pub(super) fn rotated(answer: &Value) -> Result<String, Failure> {
             when_utc(old.expires_at.as_deref(), "never")
         ));
     }
+    out.push_str(&propagation(answer));
     Ok(out)
+}
+
+/// What an answer's `propagation` says (revoke, update, rotate on a shared store): a line when
+/// some live instance did not confirm dropping the key in time, nothing otherwise.
+pub(super) fn propagation(answer: &Value) -> String {
+    let Some(p) = answer.get("propagation") else {
+        return String::new();
+    };
+    let count = |field: &str| p.get(field).and_then(Value::as_u64).unwrap_or(0);
+    let ids: Vec<String> = p
+        .get("unconfirmed")
+        .and_then(Value::as_array)
+        .map(|ids| ids.iter().filter_map(Value::as_str).map(sanitize).collect())
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Warning: {} of {} gateway instances confirmed in time; not yet: {} (each re-reads the key \
+         within seconds)\n",
+        count("confirmed"),
+        count("instances"),
+        ids.join(", ")
+    )
 }
 
 /// The one place a secret is printed.
@@ -416,6 +441,22 @@ key_3fJ9x0mQ2kLw8ZrT5vYb1c  Production server  kg_live_7Hq2…  sessions:read   
 key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sessions:read  active  2026-11-23 12:00  never                 0  2027-01-01 00:00
 ";
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn a_change_some_instance_did_not_confirm_is_a_warning_and_a_confirmed_one_is_quiet() {
+        let mut revoked = key("key_a", "a");
+        revoked["propagation"] = json!({"instances": 3, "confirmed": 3, "unconfirmed": []});
+        assert_eq!(propagation(&revoked), "");
+        assert_eq!(propagation(&key("key_a", "a")), "");
+        revoked["propagation"] =
+            json!({"instances": 3, "confirmed": 2, "unconfirmed": ["gw-c-41\u{1b}[2J"]});
+        let note = propagation(&revoked);
+        assert!(
+            note.starts_with("Warning: 2 of 3 gateway instances confirmed in time; not yet: gw-c-41"),
+            "{note}"
+        );
+        assert!(!note.contains('\u{1b}'), "{note:?}");
     }
 
     #[test]

@@ -480,6 +480,30 @@ impl TestGateway {
         self.send(req).await
     }
 
+    /// Times this gateway's cache lease ran out (the process stood still longer than the lease,
+    /// as a loaded test machine can make it): each makes the next use of every key a store read.
+    pub fn lease_lapses(&self) -> u64 {
+        self.app
+            .gateway()
+            .keys()
+            .stats()
+            .lease_lapses
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// On Redis, waits until this gateway is subscribed to invalidations and announced in the
+    /// fleet: from then on it trusts its cache (before, every lookup reads the store).
+    pub async fn wait_subscribed(&self) {
+        let Some(stats) = self.app.store().invalidation_stats() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !stats.is_subscribed() {
+            assert!(std::time::Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Store lookups made so far (cache misses).
     pub fn store_lookups(&self) -> u64 {
         self.app
