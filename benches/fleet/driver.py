@@ -175,8 +175,8 @@ DIAGNOSTICS = ("keygate_store_errors_total", "keygate_store_breaker_opens_total"
                "keygate_rate_limit_local_total")
 
 
-def counters(fleet):
-    """Each DIAGNOSTICS counter summed over labels and instances (absent ones are left out)."""
+def counters(fleet, names=DIAGNOSTICS):
+    """Each named counter summed over labels and instances (absent ones are left out)."""
     total = {}
     for i in fleet["instances"]:
         c = Conn(i["admin"])
@@ -185,7 +185,7 @@ def counters(fleet):
         for line in body.decode().splitlines():
             name, _, value = line.partition(" ")
             name = name.split("{")[0]
-            if name in DIAGNOSTICS:
+            if name in names:
                 total[name] = total.get(name, 0) + float(value.split()[0])
     return total
 
@@ -231,7 +231,8 @@ def revocation(fleet, token, rounds, load_conns):
     inst = fleet["instances"]
     admin = Admin(inst[0]["admin"], token)
     polls = [Conn(i["proxy"]) for i in inst]
-    load = []
+    load, served = [], counters(fleet, ("keygate_requests_total",))
+    started = now()
     if load_conns:
         load_secret, _ = admin.create("fleet-load")
         load = wrk_load(fleet, load_secret, load_conns)
@@ -285,13 +286,15 @@ def revocation(fleet, token, rounds, load_conns):
             sel.close()
     finally:
         stop(load)
+    after = counters(fleet, ("keygate_requests_total",))
+    out["load_rps"] = (after["keygate_requests_total"] - served["keygate_requests_total"]) / (now() - started)
     return out
 
 
 def revocation_summary(o):
     t = o["times"]
     s = {"n": len(t), "timeouts": o["timeouts"], "first_ok": o["first_ok"],
-         "served_after": o["served_after"], "unexpected": o["unexpected"],
+         "served_after": o["served_after"], "unexpected": o["unexpected"], "load_rps": o["load_rps"],
          "revoke_p50": ms(pct(o["revoke"], 50)), "revoke_p99": ms(pct(o["revoke"], 99))}
     if t:
         s.update(p50=ms(pct(t, 50)), p99=ms(pct(t, 99)), max=ms(max(t)))
@@ -494,6 +497,8 @@ def summary(results, fleets):
         row(f"revocation {phase}: first 401 after the response, p50/p99/max ms",
             lambda r, k=key: "-" if k not in r or "p50" not in r[k]
             else f"{r[k]['p50']:.2f} / {r[k]['p99']:.2f} / {r[k]['max']:.2f}")
+        row("  requests/s through the fleet during the rounds",
+            lambda r, k=key: "-" if k not in r else f"{r[k]['load_rps']:.0f}")
         row("  answers 200 after the response (first requests / all)",
             lambda r, k=key: "-" if k not in r else f"{r[k]['first_ok']} / {r[k]['served_after']}")
         row("  revoke call p50/p99 ms",
