@@ -8,7 +8,8 @@ prints each result as it comes and a summary table at the end (and writes --json
               every other instance from the moment the revoke response arrives until its first
               401; idle, then with wrk loading every instance with another key
   limit       one key with a global rate limit, flooded through 2 and N instances; admitted
-              against burst + rate × elapsed; once more with Redis frozen (SIGSTOP) for 1 s
+              against burst + rate × elapsed; again with Redis frozen (SIGSTOP) mid-run for
+              60 ms (one reply just over the store timeout) and for 1 s
   quota       one key with `quota: {limit: Q, refill: none}` used on every instance at once
               until refused: admitted must be exactly Q
   throughput  wrk against every instance at once (keys in rotation, cache hits), fleets in turn
@@ -323,7 +324,7 @@ def flood(ports, secret, conns_per_port, until, on_tick=None, stop_on=()):
     while active:
         if on_tick:
             on_tick()
-        for skey, _ in sel.select(timeout=0.01):
+        for skey, _ in sel.select(timeout=0.002):
             c = skey.data
             resp = c.receive()
             if resp is None:
@@ -349,11 +350,18 @@ def freeze(pids, sig):
         os.kill(pid, sig)
 
 
+def freeze_label(seconds):
+    if not seconds:
+        return "steady"
+    return f"Redis frozen {seconds * 1000:.0f} ms" if seconds < 1 else f"Redis frozen {seconds:g} s"
+
+
 def global_limit(fleet, token, n, rate, burst, duration, conns, frozen):
-    """Admitted requests of one key with a global limit, flooded through n instances."""
+    """Admitted requests of one key with a global limit, flooded through n instances; with
+    `frozen` > 0, Redis (every process of the store) is stopped that many seconds mid-run."""
     inst = fleet["instances"][:n]
     admin = Admin(inst[0]["admin"], token)
-    secret, _ = admin.create(f"fleet-limit-{n}-{int(frozen)}",
+    secret, _ = admin.create(f"fleet-limit-{n}-{frozen:g}",
                              rate_limit={"requests": rate, "period": "1s", "burst": burst})
     for i in inst:  # cached everywhere, then the bucket fills up again
         c = Conn(i["proxy"])
@@ -367,7 +375,7 @@ def global_limit(fleet, token, n, rate, burst, duration, conns, frozen):
     start = now()
     end = start + duration
     state = {"phase": 0}  # 0 before the freeze, 1 frozen, 2 thawed
-    freeze_at = start + duration / 2 - 0.5
+    freeze_at = start + (duration - frozen) / 2
 
     def tick():
         if not frozen or state["phase"] == 2:
@@ -376,7 +384,7 @@ def global_limit(fleet, token, n, rate, burst, duration, conns, frozen):
         if state["phase"] == 0 and t >= freeze_at:
             freeze(fleet["redis_pids"], signal.SIGSTOP)
             state["phase"] = 1
-        elif state["phase"] == 1 and t >= freeze_at + 1.0:
+        elif state["phase"] == 1 and t >= freeze_at + frozen:
             freeze(fleet["redis_pids"], signal.SIGCONT)
             state["phase"] = 2
 
@@ -506,7 +514,7 @@ def summary(results, fleets):
         row("  revoke responses confirmed by every instance", get(key, "confirmed"))
         row("  instances still serving the key 5 s later", get(key, "timeouts"))
     for lim in next((results[n].get("limits", []) for n in names if n in results), []):
-        label = f"global limit, {lim['n']} instances" + (", Redis frozen 1 s" if lim["frozen"] else ", steady")
+        label = f"global limit, {lim['n']} instances, {freeze_label(lim['frozen'])}"
         row(f"{label}: admitted / allowed",
             lambda r, l=lim: next((f"{x['ratio']:.3f} ({x['admitted']} / {x['allowed']:.0f})"
                                    + (f" {x['store'].get('store_errors', 0)} store errors" if x["store"].get("store_errors") else "")
@@ -534,6 +542,7 @@ def main():
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--burst", type=int, default=20)
     ap.add_argument("--limit-duration", type=float, default=10)
+    ap.add_argument("--freezes", default="0.06,1", help="seconds Redis is frozen in the extra limit runs")
     ap.add_argument("--flood-connections", type=int, default=4)
     ap.add_argument("--quota", type=int, default=2000)
     ap.add_argument("--tp-rounds", type=int, default=3)
@@ -556,11 +565,11 @@ def main():
                 results[name][f"revocation_{phase}"] = s
                 print("  " + json.dumps(s), flush=True)
         if "limit" in only:
-            cases = [(k, False) for k in sorted({min(2, n), n})] + [(n, True)]
+            cases = [(k, 0.0) for k in sorted({min(2, n), n})] + [(n, float(x)) for x in a.freezes.split(",") if x]
             results[name]["limits"] = []
             for k, frozen in cases:
                 print(f"== {name}: global limit {a.rate}/s burst {a.burst}, {k} instances, "
-                      f"{a.limit_duration:g} s" + (", Redis frozen 1 s mid-run" if frozen else ""), flush=True)
+                      f"{a.limit_duration:g} s, {freeze_label(frozen)}", flush=True)
                 lim = global_limit(f, token, k, a.rate, a.burst, a.limit_duration, a.flood_connections, frozen)
                 results[name]["limits"].append(lim)
                 print(f"  admitted {lim['admitted']} / allowed {lim['allowed']:.1f} = {lim['ratio']:.4f}; "
