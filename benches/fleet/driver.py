@@ -20,6 +20,7 @@ selector, so a measured time is the server's answer, not connection setup or a t
 
 import argparse
 import json
+import math
 import os
 import re
 import selectors
@@ -199,7 +200,7 @@ def delta(before, after):
 def pct(values, p):
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     v = sorted(values)
-    return v[max(0, min(len(v) - 1, int(round(p / 100 * len(v) + 0.5)) - 1))]
+    return v[max(0, math.ceil(p / 100 * len(v)) - 1)]
 
 
 def ms(seconds):
@@ -302,7 +303,8 @@ def revocation_summary(o):
     if o["confirmed"]:
         full = sum(1 for c, n in o["confirmed"] if c == n)
         s["confirmed"] = f"{full}/{len(o['confirmed'])} fully confirmed"
-        s["confirmed_min"] = min(f"{c}/{n}" for c, n in o["confirmed"])
+        c, n = min(o["confirmed"], key=lambda x: (x[0] or 0) / (x[1] or 1))
+        s["confirmed_least"] = f"{c}/{n}"
     return s
 
 
