@@ -24,8 +24,8 @@ use keygate::store::{
 };
 use support::redis::RedisServer;
 use support::stores::{
-    embedded_backend, embedded_store, hasher, ms, now_ms, record, redis_backend, redis_config,
-    redis_store,
+    embedded_backend, embedded_store, hasher, ms, now_ms, record, redis_backend,
+    redis_cluster_store, redis_config, redis_store,
 };
 use time::{Date, OffsetDateTime};
 

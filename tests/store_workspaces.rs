@@ -12,7 +12,7 @@ use keygate::config::Workspace;
 use keygate::keys::KeyStatus;
 use keygate::store::{Admission, KeyStore, Store, StoreError};
 use keygate::workspaces::WorkspaceRecord;
-use support::stores::{embedded_store, ms, now_ms, record, redis_store};
+use support::stores::{embedded_store, ms, now_ms, record, redis_cluster_store, redis_store};
 
 fn workspace(name: &str, api_access: bool, max_active_keys: u32) -> WorkspaceRecord {
     let now = now_ms();

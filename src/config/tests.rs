@@ -224,3 +224,29 @@ fn secrets_do_not_print() {
     assert!(!dump.contains("0123456789abcdef0123"));
     assert!(!dump.contains("tok-0123456789abcdef"));
 }
+
+#[test]
+fn a_redis_cluster_is_a_list_of_seed_urls_on_database_0() {
+    let with_store = |store: &str| format!("{MINIMAL}store: {store}\n");
+    let c = parse(&with_store(
+        "{ backend: redis, redis: { cluster: [redis://127.0.0.1:7000, redis://127.0.0.1:7001/0] } }",
+    ))
+    .unwrap();
+    assert_eq!(c.store.redis.cluster.len(), 2);
+    assert!(c.store.redis.url.is_none());
+    let err = parse(&with_store(
+        "{ backend: redis, redis: { cluster: [redis://127.0.0.1:7000, redis://127.0.0.1:7001/2] } }",
+    ))
+    .unwrap_err();
+    let problem = err
+        .problems
+        .iter()
+        .find(|p| p.path == "store.redis.cluster[1]")
+        .unwrap();
+    assert!(problem.message.contains("database 0"), "{problem}");
+    let err = parse(&with_store(
+        "{ backend: redis, redis: { url: redis://a:6379, cluster: [redis://b:7000] } }",
+    ))
+    .unwrap_err();
+    assert!(err.problems.iter().any(|p| p.path == "store.redis"));
+}

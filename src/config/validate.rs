@@ -67,6 +67,8 @@ impl Config {
                     };
                     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                         problem(field, "must be a redis:// or rediss:// URL".into());
+                    } else if r.url.is_none() && !matches!(url_database(url), "" | "0") {
+                        problem(field, "a Redis Cluster has only database 0".into());
                     }
                 }
                 if r.timeout.is_zero() {
@@ -407,4 +409,11 @@ pub fn check_scope(s: &str) -> Result<(), &'static str> {
         return Err("a scope has no spaces, commas or non-ASCII characters");
     }
     Ok(())
+}
+
+/// The database a `redis://host:port/N` URL selects (`N`), or `""` when it names none.
+fn url_database(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.split_once('/').map_or("", |(_, path)| path);
+    path.split(['?', '#']).next().unwrap_or("")
 }

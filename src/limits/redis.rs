@@ -29,12 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::gcra::{Gcra, RateState};
 use crate::keys::KeyId;
 use crate::store::breaker::Breaker;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisConn, RedisStore};
 
 /// After a failed call, Redis is tried again after this long; meanwhile checks go to the local
 /// limiter at once instead of each waiting for the timeout.
@@ -135,7 +134,7 @@ fn probe_nanos() -> u64 {
 
 /// The global limiter: GCRA buckets in Redis.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The store's: a Redis the store cannot reach fails the limiter's calls at once too.
     breaker: Arc<Breaker>,
     prefix: String,

@@ -76,9 +76,10 @@
 //!
 //! # Connection
 //!
-//! [`RedisStore::connect`] does not wait for Redis: the [`ConnectionManager`] connects on first
-//! use and starts a new connection at once when a call finds the connection lost, so the gateway
-//! starts while Redis is down and answers `store_unavailable` per request until it is back.
+//! [`RedisStore::connect`] does not wait for Redis: the [`ConnectionManager`] (or, on a
+//! cluster, the cluster client of [`conn`]) connects on first use and starts a new connection at
+//! once when a call finds the connection lost, so the gateway starts while Redis is down and
+//! answers `store_unavailable` per request until it is back.
 //! Every round trip is bounded by `store.redis.timeout`; a timeout or a connection error is
 //! [`StoreError::Unavailable`].
 //!
@@ -104,10 +105,12 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use time::{Date, OffsetDateTime};
 
 mod audit;
 mod channel;
+mod conn;
 mod index;
 mod keys;
 mod scripts;
@@ -116,6 +119,7 @@ mod usage;
 mod workspaces;
 
 pub use channel::{InvalidationFeed, InvalidationMessage};
+pub use conn::RedisConn;
 
 use index::IndexEntry;
 
@@ -151,9 +155,10 @@ struct WorkspaceKeys {
     meta: String,
 }
 
-/// The Redis-backed store. Cheap to share: the connection manager multiplexes one connection.
+/// The Redis-backed store. Cheap to share: the connection manager multiplexes one connection
+/// (on a cluster, one per node).
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Every round trip's; shared with the global rate limiter, which calls the same server.
     breaker: Arc<Breaker>,
     prefix: String,
@@ -169,37 +174,44 @@ struct Channel {
     /// `Pinvalidate`.
     name: String,
     /// For the subscriber, which needs a connection of its own (a subscribed connection takes
-    /// no other commands).
-    client: redis::Client,
+    /// no other commands): the server, or every seed node of a cluster, tried in turn.
+    nodes: Vec<redis::Client>,
+    /// Which of `nodes` the next subscription tries: each attempt moves on, so a subscription
+    /// lost with its node is made again on another one.
+    next_node: AtomicUsize,
     stats: InvalidationStats,
 }
 
 impl RedisStore {
     /// Prepares the store without waiting for Redis (see the module docs): only a bad URL fails
-    /// here. Redis Cluster (`store.redis.cluster`) is refused for now; the key layout is ready
-    /// for it.
+    /// here. `store.redis.cluster` makes it a cluster store, `store.redis.url` a standalone one.
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore, StoreError> {
-        if !config.cluster.is_empty() {
-            return Err(StoreError::Unavailable(
-                "redis cluster is not supported yet".into(),
-            ));
-        }
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| StoreError::Unavailable("store.redis.url is not set".into()))?;
-        // The URL may carry a password: it stays out of the message.
-        let client = redis::Client::open(url).map_err(|_| {
-            StoreError::Unavailable("store.redis.url is not a valid Redis URL".into())
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.max(MIN_CONNECT_TIMEOUT)))
-            // Each call is bounded by `timeout` here; a response timeout in the client would
-            // only add reconnects on a slow reply.
-            .set_response_timeout(None)
-            .set_number_of_retries(RECONNECT_RETRIES);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| redis_err(&e))?;
+        let connect_timeout = config.timeout.max(MIN_CONNECT_TIMEOUT);
+        let (conn, nodes) = if config.cluster.is_empty() {
+            let url = config
+                .url
+                .as_deref()
+                .ok_or_else(|| StoreError::Unavailable("store.redis.url is not set".into()))?;
+            // The URL may carry a password: it stays out of the message.
+            let client = redis::Client::open(url).map_err(|_| {
+                StoreError::Unavailable("store.redis.url is not a valid Redis URL".into())
+            })?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                // Each call is bounded by `timeout` here; a response timeout in the client
+                // would only add reconnects on a slow reply.
+                .set_response_timeout(None)
+                .set_number_of_retries(RECONNECT_RETRIES);
+            let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                .map_err(|e| redis_err(&e))?;
+            (RedisConn::Server(manager), vec![client])
+        } else {
+            RedisConn::cluster(&config.cluster, connect_timeout).map_err(|_| {
+                StoreError::Unavailable(
+                    "store.redis.cluster holds a URL that is not a valid Redis URL".into(),
+                )
+            })?
+        };
         Ok(RedisStore {
             conn,
             breaker: Arc::new(Breaker::new()),
@@ -208,10 +220,16 @@ impl RedisStore {
             audit_max: AUDIT_MAX_ENTRIES,
             channel: Box::new(Channel {
                 name: format!("{}{INVALIDATION_CHANNEL}", config.key_prefix),
-                client,
+                nodes,
+                next_node: AtomicUsize::new(0),
                 stats: InvalidationStats::default(),
             }),
         })
+    }
+
+    /// Whether this store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, RedisConn::Cluster(_))
     }
 
     /// Keeps at most `max` entries per audit log instead of [`AUDIT_MAX_ENTRIES`] (at least 1),
@@ -223,7 +241,7 @@ impl RedisStore {
 
     /// The multiplexed connection (a cheap clone), for the global rate limiter, which keeps its
     /// own keys on the same server (`limits::redis`).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -545,14 +563,14 @@ fn settle<T>(
 trait Resend: Sync {
     fn send<T: FromRedisValue + Send>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
     ) -> impl Future<Output = RedisResult<T>> + Send;
 }
 
 impl Resend for redis::Cmd {
     fn send<T: FromRedisValue + Send>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
     ) -> impl Future<Output = RedisResult<T>> + Send {
         self.query_async(conn)
     }
@@ -561,7 +579,7 @@ impl Resend for redis::Cmd {
 impl Resend for redis::Pipeline {
     fn send<T: FromRedisValue + Send>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
     ) -> impl Future<Output = RedisResult<T>> + Send {
         self.query_async(conn)
     }
@@ -570,7 +588,7 @@ impl Resend for redis::Pipeline {
 impl Resend for ScriptInvocation<'_> {
     fn send<T: FromRedisValue + Send>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
     ) -> impl Future<Output = RedisResult<T>> + Send {
         self.invoke_async(conn)
     }

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::cluster::RedisCluster;
 use super::redis::RedisServer;
 use super::upstream::TestUpstream;
 
@@ -27,6 +28,49 @@ use super::upstream::TestUpstream;
 pub enum Backend {
     Embedded,
     Redis,
+    /// A Redis Cluster of three masters ([`RedisCluster`]).
+    RedisCluster,
+}
+
+impl Backend {
+    /// Whether the store is Redis, standalone or cluster.
+    pub fn is_redis(self) -> bool {
+        self != Backend::Embedded
+    }
+}
+
+/// The Redis a gateway runs on, when it owns one: a standalone server or a cluster.
+enum OwnedRedis {
+    None,
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl OwnedRedis {
+    fn start(backend: Backend) -> OwnedRedis {
+        match backend {
+            Backend::Embedded => OwnedRedis::None,
+            Backend::Redis => OwnedRedis::Server(RedisServer::start()),
+            Backend::RedisCluster => OwnedRedis::Cluster(RedisCluster::start(3, 0)),
+        }
+    }
+
+    /// The `store:` overlay: this Redis, or an embedded store in `dir`.
+    fn store_config(&self, dir: &std::path::Path) -> String {
+        match self {
+            OwnedRedis::None => embedded_store(dir),
+            OwnedRedis::Server(server) => redis_store(&server.url()),
+            OwnedRedis::Cluster(cluster) => redis_cluster_store(&cluster.urls()),
+        }
+    }
+
+    fn split(self) -> (Option<RedisServer>, Option<RedisCluster>) {
+        match self {
+            OwnedRedis::None => (None, None),
+            OwnedRedis::Server(server) => (Some(server), None),
+            OwnedRedis::Cluster(cluster) => (None, Some(cluster)),
+        }
+    }
 }
 
 /// The base config; tests overlay YAML on it (mappings merge, everything else replaces).
@@ -113,6 +157,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     pub upstream: TestUpstream,
     pub redis: Option<RedisServer>,
+    /// The cluster of a gateway started on [`Backend::RedisCluster`].
+    pub cluster: Option<RedisCluster>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     /// The config file and the parts it was written from, for a gateway started from a file.
@@ -124,48 +170,40 @@ pub struct TestGateway {
 impl TestGateway {
     /// A gateway on `backend` with the base config plus `overlay` (YAML, may be empty).
     pub async fn start(backend: Backend, overlay: &str) -> TestGateway {
-        let redis = match backend {
-            Backend::Redis => Some(RedisServer::start()),
-            Backend::Embedded => None,
-        };
-        let url = redis.as_ref().map(RedisServer::url);
-        Self::start_on(url.as_deref(), redis, overlay).await
+        Self::start_on(OwnedRedis::start(backend), overlay).await
     }
 
     /// A gateway that owns this redis-server (e.g. one with persistence, which the test stops
     /// and restarts through `gw.redis`), with the base config plus `overlay`.
     pub async fn start_owning_redis(redis: RedisServer, overlay: &str) -> TestGateway {
-        let url = redis.url();
-        Self::start_on(Some(&url), Some(redis), overlay).await
+        Self::start_on(OwnedRedis::Server(redis), overlay).await
+    }
+
+    /// A gateway that owns this cluster (one started with replicas, say), with the base config
+    /// plus `overlay`.
+    pub async fn start_on_cluster(cluster: RedisCluster, overlay: &str) -> TestGateway {
+        Self::start_on(OwnedRedis::Cluster(cluster), overlay).await
     }
 
     /// Another instance of the same deployment: a second gateway (its own listeners, upstream
     /// and cache) on this gateway's redis-server, with the base config plus `overlay`.
     pub async fn another_instance(&self, overlay: &str) -> TestGateway {
-        let url = self
-            .redis
-            .as_ref()
-            .expect("another instance shares this gateway's redis-server")
-            .url();
-        Self::start_on(Some(&url), None, overlay).await
-    }
-
-    /// A gateway on the Redis at `redis_url` (owning `redis` if given), or on a fresh embedded
-    /// store without one.
-    async fn start_on(
-        redis_url: Option<&str>,
-        redis: Option<RedisServer>,
-        overlay: &str,
-    ) -> TestGateway {
+        let store = match (&self.redis, &self.cluster) {
+            (Some(server), _) => redis_store(&server.url()),
+            (None, Some(cluster)) => redis_cluster_store(&cluster.urls()),
+            (None, None) => panic!("another instance shares this gateway's redis"),
+        };
         let upstream = TestUpstream::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = match redis_url {
-            Some(url) => redis_store(url),
-            None => format!(
-                "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
-                dir.path().join("keygate.redb").display()
-            ),
-        };
+        let config = config_from(&[BASE_CONFIG, &store, &upstream_config(&upstream), overlay]);
+        Self::start_with(config, upstream, OwnedRedis::None, dir).await
+    }
+
+    /// A gateway owning `redis` (and on it), or on a fresh embedded store without one.
+    async fn start_on(redis: OwnedRedis, overlay: &str) -> TestGateway {
+        let upstream = TestUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = redis.store_config(dir.path());
         let config = config_from(&[BASE_CONFIG, &store, &upstream_config(&upstream), overlay]);
         Self::start_with(config, upstream, redis, dir).await
     }
@@ -182,13 +220,13 @@ impl TestGateway {
             &upstream_config(&upstream),
             overlay,
         ]);
-        Self::start_with(config, upstream, None, dir).await
+        Self::start_with(config, upstream, OwnedRedis::None, dir).await
     }
 
     async fn start_with(
         config: Config,
         upstream: TestUpstream,
-        redis: Option<RedisServer>,
+        redis: OwnedRedis,
         dir: tempfile::TempDir,
     ) -> TestGateway {
         Self::start_serving(config, None, upstream, redis, dir).await
@@ -198,19 +236,10 @@ impl TestGateway {
     /// binary starts: SIGHUP-style reloads ([`TestGateway::rewrite_config`], then
     /// `app.reloader().reload()` or `POST /v1/reload`) re-read it.
     pub async fn start_from_file(backend: Backend, overlay: &str) -> TestGateway {
-        let redis = match backend {
-            Backend::Redis => Some(RedisServer::start()),
-            Backend::Embedded => None,
-        };
+        let redis = OwnedRedis::start(backend);
         let upstream = TestUpstream::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = match &redis {
-            Some(r) => redis_store(&r.url()),
-            None => format!(
-                "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
-                dir.path().join("keygate.redb").display()
-            ),
-        };
+        let store = redis.store_config(dir.path());
         let fixed = vec![BASE_CONFIG.to_owned(), store, upstream_config(&upstream)];
         let path = dir.path().join("keygate.yaml");
         let mut parts: Vec<&str> = fixed.iter().map(String::as_str).collect();
@@ -238,9 +267,10 @@ impl TestGateway {
         config: Config,
         file: Option<(std::path::PathBuf, Vec<String>)>,
         upstream: TestUpstream,
-        redis: Option<RedisServer>,
+        redis: OwnedRedis,
         dir: tempfile::TempDir,
     ) -> TestGateway {
+        let (redis, cluster) = redis.split();
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (proxy_addr, admin_addr) = (
@@ -269,6 +299,7 @@ impl TestGateway {
             admin: admin_addr,
             upstream,
             redis,
+            cluster,
             shutdown: Some(tx),
             task: Some(task),
             file,
@@ -283,7 +314,11 @@ impl TestGateway {
         self.shutdown().await.expect("graceful stop");
         let config = self.config.clone();
         let upstream = std::mem::replace(&mut self.upstream, TestUpstream::start().await);
-        let redis = self.redis.take();
+        let redis = match (self.redis.take(), self.cluster.take()) {
+            (Some(server), _) => OwnedRedis::Server(server),
+            (None, Some(cluster)) => OwnedRedis::Cluster(cluster),
+            (None, None) => OwnedRedis::None,
+        };
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
         let file = self.file.take();
         drop(self);
@@ -470,6 +505,23 @@ impl Drop for TestGateway {
 /// The `store:` overlay for a harness redis-server.
 fn redis_store(url: &str) -> String {
     format!("store: {{ backend: redis, redis: {{ url: \"{url}\", timeout: 200ms }} }}")
+}
+
+/// The `store:` overlay of a Redis Cluster with these seed nodes.
+fn redis_cluster_store(urls: &[String]) -> String {
+    let seeds: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "store: {{ backend: redis, redis: {{ cluster: [{}], timeout: 200ms }} }}",
+        seeds.join(", ")
+    )
+}
+
+/// The `store:` overlay of an embedded store in `dir`.
+fn embedded_store(dir: &std::path::Path) -> String {
+    format!(
+        "store: {{ backend: embedded, embedded: {{ path: \"{}\" }} }}",
+        dir.join("keygate.redb").display()
+    )
 }
 
 /// The `upstreams:` overlay naming the test upstream `app`.

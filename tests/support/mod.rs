@@ -8,7 +8,7 @@
 )]
 
 /// Runs each scenario `async fn name(backend: Backend)` once per store backend, as
-/// `embedded::name` and `redis::name`.
+/// `embedded::name`, `redis::name` and `cluster::name` (a three-master Redis Cluster).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -19,11 +19,16 @@ macro_rules! on_both_backends {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::Backend::Redis).await })*
         }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::RedisCluster).await })*
+        }
     };
 }
 
-/// Runs each scenario once per backend, `embedded::<name>` and `redis::<name>`, on a fresh
-/// store from [`stores`] (the scenario's file imports `embedded_store` and `redis_store`).
+/// Runs each scenario once per backend, `embedded::<name>`, `redis::<name>` and
+/// `cluster::<name>`, on a fresh store from [`stores`] (the scenario's file imports
+/// `embedded_store`, `redis_store` and `redis_cluster_store`).
 /// Scenarios of the first list borrow the store; those after `owning:` take it (to put it
 /// behind a `KeyManager`, or to race tasks) and run on a multi-threaded runtime.
 macro_rules! on_both_stores {
@@ -52,10 +57,23 @@ macro_rules! on_both_stores {
                 super::$owning(store).await;
             })*
         }
+        mod cluster {
+            $(#[tokio::test]
+            async fn $scenario() {
+                let (store, _cluster) = super::redis_cluster_store().await;
+                super::$scenario(&store).await;
+            })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $owning() {
+                let (store, _cluster) = super::redis_cluster_store().await;
+                super::$owning(store).await;
+            })*
+        }
     };
 }
 
 pub mod browser;
+pub mod cluster;
 pub mod gateway;
 pub mod process;
 pub mod redis;

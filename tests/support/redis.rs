@@ -21,6 +21,8 @@ pub(crate) struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     persistent: bool,
+    /// More `redis-server` arguments (a cluster node's), given on every start.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -37,15 +39,26 @@ impl RedisServer {
     }
 
     fn start_with(persistent: bool) -> RedisServer {
+        Self::start_configured(persistent, |_| Vec::new())
+    }
+
+    /// Starts a server on a free port with more arguments, made from that port (a cluster
+    /// node's bus port, say), and waits until it answers `PING`.
+    pub(crate) fn start_configured(
+        persistent: bool,
+        extra: impl Fn(u16) -> Vec<String>,
+    ) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let mut server = RedisServer {
             port: 0,
             dir,
             child: None,
             persistent,
+            extra: Vec::new(),
         };
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
+            server.extra = extra(server.port);
             // Another process may take the port between our probe and redis-server's bind:
             // then the server exits and we try another port.
             if server.spawn_and_wait().is_ok() {
@@ -103,6 +116,11 @@ impl RedisServer {
         );
     }
 
+    /// Whether the process is running (started and not stopped).
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Freezes the server (SIGSTOP to the process this harness started): connections stay open
     /// and new ones are accepted by the kernel, but nothing is answered, as when a host or the
     /// network between goes silent. [`RedisServer::thaw`] lets it go on.
@@ -151,6 +169,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", "redis.log"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -179,7 +198,8 @@ impl RedisServer {
         }
     }
 
-    fn log(&self) -> String {
+    /// The server's log file, for failure messages.
+    pub(crate) fn log(&self) -> String {
         let path: PathBuf = self.dir.path().join("redis.log");
         std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log: {e})"))
     }
@@ -191,7 +211,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

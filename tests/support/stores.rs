@@ -10,6 +10,7 @@ use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use time::OffsetDateTime;
 
+use super::cluster::RedisCluster;
 use super::redis::RedisServer;
 
 /// Now, in whole milliseconds: stores keep `last_used_at` and list positions at ms precision.
@@ -87,6 +88,19 @@ pub fn redis_config(server: &RedisServer, timeout: Duration) -> RedisConfig {
 pub async fn redis_store() -> (Store, RedisServer) {
     let (store, server) = redis_backend().await;
     (Store::Redis(store), server)
+}
+
+/// A store on a fresh three-master Redis Cluster.
+pub async fn redis_cluster_store() -> (Store, RedisCluster) {
+    let cluster = RedisCluster::start(3, 0);
+    let config = RedisConfig {
+        cluster: cluster.urls(),
+        // Generous, as for the standalone server.
+        timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let store = RedisStore::connect(&config).await.expect("connect");
+    (Store::Redis(store), cluster)
 }
 
 pub async fn redis_backend() -> (RedisStore, RedisServer) {

@@ -39,7 +39,9 @@ impl RedisStore {
     pub async fn subscribe_invalidations(&self) -> Result<InvalidationFeed, StoreError> {
         let limit = self.timeout.max(MIN_CONNECT_TIMEOUT);
         let subscribe = async {
-            let mut pubsub = self.channel.client.get_async_pubsub().await?;
+            let nodes = &self.channel.nodes;
+            let node = self.channel.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
+            let mut pubsub = nodes[node].get_async_pubsub().await?;
             pubsub.subscribe(&self.channel.name).await?;
             Ok::<_, RedisError>(pubsub)
         };
