@@ -145,8 +145,15 @@ impl App {
         );
         metrics.observe_cache(cache.clone());
         let (recorder, flusher) = usage::channel(&config, store.clone(), metrics.clone());
+        // Instances sharing the global rate limits, as the fleet's heartbeats count them (one
+        // node alone on the embedded store).
+        let live_instances = store.fleet().map_or_else(
+            || Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+            store::fleet::Fleet::live_count,
+        );
         let gateway = Arc::new(
-            Gateway::new(&config, cache.clone()).with_telemetry(recorder, metrics.clone()),
+            Gateway::new(&config, cache.clone(), live_instances)
+                .with_telemetry(recorder, metrics.clone()),
         );
         let keys = KeyManager::new(cache, gateway.format().clone(), gateway.hasher().clone());
         let config = Arc::new(config);

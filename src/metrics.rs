@@ -10,12 +10,14 @@
 //! | `keygate_requests_total` | counter | `decision` (`forwarded` or an error code), `status` |
 //! | `keygate_auth_failures_total` | counter | `reason` (an authentication or authorization error code) |
 //! | `keygate_rate_limited_total`, `keygate_quota_exceeded_total` | counter | |
+//! | `keygate_rate_limit_local_total` | counter | `rate_limits.mode: redis` checks decided on this instance's share because Redis did not answer |
 //! | `keygate_gateway_overhead_seconds` | histogram | time spent in the gateway, upstream excluded |
 //! | `keygate_upstream_duration_seconds` | histogram | upstream time to response head |
 //! | `keygate_cache_hits_total`, `…_misses_total`, `…_stale_served_total`, `keygate_cache_entries` | counter, gauge | |
 //! | `keygate_store_duration_seconds`, `keygate_store_errors_total` | histogram, counter | `op` |
-//! | `keygate_store_breaker_open` | gauge | 1 from a failed Redis call until a call finds Redis answering again (Redis backend only) |
+//! | `keygate_store_breaker_open` | gauge | 1 from the failure that opens the breaker (a row of them, or a failure rate) until a call finds Redis answering again (Redis backend only) |
 //! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
+//! | `keygate_fleet_instances` | gauge | instances sharing the Redis store, this one included, as of the last heartbeat (1 while unknown) |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
 //! | `keygate_usage_pending_keys`, `keygate_usage_queue_depth` | gauge | |
@@ -190,6 +192,7 @@ struct Inner {
     usage: UsageMetrics,
     connections: [ConnectionMetrics; 2],
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
+    rate_limit_local: Counter,
     reloads: Family<ResultLabels, Counter>,
     config: Family<HashLabels, Gauge>,
 }
@@ -221,6 +224,12 @@ impl Metrics {
             "keygate_quota_exceeded",
             "Requests refused with 429 quota_exceeded",
             quota_exceeded.clone(),
+        );
+        let rate_limit_local = Counter::default();
+        registry.register(
+            "keygate_rate_limit_local",
+            "rate_limits.mode: redis checks decided on this instance's share of the limit because Redis did not answer",
+            rate_limit_local.clone(),
         );
         let refusals = all_refusals().map(|reject| {
             let labels = RequestLabels {
@@ -287,6 +296,7 @@ impl Metrics {
                 usage,
                 connections,
                 cache,
+                rate_limit_local,
                 reloads,
                 config,
             }),
@@ -297,6 +307,11 @@ impl Metrics {
     /// added to a lookup). The first cache given is the one exported.
     pub fn observe_cache(&self, cache: Arc<KeyCache<Store>>) {
         let _ = self.inner.cache.set(cache);
+    }
+
+    /// `keygate_rate_limit_local_total`, which the limits count into.
+    pub fn rate_limit_local(&self) -> &Counter {
+        &self.inner.rate_limit_local
     }
 
     /// Counts a reload: `ok` or `invalid`.
@@ -664,7 +679,7 @@ impl Collector for CacheCollector {
             let open = ConstGauge::new(i64::from(breaker.is_open()));
             let metric = encoder.encode_descriptor(
                 "keygate_store_breaker_open",
-                "1 while Redis calls fail at once after a failure, 0 while they go to Redis",
+                "1 while Redis calls fail at once after failures, 0 while they go to Redis",
                 None,
                 open.metric_type(),
             )?;
@@ -677,6 +692,15 @@ impl Collector for CacheCollector {
                 opens.metric_type(),
             )?;
             opens.encode(metric)?;
+            let live = redis.fleet().live_count().load(Ordering::Relaxed);
+            let instances = ConstGauge::new(i64::try_from(live).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(
+                "keygate_fleet_instances",
+                "Gateway instances sharing the Redis store, this one included, as of its last heartbeat (1 while unknown)",
+                None,
+                instances.metric_type(),
+            )?;
+            instances.encode(metric)?;
         }
         Ok(())
     }

@@ -230,10 +230,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the data plane for a validated config over a key cache.
-    pub fn new(config: &Config, keys: Arc<KeyCache<Store>>) -> Self {
+    /// Builds the data plane for a validated config over a key cache; `live_instances` counts
+    /// the instances sharing `rate_limits.mode: redis` limits (each enforces its share while
+    /// Redis cannot be reached; see [`crate::limits`]).
+    pub fn new(
+        config: &Config,
+        keys: Arc<KeyCache<Store>>,
+        live_instances: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
         let workspaces = Arc::new(Directory::new());
-        let limits = Limits::new(config, keys.store().clone(), workspaces.clone());
+        let limits = Limits::new(
+            config,
+            keys.store().clone(),
+            workspaces.clone(),
+            live_instances,
+        );
         Gateway {
             policy: ArcSwap::from_pointee(Policy::new(config, limits, None)),
             workspaces,
@@ -265,6 +276,10 @@ impl Gateway {
     /// Records usage through `usage` and counts requests in `metrics` (without this, usage is not
     /// recorded and the metrics are not exported).
     pub fn with_telemetry(mut self, usage: Recorder, metrics: Metrics) -> Self {
+        self.policy
+            .load()
+            .limits
+            .count_local_checks(metrics.rate_limit_local().clone());
         self.usage = usage;
         self.metrics = metrics;
         self

@@ -583,10 +583,15 @@ impl Admin {
             );
         }
         match self.state.store.ping().await {
-            Ok(()) => json_response(
-                StatusCode::OK,
-                &serde_json::json!({"status": "ready", "store": "ok", "config": *config}),
-            ),
+            Ok(()) => {
+                let mut body =
+                    serde_json::json!({"status": "ready", "store": "ok", "config": *config});
+                if let Some(fleet) = self.state.store.fleet() {
+                    // Which instance answered, as revocations name the ones that did not confirm.
+                    body["instance"] = fleet.id().into();
+                }
+                json_response(StatusCode::OK, &body)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "readiness: store unreachable");
                 json_response(

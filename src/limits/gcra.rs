@@ -108,6 +108,27 @@ impl Gcra {
         self.limit
     }
 
+    /// This instance's share of a limit that `instances` enforce together, each on its own
+    /// (`rate_limits.mode: redis` while Redis is unreachable): `T × n`, so the rates add up to
+    /// the limit's exactly, and a bucket of `burst / n` rounded down, at least 1, so the
+    /// buckets add up to `burst` at most (`n` when `burst < n`: every instance must be able to
+    /// let a request through). The fill time stays about the limit's.
+    pub fn share(&self, instances: usize) -> Gcra {
+        let n = u64::try_from(instances).unwrap_or(u64::MAX);
+        if n <= 1 {
+            return *self;
+        }
+        let burst = u32::try_from(u64::from(self.limit) / n)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let interval = self.interval.saturating_mul(n);
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst)),
+            limit: burst,
+        }
+    }
+
     /// One request at `now` against state `tat`: the outcome, and the new TAT if it is allowed
     /// (a refused request leaves the state alone).
     pub fn check(&self, tat: u64, now: u64) -> (RateState, Option<u64>) {
@@ -427,6 +448,43 @@ mod tests {
             clock.advance(Duration::from_millis(1));
         }
         assert_eq!(allowed, 240);
+    }
+
+    #[test]
+    fn shares_of_a_limit_add_up_to_it_at_most() {
+        let g = Gcra::new(&spec(200, Duration::from_secs(1), Some(20)));
+        assert_eq!(g.share(0), g);
+        assert_eq!(g.share(1), g);
+        for (n, burst) in [(2, 10), (3, 6), (7, 2), (20, 1), (50, 1)] {
+            let s = g.share(n);
+            assert_eq!(s.limit(), burst, "{n} instances");
+            assert_eq!(s.interval(), g.interval() * n as u64);
+            assert!(s.tolerance() <= g.tolerance() || burst == 1);
+        }
+        // Three instances, each offered a request every millisecond for 60 s: together they
+        // admit what one bucket of the whole limit admits, not three times it, less a request
+        // per instance (each rounds its own run's end) and the burst's remainder (20 - 3 × 6).
+        let clock = FakeClock::default();
+        let share = g.share(3);
+        let whole = Buckets::new(10);
+        let instances: Vec<Buckets> = (0..3).map(|_| Buckets::new(10)).collect();
+        let s = Subject::key(&id(9), None);
+        let (mut allowed, mut exact) = (0, 0);
+        for _ in 0..60_000 {
+            for b in &instances {
+                allowed += usize::from(b.check(s, &share, clock.now()).allowed);
+            }
+            exact += usize::from(whole.check(s, &g, clock.now()).allowed);
+            clock.advance(Duration::from_millis(1));
+        }
+        assert!(
+            (exact - 3 - 2..=exact).contains(&allowed),
+            "{allowed} admitted, {exact} by one bucket"
+        );
+        // A limit below one request per instance still lets each instance admit one.
+        let one = Gcra::new(&spec(2, Duration::from_secs(3600), None)).share(3);
+        assert_eq!(one.limit(), 1);
+        assert!(one.check(0, 0).0.allowed);
     }
 
     #[test]

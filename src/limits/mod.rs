@@ -6,7 +6,7 @@
 //!
 //! - [`gcra`]: the algorithm and this instance's buckets (`rate_limits.mode: local`, the
 //!   failure limit, and the fallback of `mode: redis`);
-//! - [`redis`]: the global buckets of `mode: redis` and the outage circuit;
+//! - [`redis`]: the global buckets of `mode: redis`;
 //! - [`quota`]: quota periods and counts;
 //! - [`clock`]: the injectable clocks.
 //!
@@ -40,11 +40,13 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
 
 use self::clock::{Clock, SystemClock};
 use self::gcra::{Buckets, Gcra, RateState, Subject};
@@ -153,6 +155,15 @@ struct LimitState {
     clock: Arc<dyn Clock>,
     local: Buckets,
     global: Option<RedisLimiter>,
+    /// Instances enforcing the global limits (never read as less than 1), as the fleet's
+    /// heartbeats see them now.
+    live_instances: Arc<AtomicUsize>,
+    /// The same as of the last check Redis answered: what a check decided here shares by. The
+    /// fleet counts an instance that cannot reach Redis as alone, which is true of what it can
+    /// see but not of who else is serving; the count from before the outage is.
+    share_by: AtomicUsize,
+    /// `keygate_rate_limit_local_total`, once the metrics are attached.
+    local_checks: OnceLock<Counter>,
     failures: Buckets,
     quotas: Quotas,
     workspaces: Arc<Directory>,
@@ -160,9 +171,21 @@ struct LimitState {
 
 impl Limits {
     /// The limits of a validated config over its store, on the system clock, with the
-    /// workspace defaults of `workspaces`.
-    pub fn new(config: &Config, store: Arc<Store>, workspaces: Arc<Directory>) -> Limits {
-        Limits::with_clock(config, store, workspaces, Arc::new(SystemClock::new()))
+    /// workspace defaults of `workspaces`; `live_instances` is the number of instances sharing
+    /// the global limits (see the module docs).
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        workspaces: Arc<Directory>,
+        live_instances: Arc<AtomicUsize>,
+    ) -> Limits {
+        Limits::with_clock(
+            config,
+            store,
+            workspaces,
+            live_instances,
+            Arc::new(SystemClock::new()),
+        )
     }
 
     /// The same on a given clock (tests pass a [`clock::FakeClock`]). The clock drives the
@@ -171,6 +194,7 @@ impl Limits {
         config: &Config,
         store: Arc<Store>,
         workspaces: Arc<Directory>,
+        live_instances: Arc<AtomicUsize>,
         clock: Arc<dyn Clock>,
     ) -> Limits {
         let global = match (config.rate_limits.mode, &*store) {
@@ -183,6 +207,9 @@ impl Limits {
             // capacity bounds the keys in use.
             local: Buckets::new(config.cache.capacity),
             global,
+            share_by: AtomicUsize::new(live_instances.load(Ordering::Relaxed)),
+            live_instances,
+            local_checks: OnceLock::new(),
             failures: Buckets::new(FAILURE_SUBJECTS_MAX),
             quotas: Quotas::new(store, clock.clone(), config.cache.max_stale.is_zero()),
             clock,
@@ -237,6 +264,18 @@ impl Limits {
             return *defaults;
         }
         self.state.workspaces.defaults(ws)
+    }
+
+    /// Counts the checks of `mode: redis` decided on this instance in `counter` (the first
+    /// counter given is the one used).
+    pub fn count_local_checks(&self, counter: Counter) {
+        let _ = self.state.local_checks.set(counter);
+    }
+
+    /// The number of instances sharing the global limits, as this instance sees it (the handle
+    /// the fleet's heartbeats keep up to date).
+    pub fn live_instances(&self) -> &Arc<AtomicUsize> {
+        &self.state.live_instances
     }
 
     /// The quota counts (for tests and metrics).
@@ -324,7 +363,8 @@ impl Limits {
         }
     }
 
-    /// One check of a key's bucket: in Redis for `mode: redis` while it answers, else here.
+    /// One check of a key's bucket: in Redis for `mode: redis` when it answers, else here on
+    /// this instance's share of the limit (see the module docs).
     async fn rate(
         &self,
         key: &KeyRecord,
@@ -333,23 +373,32 @@ impl Limits {
         peek: bool,
     ) -> RateState {
         let state = &self.state;
-        if let Some(global) = &state.global
-            && global.outage.should_try(state.clock.now())
-        {
+        let mut local = *gcra;
+        if let Some(global) = &state.global {
             match global.check(&key.id, route, gcra, peek).await {
-                Ok(state) => {
-                    global.outage.succeeded();
-                    return state;
+                Ok(rate) => {
+                    let live = state.live_instances.load(Ordering::Relaxed);
+                    if state.share_by.load(Ordering::Relaxed) != live {
+                        state.share_by.store(live, Ordering::Relaxed);
+                    }
+                    return rate;
                 }
-                Err(e) => global.outage.failed(state.clock.now(), &e),
+                Err(e) => {
+                    // The breaker logs outages; a failure of its own is this check's alone.
+                    tracing::debug!(error = %e, "rate limit decided on this instance");
+                    if !peek && let Some(counter) = state.local_checks.get() {
+                        counter.inc();
+                    }
+                    local = gcra.share(state.share_by.load(Ordering::Relaxed));
+                }
             }
         }
         let subject = Subject::key(&key.id, route);
         let now = state.clock.now();
         if peek {
-            state.local.peek(&subject, gcra, now)
+            state.local.peek(&subject, &local, now)
         } else {
-            state.local.check(subject, gcra, now)
+            state.local.check(subject, &local, now)
         }
     }
 

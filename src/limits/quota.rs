@@ -12,21 +12,25 @@
 //!   counted is written back every `usage.flush_interval` and on a graceful stop, so a restart
 //!   loses nothing (a crash loses at most one interval, in the client's favour).
 //!
-//! Redis unreachable: with `cache.max_stale` above 0 the gateway already keeps cached keys
-//! working through an outage, and quotas follow that choice: they fail open, counting on this
-//! instance from the last count it saw (at most the limit per instance during the outage),
-//! and the units served meanwhile are added to Redis once it is back, so later requests pay for
-//! them. With `max_stale: 0` (fail closed) a quota'd request answers 503 `store_unavailable`.
+//! Redis unreachable (a spend whose call fails: the store's circuit breaker is open, or this
+//! one call timed out; the breaker alone judges outages, see [`crate::store::breaker`]): with
+//! `cache.max_stale` above 0 the gateway already keeps cached keys working through an outage,
+//! and quotas follow that choice: they fail open, counting on this instance from the last count
+//! it saw (at most the limit per instance during the outage), and the units served meanwhile are
+//! added to Redis by the next flush that reaches it, so later requests pay for them. With
+//! `max_stale: 0` (fail closed) a quota'd request answers 503 `store_unavailable`. Either way
+//! the next spend asks Redis again: one slow reply decides one request, not the next second's.
+//! (A call that timed out may still have been counted by Redis, which then holds that unit
+//! twice once it is flushed: in the client's disfavour, by the requests of the timeouts.)
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use time::{Date, Month, OffsetDateTime, Time};
 
 use super::clock::Clock;
 use super::gcra::Subject;
-use super::redis::Outage;
 use crate::config::{QuotaSpec, Refill};
 use crate::error::Reject;
 use crate::keys::KeyId;
@@ -274,8 +278,10 @@ impl Ledger {
 pub struct Quotas {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
-    /// Some for the Redis store: whether Redis answers.
-    redis: Option<Outage>,
+    /// The Redis store decides (the ledger only serves its outages).
+    shared: bool,
+    /// Flushes to Redis are failing: logged once per run of failures.
+    flush_failing: AtomicBool,
     /// `cache.max_stale` is 0: refuse quota'd requests while Redis is unreachable.
     fail_closed: bool,
     ledger: Ledger,
@@ -284,11 +290,11 @@ pub struct Quotas {
 impl Quotas {
     /// Quotas over `store`; `fail_closed` for `cache.max_stale: 0`.
     pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, fail_closed: bool) -> Quotas {
-        let redis = matches!(*store, Store::Redis(_)).then(|| Outage::new("quota counting"));
         Quotas {
+            shared: matches!(*store, Store::Redis(_)),
+            flush_failing: AtomicBool::new(false),
             store,
             clock,
-            redis,
             fail_closed,
             ledger: Ledger::default(),
         }
@@ -305,12 +311,10 @@ impl Quotas {
         let now = self.clock.unix_secs();
         let window = Window::of(spec, now);
         let slot = (Subject::key(id, None), window.start);
-        let outcome = match &self.redis {
-            Some(outage) => {
-                self.spend_shared(outage, slot, id, window, spec.limit, now)
-                    .await?
-            }
-            None => self.spend_local(slot, id, window, spec.limit, now).await?,
+        let outcome = if self.shared {
+            self.spend_shared(slot, id, window, spec.limit, now).await?
+        } else {
+            self.spend_local(slot, id, window, spec.limit, now).await?
         };
         if outcome.spent {
             Ok(outcome)
@@ -334,57 +338,45 @@ impl Quotas {
         let now = self.clock.unix_secs();
         let window = Window::of(spec, now);
         let slot = (Subject::key(id, None), window.start);
-        let used = match &self.redis {
-            Some(outage) if outage.should_try(self.clock.now()) => {
-                match self.store.consume_quota(&[spend(id, window, 0, 0)]).await {
-                    Ok(counts) => {
-                        outage.succeeded();
-                        counts.first().map(|c| c.used)
-                    }
-                    Err(e) => {
-                        outage.failed(self.clock.now(), &e);
-                        self.ledger.used(&slot)
-                    }
-                }
+        let used = if self.shared {
+            match self.store.consume_quota(&[spend(id, window, 0, 0)]).await {
+                Ok(counts) => counts.first().map(|c| c.used),
+                Err(_) => self.ledger.used(&slot),
             }
-            Some(_) => self.ledger.used(&slot),
-            None => {
-                let c = self.ledger.counter(slot, id, window, now);
-                self.load(&c).await.ok()?;
-                Some(c.used.load(Ordering::Acquire))
-            }
+        } else {
+            let c = self.ledger.counter(slot, id, window, now);
+            self.load(&c).await.ok()?;
+            Some(c.used.load(Ordering::Acquire))
         };
         used.map(|u| spec.limit.saturating_sub(u))
     }
 
     async fn spend_shared(
         &self,
-        outage: &Outage,
         slot: (Subject, i64),
         id: &KeyId,
         window: Window,
         limit: u64,
         now: i64,
     ) -> Result<QuotaOutcome, Reject> {
-        if outage.should_try(self.clock.now()) {
-            match self
-                .store
-                .consume_quota(&[spend(id, window, 1, limit)])
-                .await
-            {
-                Ok(counts) => {
-                    outage.succeeded();
-                    let count = counts.first().copied().ok_or_else(|| {
-                        Reject::StoreUnavailable("no reply to a quota spend".into())
-                    })?;
-                    self.ledger.note(slot, id, window, count.used, now);
-                    return Ok(QuotaOutcome {
-                        spent: count.spent,
-                        remaining: limit.saturating_sub(count.used),
-                    });
-                }
-                Err(e) => outage.failed(self.clock.now(), &e),
+        match self
+            .store
+            .consume_quota(&[spend(id, window, 1, limit)])
+            .await
+        {
+            Ok(counts) => {
+                let count = counts
+                    .first()
+                    .copied()
+                    .ok_or_else(|| Reject::StoreUnavailable("no reply to a quota spend".into()))?;
+                self.ledger.note(slot, id, window, count.used, now);
+                return Ok(QuotaOutcome {
+                    spent: count.spent,
+                    remaining: limit.saturating_sub(count.used),
+                });
             }
+            // The breaker logs outages; this spend falls back below.
+            Err(e) => tracing::debug!(error = %e, "quota spent without redis"),
         }
         if self.fail_closed {
             return Err(Reject::StoreUnavailable(
@@ -441,32 +433,24 @@ impl Quotas {
     }
 
     /// Writes the units counted in memory to the store, then drops idle counters. On failure
-    /// the units stay pending for the next call; the failure is logged here (for Redis once
-    /// per outage).
+    /// the units stay pending for the next call; the failure is logged here, once per run of
+    /// failed flushes (with Redis, while its breaker is open, the call fails at once).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let batch = self.ledger.pending();
         if !batch.is_empty() {
-            if let Some(outage) = &self.redis
-                && !outage.should_try(self.clock.now())
-            {
-                return Ok(());
-            }
             let spends: Vec<QuotaSpend> = batch
                 .iter()
                 // Units already served are added whatever the limit.
                 .map(|(c, n)| spend(&c.id, c.window, *n, u64::MAX))
                 .collect();
-            match (self.store.consume_quota(&spends).await, &self.redis) {
-                (Ok(_), Some(outage)) => outage.succeeded(),
-                (Ok(_), None) => {}
-                (Err(e), Some(outage)) => {
-                    outage.failed(self.clock.now(), &e);
-                    return Err(e);
-                }
-                (Err(e), None) => {
+            if let Err(e) = self.store.consume_quota(&spends).await {
+                if !self.flush_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "quota counts could not be written; retrying");
-                    return Err(e);
                 }
+                return Err(e);
+            }
+            if self.flush_failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("quota counts written again");
             }
             for (c, n) in batch {
                 c.pending.fetch_sub(n, Ordering::AcqRel);

@@ -1,8 +1,13 @@
 //! `rate_limits.mode: redis`: one GCRA bucket per subject for all instances together, kept in
-//! Redis and updated by one atomic Lua script per request; and [`Outage`], the circuit that
-//! sends checks to the local buckets while Redis cannot be reached and logs once per outage.
-//! Calls go through the store's circuit breaker ([`crate::store::breaker`]), so while Redis is
-//! known to be down a check falls back at once rather than after the timeout.
+//! Redis and updated by one atomic Lua script per request. Calls go through the store's circuit
+//! breaker ([`crate::store::breaker`]), the one judge of whether Redis is down: while it is open
+//! a check fails at once rather than after the timeout, and [`super::Limits`] decides it on this
+//! instance's share of the limit. A single failed call (a slow reply) fails only its own check;
+//! the next one goes to Redis again.
+//!
+//! (There used to be a circuit of its own here, `Outage`, which went local for a second after
+//! one failure and gave every instance the whole limit: +10% over a global limit on a busy
+//! machine. Its one remaining job, a log line per outage, is the breaker's.)
 //!
 //! # Keys
 //!
@@ -23,21 +28,17 @@
 //! non-deterministic `TIME` is allowed before writes. Resolution is a microsecond; Lua numbers
 //! are doubles, exact for unix microseconds (below 2^53) and for tolerances capped there.
 
-use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Script;
 
 use super::gcra::{Gcra, RateState};
 use crate::keys::KeyId;
+use crate::store::StoreError;
 use crate::store::breaker::Breaker;
 use crate::store::redis::{RedisConn, RedisStore};
 
-/// After a failed call, Redis is tried again after this long; meanwhile checks go to the local
-/// limiter at once instead of each waiting for the timeout.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest tolerance sent to the script, in µs: Lua's doubles stay exact below 2^53.
 const MAX_TOLERANCE_US: u64 = 1 << 52;
 
@@ -66,72 +67,6 @@ end
 return {0, 0, base - now, ahead - tolerance}
 ";
 
-/// Whether Redis is worth asking, and the one log line per outage. Shared by the global rate
-/// limiter and the Redis quota counters (one instance each, so each logs its own outage).
-#[derive(Debug)]
-pub struct Outage {
-    what: &'static str,
-    down: AtomicBool,
-    /// Monotonic nanos before which Redis is not asked; 0 while it is up.
-    retry_at: AtomicU64,
-}
-
-impl Outage {
-    /// A circuit for `what` (named in the log lines), closed: Redis is asked.
-    pub fn new(what: &'static str) -> Self {
-        Outage {
-            what,
-            down: AtomicBool::new(false),
-            retry_at: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether to call Redis at `now`: always while it is up; during an outage, one caller per
-    /// [`PROBE_INTERVAL`] (the probe), the others go local without waiting for a timeout.
-    pub fn should_try(&self, now: u64) -> bool {
-        let at = self.retry_at.load(Ordering::Acquire);
-        if at == 0 {
-            return true;
-        }
-        now >= at
-            && self
-                .retry_at
-                .compare_exchange(at, now + probe_nanos(), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-    }
-
-    /// A call failed at `now`: open the circuit; log only the first failure of an outage.
-    pub fn failed(&self, now: u64, why: &dyn fmt::Display) {
-        self.retry_at
-            .store(now.saturating_add(probe_nanos()).max(1), Ordering::Release);
-        if !self.down.swap(true, Ordering::AcqRel) {
-            tracing::warn!(
-                error = %why,
-                "{} cannot reach redis; limiting on this instance alone until it is back",
-                self.what
-            );
-        }
-    }
-
-    /// A call succeeded: close the circuit (and log the end of an outage). One relaxed load
-    /// while Redis is up.
-    pub fn succeeded(&self) {
-        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
-            self.retry_at.store(0, Ordering::Release);
-            tracing::info!("{} reaches redis again", self.what);
-        }
-    }
-
-    /// Whether an outage is under way.
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
-    }
-}
-
-fn probe_nanos() -> u64 {
-    u64::try_from(PROBE_INTERVAL.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// The global limiter: GCRA buckets in Redis.
 pub struct RedisLimiter {
     conn: RedisConn,
@@ -140,8 +75,6 @@ pub struct RedisLimiter {
     prefix: String,
     timeout: Duration,
     script: Script,
-    /// Whether Redis answers; checks fall back to the local buckets while it does not.
-    pub outage: Outage,
 }
 
 impl RedisLimiter {
@@ -153,7 +86,6 @@ impl RedisLimiter {
             prefix: store.key_prefix().to_owned(),
             timeout: store.timeout(),
             script: Script::new(GCRA_SCRIPT),
-            outage: Outage::new("the global rate limiter"),
         }
     }
 
@@ -166,15 +98,15 @@ impl RedisLimiter {
     }
 
     /// Counts one request of the key's bucket if `gcra` allows it (`peek`: counts nothing), in
-    /// one round trip bounded by `store.redis.timeout`, through the store's breaker. Sent once:
-    /// a second run would count the request twice.
+    /// one round trip bounded by `store.redis.timeout`, through the store's breaker (an error at
+    /// once while it is open). Sent once: a second run would count the request twice.
     pub async fn check(
         &self,
         id: &KeyId,
         route: Option<usize>,
         gcra: &Gcra,
         peek: bool,
-    ) -> Result<RateState, String> {
+    ) -> Result<RateState, StoreError> {
         let interval_us = (gcra.interval() / 1_000).max(1);
         let burst = gcra.tolerance() / gcra.interval();
         let tolerance_us = interval_us.saturating_mul(burst).min(MAX_TOLERANCE_US);
@@ -190,10 +122,11 @@ impl RedisLimiter {
             self.timeout,
             invocation.invoke_async(&mut conn),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let [allowed, remaining, reset_us, retry_us] = reply[..] else {
-            return Err("unexpected reply from the rate-limit script".into());
+            return Err(StoreError::Corrupt(
+                "unexpected reply from the rate-limit script".into(),
+            ));
         };
         let nanos = |us: i64| u64::try_from(us).unwrap_or(0).saturating_mul(1_000);
         Ok(RateState {
@@ -204,28 +137,5 @@ impl RedisLimiter {
             reset_nanos: nanos(reset_us),
             retry_after_nanos: nanos(retry_us),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_circuit_opens_on_failure_probes_once_per_interval_and_closes_on_success() {
-        let o = Outage::new("test");
-        let sec = 1_000_000_000;
-        assert!(o.should_try(5) && o.should_try(5), "closed: everyone asks");
-        o.failed(10 * sec, &"down");
-        assert!(o.is_down());
-        assert!(!o.should_try(10 * sec + 1), "open: go local at once");
-        assert!(o.should_try(11 * sec), "one probe after the interval");
-        assert!(!o.should_try(11 * sec), "only one");
-        o.failed(11 * sec, &"still down");
-        assert!(!o.should_try(11 * sec + 5));
-        assert!(o.should_try(12 * sec));
-        o.succeeded();
-        assert!(!o.is_down());
-        assert!(o.should_try(12 * sec) && o.should_try(12 * sec));
     }
 }

@@ -29,6 +29,12 @@
 //!   more ([`KeyCache::trust`]), for whatever was published in between, and since Redis
 //!   evidently answers, the store's circuit breaker is closed.
 //!
+//! - **The fleet** ([`super::fleet`]): once subscribed, an instance announces itself in Redis
+//!   and trusts its cache only from then on; the announcement is renewed every second while
+//!   the subscription lasts. When renewals stop getting through for nearly as long as an
+//!   announcement lasts, the subscription counts as lost (so the cache is distrusted before
+//!   the others stop counting this instance); a lost subscription or a stop withdraws it.
+//!
 //! - **Workspaces**: a `ws:<name>` message asks this instance's [`Directory`] to read the
 //!   stored workspace again; (re)subscribing and an unreadable message have it read them all.
 //!
@@ -44,7 +50,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::cache::KeyCache;
-use super::redis::{InvalidationFeed, InvalidationMessage};
+use super::fleet;
+use super::redis::{InvalidationFeed, InvalidationMessage, RedisStore};
 use super::{Store, StoreError};
 use crate::keys::{HashScheme, KeyRecord, SecretHash};
 use crate::workspaces::Directory;
@@ -57,6 +64,9 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
 /// How often a quiet subscription is checked for life. It bounds, with the ping timeout, how
 /// long a silently dead connection (no FIN, no RST) goes unnoticed.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long before its fleet announcement runs out (by the last heartbeat that got through) an
+/// instance stops trusting its cache: room for the Redis clock to run faster than this one.
+const ANNOUNCE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Counters and state of one store's invalidation channel, for metrics, readiness and tests.
 #[derive(Debug, Default)]
@@ -187,6 +197,9 @@ impl Subscriber {
             self.cache.distrust();
             stats.subscribed.store(false, Ordering::Release);
         }
+        if let Store::Redis(store) = self.cache.store().as_ref() {
+            leave(store).await;
+        }
     }
 }
 
@@ -209,25 +222,32 @@ async fn run(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) {
     let mut delay = RETRY_MIN_DELAY;
     let mut failures = 0u32;
     loop {
-        match store.subscribe_invalidations().await {
-            Ok(mut feed) => {
+        match subscribe_and_announce(store).await {
+            Ok((mut feed, announced)) => {
                 // Whatever was published before now, since the last subscription (or since the
                 // start: requests may have filled the cache before this), may have been missed;
-                // from here on, changes are heard of.
+                // from here on, changes are heard of. Only now that the announcement is in:
+                // revokers wait for this instance from then on, so it may trust its cache.
                 cache.trust();
                 workspaces.maybe_missed();
                 store.breaker().close();
                 stats.subscribed.store(true, Ordering::Release);
                 let resubscribed = stats.subscriptions.fetch_add(1, Ordering::Relaxed) > 0;
                 if resubscribed {
-                    tracing::info!("invalidation channel subscribed again; cached keys re-read");
+                    tracing::info!(
+                        instance = store.fleet().id(),
+                        "invalidation channel subscribed again; cached keys re-read"
+                    );
                 } else {
-                    tracing::debug!("invalidation channel subscribed");
+                    tracing::debug!(
+                        instance = store.fleet().id(),
+                        "invalidation channel subscribed"
+                    );
                 }
                 delay = RETRY_MIN_DELAY;
                 failures = 0;
 
-                let why = listen(&cache, &workspaces, stats, &mut feed).await;
+                let why = listen(&cache, &workspaces, stats, &mut feed, announced).await;
                 drop(feed);
                 cache.distrust();
                 stats.subscribed.store(false, Ordering::Release);
@@ -236,6 +256,8 @@ async fn run(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) {
                     reason = %why,
                     "invalidation channel lost; cached keys are re-read at every use until resubscribed"
                 );
+                // Distrusting now, this instance needs no confirming: revokers may stop waiting.
+                leave(store).await;
             }
             Err(e) => {
                 failures += 1;
@@ -252,18 +274,75 @@ async fn run(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) {
     }
 }
 
-/// Applies messages until the feed ends or stops answering; returns why.
+/// Subscribes, then announces this instance in the fleet (the heartbeat's first beat); returns
+/// the feed and when the announcement was sent.
+async fn subscribe_and_announce(
+    store: &RedisStore,
+) -> Result<(InvalidationFeed, tokio::time::Instant), StoreError> {
+    let feed = store.subscribe_invalidations().await?;
+    let sent = tokio::time::Instant::now();
+    let live = store.heartbeat(fleet::HEARTBEAT_TTL).await?;
+    store.fleet().heard(live);
+    Ok((feed, sent))
+}
+
+/// Withdraws this instance from the fleet, best effort (its announcement runs out anyway).
+async fn leave(store: &RedisStore) {
+    store.fleet().forget();
+    if let Err(e) = store.leave_fleet().await {
+        tracing::debug!(error = %e, "fleet announcement not withdrawn; it runs out by itself");
+    }
+}
+
+/// Renews this instance's announcement every [`fleet::HEARTBEAT_INTERVAL`], keeping the live
+/// ids each renewal returns. Resolves, saying why, once the last renewal that got through
+/// (sent at `announced`) is so old that the announcement may have run out in Redis: revokers
+/// no longer wait for this instance then, so it must stop trusting its cache first. The
+/// margin covers the Redis clock running a little faster than this one.
+async fn announce(store: &RedisStore, mut announced: tokio::time::Instant) -> String {
+    loop {
+        let lease_end = announced + fleet::HEARTBEAT_TTL - ANNOUNCE_MARGIN;
+        let next = (tokio::time::Instant::now() + fleet::HEARTBEAT_INTERVAL).min(lease_end);
+        tokio::time::sleep_until(next).await;
+        let sent = tokio::time::Instant::now();
+        if sent >= lease_end {
+            break;
+        }
+        match tokio::time::timeout_at(lease_end, store.heartbeat(fleet::HEARTBEAT_TTL)).await {
+            Ok(Ok(live)) => {
+                store.fleet().heard(live);
+                announced = sent;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "fleet heartbeat failed; retrying"),
+            Err(_) => break,
+        }
+    }
+    format!(
+        "no fleet heartbeat got through for {} ms",
+        (fleet::HEARTBEAT_TTL - ANNOUNCE_MARGIN).as_millis()
+    )
+}
+
+/// Applies messages until the feed ends or stops answering, or the fleet heartbeat stops
+/// getting through; returns why.
 async fn listen(
     cache: &KeyCache<Store>,
     workspaces: &Directory,
     stats: &InvalidationStats,
     feed: &mut InvalidationFeed,
+    announced: tokio::time::Instant,
 ) -> String {
     let heartbeat = feed.heartbeat(HEARTBEAT_INTERVAL);
     tokio::pin!(heartbeat);
+    let Store::Redis(store) = cache.store().as_ref() else {
+        return "not a shared store".to_owned();
+    };
+    let announcing = announce(store, announced);
+    tokio::pin!(announcing);
     loop {
         tokio::select! {
             dead = &mut heartbeat => return dead.to_string(),
+            lapsed = &mut announcing => return lapsed,
             message = feed.next() => match message {
                 Some(InvalidationMessage::Key(hash)) => {
                     cache.invalidate(&hash).await;

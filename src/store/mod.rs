@@ -1,12 +1,14 @@
 //! The key index: the [`KeyStore`] interface, its two backends (`embedded` redb file, `redis`),
 //! and the hot cache in front of them. The request path only ever reaches a store through
-//! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step;
-//! [`breaker`] makes a Redis outage fail calls at once instead of after the timeout; [`stats`]
-//! holds the latency and error counts of store calls, which the Prometheus registry exports.
+//! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step,
+//! and [`fleet`] knows which instances share it; [`breaker`] makes a Redis outage fail calls at
+//! once instead of after the timeout; [`stats`] holds the latency and error counts of store
+//! calls, which the Prometheus registry exports.
 
 pub mod breaker;
 pub mod cache;
 pub mod embedded;
+pub mod fleet;
 pub mod invalidation;
 pub mod redis;
 pub mod stats;
@@ -585,6 +587,15 @@ impl Store {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// This instance among those sharing the store; `None` on the embedded backend, which
+    /// serves one node.
+    pub fn fleet(&self) -> Option<&fleet::Fleet> {
+        match self {
+            Store::Embedded(_) => None,
+            Store::Redis(s) => Some(s.fleet()),
         }
     }
 

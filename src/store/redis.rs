@@ -83,9 +83,10 @@
 //! Every round trip is bounded by `store.redis.timeout`; a timeout or a connection error is
 //! [`StoreError::Unavailable`].
 //!
-//! Every round trip goes through the store's [`Breaker`] (shared with `limits::redis`): after a
-//! timeout or a failed connection, calls fail at once for a moment instead of each waiting for
-//! the timeout, and one probe at a time finds out when Redis is back. The manager makes one
+//! Every round trip goes through the store's [`Breaker`] (shared with the global rate limiter
+//! and quota counting): once timeouts or failed connections show an outage (a row of them, or
+//! a failure rate; one alone is not one), calls fail at once for a moment instead of each
+//! waiting for the timeout, and one probe at a time finds out when Redis is back. The manager makes one
 //! connection attempt per lost connection, no retries of its own: the breaker paces the attempts.
 //!
 //! A connection lost under a call (Redis closed it: `CLIENT KILL`, a proxy restart, a failover)
@@ -111,6 +112,7 @@ use time::{Date, OffsetDateTime};
 mod audit;
 mod channel;
 mod conn;
+mod fleet;
 mod index;
 mod keys;
 mod scripts;
@@ -180,6 +182,8 @@ struct Channel {
     /// lost with its node is made again on another one.
     next_node: AtomicUsize,
     stats: InvalidationStats,
+    /// This instance among those sharing the store ([`super::fleet`]).
+    fleet: super::fleet::Fleet,
 }
 
 impl RedisStore {
@@ -223,6 +227,7 @@ impl RedisStore {
                 nodes,
                 next_node: AtomicUsize::new(0),
                 stats: InvalidationStats::default(),
+                fleet: super::fleet::Fleet::new(),
             }),
         })
     }
@@ -246,7 +251,7 @@ impl RedisStore {
     }
 
     /// The circuit breaker every round trip to this Redis goes through (the global rate
-    /// limiter's too).
+    /// limiter's and the quota scripts' too).
     pub fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }
