@@ -172,7 +172,7 @@ def wait_ready(fleet, timeout=30):
 
 
 # Counters that explain a limit's overshoot: Redis calls that failed (a timeout under load, or
-# the freeze), breaker openings, and (once the limiter counts them) checks decided locally.
+# the freeze), breaker openings, and checks decided on the instance's share of the limit.
 DIAGNOSTICS = ("keygate_store_errors_total", "keygate_store_breaker_opens_total",
                "keygate_rate_limit_local_total")
 
@@ -195,6 +195,20 @@ def counters(fleet, names=DIAGNOSTICS):
 def delta(before, after):
     return {k.removeprefix("keygate_").removesuffix("_total"): int(after[k] - before.get(k, 0))
             for k in after}
+
+
+def fleet_counts(instances):
+    """Each instance's `keygate_fleet_instances`: how many live instances it counts."""
+    return [counters({"instances": [i]}, ("keygate_fleet_instances",)).get("keygate_fleet_instances")
+            for i in instances]
+
+
+def wait_fleet_count(instances, want, timeout=15):
+    deadline = now() + timeout
+    while (seen := fleet_counts(instances)) != [want] * len(instances):
+        if now() > deadline:
+            sys.exit(f"instances count {seen} live instances, not {want}")
+        time.sleep(0.2)
 
 
 def pct(values, p):
@@ -361,7 +375,22 @@ def freeze_label(seconds):
 def global_limit(fleet, token, n, rate, burst, duration, conns, frozen):
     """Admitted requests of one key with a global limit, flooded through n instances; with
     `frozen` > 0, Redis (every process of the store) is stopped that many seconds mid-run."""
-    inst = fleet["instances"][:n]
+    inst, idle = fleet["instances"][:n], fleet["instances"][n:]
+    # A fleet of n: the other instances are paused (SIGSTOP) until the rest stop counting them,
+    # since a check decided locally takes the share 1/(live instances) of the limit.
+    freeze([i["pid"] for i in idle], signal.SIGSTOP)
+    try:
+        wait_fleet_count(inst, n)
+        return limit_run({**fleet, "instances": inst}, token, rate, burst, duration, conns, frozen)
+    finally:
+        freeze([i["pid"] for i in idle], signal.SIGCONT)
+        if idle:
+            wait_fleet_count(fleet["instances"], len(fleet["instances"]))
+
+
+def limit_run(fleet, token, rate, burst, duration, conns, frozen):
+    inst = fleet["instances"]
+    n = len(inst)
     admin = Admin(inst[0]["admin"], token)
     secret, _ = admin.create(f"fleet-limit-{n}-{frozen:g}",
                              rate_limit={"requests": rate, "period": "1s", "burst": burst})
@@ -486,6 +515,14 @@ def throughput(fleets, token, rounds, seconds, conns, keys, workdir):
 # ---------------------------------------------------------------- summary
 
 
+def limit_note(store):
+    """What the instances counted during a limit run, when it explains an overshoot."""
+    local, errors = store.get("rate_limit_local", 0), store.get("store_errors", 0)
+    if local:
+        return f", {local} decided locally"
+    return f", {errors} store errors" if errors else ""
+
+
 def summary(results, fleets):
     names = [f["name"] for f in fleets]
     rows = []
@@ -519,7 +556,7 @@ def summary(results, fleets):
         label = f"global limit, {lim['n']} instances, {freeze_label(lim['frozen'])}"
         row(f"{label}: admitted / allowed",
             lambda r, l=lim: next((f"{x['ratio']:.3f} ({x['admitted']} / {x['allowed']:.0f})"
-                                   + (f" {x['store'].get('store_errors', 0)} store errors" if x["store"].get("store_errors") else "")
+                                   + limit_note(x["store"])
                                    for x in r.get("limits", []) if (x["n"], x["frozen"]) == (l["n"], l["frozen"])), "-"))
     row("quota: admitted / limit", lambda r: "-" if "quota" not in r else
         f"{r['quota']['admitted']} / {r['quota']['limit']}" + (" exact" if r["quota"]["exact"] else " NOT EXACT"))
@@ -567,7 +604,8 @@ def main():
                 results[name][f"revocation_{phase}"] = s
                 print("  " + json.dumps(s), flush=True)
         if "limit" in only:
-            cases = [(k, 0.0) for k in sorted({min(2, n), n})] + [(n, float(x)) for x in a.freezes.split(",") if x]
+            cases = [(k, frozen) for frozen in [0.0] + [float(x) for x in a.freezes.split(",") if x]
+                     for k in sorted({min(2, n), n})]
             results[name]["limits"] = []
             for k, frozen in cases:
                 print(f"== {name}: global limit {a.rate}/s burst {a.burst}, {k} instances, "
