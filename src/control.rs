@@ -1,7 +1,10 @@
 //! Key lifecycle operations (create, update, revoke, delete): each writes the store and then
 //! invalidates the hot cache, here and on every instance sharing the store
-//! ([`crate::store::invalidation`]), so the very next request sees the change. The admin API and
-//! the CLI go through here; nothing else writes key records.
+//! ([`crate::store::invalidation`]), so the very next request sees the change. A change to an
+//! existing key (update, revoke, delete, and so a rotation's end of the old key) answers only
+//! once every live instance has confirmed dropping it, or after a bounded wait, and says which
+//! did not ([`Applied`], [`crate::store::fleet`]). The admin API and the CLI go through here;
+//! nothing else writes key records.
 
 use std::sync::Arc;
 
@@ -15,7 +18,10 @@ use crate::keys::{
     self, HashScheme, KeyId, KeyRecord, Secret, SecretFormat, SecretHash, SecretHasher, Shape,
 };
 use crate::store::cache::KeyCache;
-use crate::store::invalidation::{invalidate_everywhere, invalidate_hash_everywhere};
+use crate::store::fleet::Propagation;
+use crate::store::invalidation::{
+    invalidate_confirmed, invalidate_everywhere, invalidate_hash_confirmed,
+};
 use crate::store::{Admission, KeyStore, Store, StoreError};
 
 /// The fields a caller chooses when creating a key.
@@ -89,6 +95,15 @@ pub enum Changed {
     Yes,
     /// Leave it as stored.
     No,
+}
+
+/// A change to a key as written, and how far it reached the other instances' caches.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The key as written (as it was, for a delete).
+    pub record: KeyRecord,
+    /// The live instances and those that did not confirm dropping the key in time.
+    pub propagation: Propagation,
 }
 
 /// Attempts of [`KeyManager::modify`] when the record keeps changing under it. An attempt fails
@@ -246,18 +261,24 @@ impl KeyManager {
     /// lands if the key has not changed since ([`KeyStore::update`]); otherwise
     /// [`StoreError::Conflict`] (use [`KeyManager::modify`], which reads again and retries).
     /// The record written and returned has a new `updated_at`.
-    pub async fn update(&self, mut record: KeyRecord) -> Result<KeyRecord, StoreError> {
+    pub async fn update(&self, mut record: KeyRecord) -> Result<Applied, StoreError> {
         let read = record.updated_at;
         // Strictly later than the version read, even within its millisecond or with a clock
         // behind the one that wrote it: else a writer that read this version could not tell.
         record.updated_at = now_ms().max(read.saturating_add(time::Duration::MILLISECOND));
         let written = self.store().update(&record, read).await;
-        // A call that failed in transit may still have landed (a timed-out redb task commits
-        // anyway; a Redis reply can be lost): drop the cached copies unless the store refused.
-        if !matches!(written, Err(StoreError::Conflict | StoreError::NotFound)) {
-            invalidate_everywhere(&self.cache, &record).await;
+        match written {
+            Err(e @ (StoreError::Conflict | StoreError::NotFound)) => Err(e),
+            // A call that failed in transit may still have landed (a timed-out redb task
+            // commits anyway; a Redis reply can be lost): drop the cached copies all the same.
+            written => {
+                let propagation = invalidate_confirmed(&self.cache, &record).await;
+                written.map(|()| Applied {
+                    record,
+                    propagation,
+                })
+            }
         }
-        written.map(|()| record)
     }
 
     /// Reads a key, lets `change` edit it, and writes it back if the key has not changed since
@@ -271,7 +292,7 @@ impl KeyManager {
         workspace: &str,
         id: &KeyId,
         mut change: impl FnMut(&mut KeyRecord) -> Result<Changed, E>,
-    ) -> Result<KeyRecord, E> {
+    ) -> Result<Applied, E> {
         for _ in 0..MODIFY_ATTEMPTS {
             let mut record = self
                 .store()
@@ -281,8 +302,11 @@ impl KeyManager {
             if change(&mut record)? == Changed::No {
                 // Nothing to write, but a cache may still hold what an earlier call that failed
                 // in transit did write (a retried revoke lands here): drop it.
-                invalidate_everywhere(&self.cache, &record).await;
-                return Ok(record);
+                let propagation = invalidate_confirmed(&self.cache, &record).await;
+                return Ok(Applied {
+                    record,
+                    propagation,
+                });
             }
             match self.update(record).await {
                 Err(StoreError::Conflict) => continue,
@@ -296,7 +320,7 @@ impl KeyManager {
     }
 
     /// Revokes a key (irreversible). Revoking a revoked key changes nothing.
-    pub async fn revoke(&self, workspace: &str, id: &KeyId) -> Result<KeyRecord, StoreError> {
+    pub async fn revoke(&self, workspace: &str, id: &KeyId) -> Result<Applied, StoreError> {
         self.modify(workspace, id, |record| {
             if record.revoked_at.is_some() {
                 return Ok::<_, StoreError>(Changed::No);
@@ -308,7 +332,7 @@ impl KeyManager {
     }
 
     /// Deletes a key and its request logs.
-    pub async fn delete(&self, workspace: &str, id: &KeyId) -> Result<KeyRecord, StoreError> {
+    pub async fn delete(&self, workspace: &str, id: &KeyId) -> Result<Applied, StoreError> {
         // Read first: a delete that fails in transit may have landed, and its hash is what
         // the caches must drop.
         let known = self
@@ -320,13 +344,19 @@ impl KeyManager {
         // cached under its target.
         let target = self.store().upgrade_target(&known).await;
         let deleted = self.store().delete(workspace, id).await;
-        if !matches!(deleted, Ok(None)) {
-            invalidate_everywhere(&self.cache, &known).await;
-            if let Some(to) = target {
-                invalidate_hash_everywhere(&self.cache, &to, &known).await;
-            }
+        if matches!(deleted, Ok(None)) {
+            return Err(StoreError::NotFound);
         }
-        deleted?.ok_or(StoreError::NotFound)
+        let mut propagation = invalidate_confirmed(&self.cache, &known).await;
+        if let Some(to) = target {
+            propagation =
+                propagation.and(invalidate_hash_confirmed(&self.cache, &to, &known).await);
+        }
+        let record = deleted?.ok_or(StoreError::NotFound)?;
+        Ok(Applied {
+            record,
+            propagation,
+        })
     }
 }
 

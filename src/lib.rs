@@ -14,8 +14,9 @@
 //!
 //! - [`config`] — the YAML file, typed and validated; [`reload`] — swapping it in while serving.
 //! - [`keys`] — secret format, ids, keyed hashing, key records.
-//! - [`store`] — the key index (`KeyStore`: embedded redb or Redis), its hot cache, and the
-//!   invalidation channel that keeps the caches of instances sharing Redis in step.
+//! - [`store`] — the key index (`KeyStore`: embedded redb or Redis), its hot cache, the
+//!   invalidation channel that keeps the caches of instances sharing Redis in step, and the
+//!   fleet of those instances (heartbeats, live count, confirmed changes).
 //! - [`control`] — key lifecycle operations (write the store, then invalidate the cache).
 //! - [`workspaces`] — workspaces from the config and from the admin API, and this instance's
 //!   copy of them.

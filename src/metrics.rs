@@ -18,6 +18,9 @@
 //! | `keygate_store_breaker_open` | gauge | 1 from the failure that opens the breaker (a row of them, or a failure rate) until a call finds Redis answering again (Redis backend only) |
 //! | `keygate_store_breaker_opens_total` | counter | times the Redis circuit breaker opened |
 //! | `keygate_fleet_instances` | gauge | instances sharing the Redis store, this one included, as of the last heartbeat (1 while unknown) |
+//! | `keygate_invalidation_unconfirmed_total` | counter | live instances that did not confirm a change to a key in time (one per instance per change) |
+//! | `keygate_invalidation_confirm_seconds` | histogram | how long a change to a key waited for the other instances' confirmations |
+//! | `keygate_cache_lease_lapses_total` | counter | times this instance stood still longer than the cache's lease and re-read every cached key |
 //! | `keygate_usage_dropped_total` | counter | `reason` (`queue_full`, `queue_closed`, `too_many_keys`) |
 //! | `keygate_usage_written_total`, `keygate_usage_flush_failures_total` | counter | |
 //! | `keygate_usage_pending_keys`, `keygate_usage_queue_depth` | gauge | |
@@ -34,6 +37,7 @@ use std::time::Duration;
 use http::StatusCode;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -660,6 +664,11 @@ impl Collector for CacheCollector {
                 "Lookups answered with a record past cache.ttl because the store was unreachable",
                 &stats.stale_served,
             ),
+            (
+                "keygate_cache_lease_lapses",
+                "Times this instance found it had stood still longer than the cache's lease (SIGSTOP, a stalled runtime) and re-read every cached key",
+                &stats.lease_lapses,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
@@ -701,6 +710,22 @@ impl Collector for CacheCollector {
                 instances.metric_type(),
             )?;
             instances.encode(metric)?;
+            let fleet = redis.fleet().stats();
+            let unconfirmed = ConstCounter::new(fleet.unconfirmed.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(
+                "keygate_invalidation_unconfirmed",
+                "Live instances that did not confirm dropping a changed key within the confirmation wait (one per instance per change)",
+                None,
+                unconfirmed.metric_type(),
+            )?;
+            unconfirmed.encode(metric)?;
+            let metric = encoder.encode_descriptor(
+                "keygate_invalidation_confirm_seconds",
+                "Time a change to a key waited for the other live instances to confirm dropping it",
+                None,
+                MetricType::Histogram,
+            )?;
+            fleet.confirm_wait.encode(metric)?;
         }
         Ok(())
     }

@@ -235,6 +235,15 @@ async fn update_rotate_revoke_delete_take_effect_on_the_next_request(backend: Ba
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "revoked");
     assert!(r.json()["revoked_at"].is_string());
+    // One instance, embedded or alone on Redis: it confirmed the change itself.
+    assert_eq!(
+        r.json()["propagation"],
+        serde_json::json!({"instances": 1, "confirmed": 1, "unconfirmed": []})
+    );
+    assert_eq!(
+        r.headers["keygate-propagation"],
+        "instances=1, confirmed=1, unconfirmed=()"
+    );
     assert_eq!(
         gw.get("/api/v1/resources", Some(&new_secret))
             .await

@@ -266,3 +266,42 @@ async fn while_distrusted_records_are_re_read_but_unknown_hashes_stay_cached() {
     // that is likely struggling).
     assert_eq!(f.store.lookups.load(Ordering::SeqCst), before + 3 + 1);
 }
+
+/// A process that stood still (SIGSTOP) longer than the cache's lease may hold an invalidation
+/// unread after the revoker stopped waiting for it: its first lookup after it goes on re-reads
+/// the store (and the lease, renewed, trusts what it read).
+#[tokio::test]
+async fn a_run_out_lease_makes_cached_entries_re_read_once() {
+    let f = fixture().await;
+    let hash = f.record.hash;
+    f.cache.lease().arm(std::time::Instant::now());
+    assert!(
+        f.cache
+            .get(&hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    // Revoked elsewhere; the message waits unread. The lease was last renewed an hour ago.
+    let mut revoked = f.record.clone();
+    revoked.revoked_at = Some(OffsetDateTime::now_utc());
+    revoked.updated_at = f.record.updated_at + time::Duration::milliseconds(1);
+    f.store.update(&revoked, f.record.updated_at).await.unwrap();
+    f.cache
+        .lease()
+        .arm(std::time::Instant::now() - std::time::Duration::from_secs(3600));
+    let lookups = f.store.lookups.load(Ordering::SeqCst);
+
+    for _ in 0..3 {
+        let now = f.cache.get(&hash).await.unwrap().unwrap();
+        assert!(now.revoked_at.is_some(), "served from before the lapse");
+    }
+    assert_eq!(
+        f.store.lookups.load(Ordering::SeqCst),
+        lookups + 1,
+        "re-read once, then trusted under the renewed lease"
+    );
+    assert_eq!(f.cache.stats().lease_lapses.load(Ordering::SeqCst), 1);
+}

@@ -187,7 +187,7 @@ async fn revocation_takes_effect_on_the_next_request(backend: Backend) {
     );
     // Cached now; revoking must still be seen by the very next request.
     let revoked = gw.app.keys().revoke("acme", &key.id).await.unwrap();
-    assert!(revoked.revoked_at.is_some());
+    assert!(revoked.record.revoked_at.is_some());
     let r = gw.get("/api/v1/sessions", Some(&secret)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.error_code(), "key_revoked");

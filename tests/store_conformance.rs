@@ -1747,7 +1747,8 @@ async fn the_key_manager_writes_a_strictly_later_version(store: Store) {
                 Ok::<_, StoreError>(Changed::Yes)
             })
             .await
-            .expect("edit");
+            .expect("edit")
+            .record;
         let i = i64::try_from(i).expect("small");
         assert_eq!(written.updated_at, r.updated_at + ms(i + 1));
         assert_eq!(store.get("acme", &r.id).await.expect("get"), Some(written));
@@ -1793,7 +1794,7 @@ async fn edits_racing_a_revoke_are_reapplied_and_the_key_stays_revoked(store: St
                 .expect("editor task")
                 .expect("every edit lands, re-applied if another write came first");
         }
-        let revoked = revoker.await.expect("revoker task").expect("revoke");
+        let revoked = revoker.await.expect("revoker task").expect("revoke").record;
 
         let stored = store
             .get(&ws, &r.id)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -20,6 +20,7 @@ use crate::auth::query_pairs;
 use crate::config::duration_text;
 use crate::control::{Changed, ImportedSecret, NewKey};
 use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
+use crate::store::fleet::Propagation;
 use crate::store::{AuditEntry, KeyStore, ListQuery, StoreError, USAGE_DAYS_KEPT};
 use crate::workspaces::Source;
 
@@ -398,7 +399,7 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     let changed = changed_fields(&valid);
     // The version the write landed on (the last one `modify` read), for the audit's old values.
     let mut before = None;
-    let record = call
+    let applied = call
         .state
         .keys
         .modify(ws, &id, |record| {
@@ -417,6 +418,7 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             Ok(Changed::Yes)
         })
         .await?;
+    let record = applied.record;
     // Each changed field's old and new value, as the API shows them (a key's fields hold no
     // secret).
     let at = now();
@@ -432,8 +434,26 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         change_detail(&changed, &old, &new),
     )
     .await;
-    Ok(json_response(StatusCode::OK, &new))
+    let mut body = new;
+    body["propagation"] = applied.propagation.to_json();
+    Ok(propagated(
+        json_response(StatusCode::OK, &body),
+        &applied.propagation,
+    ))
 }
+
+/// Says in a header how far a change reached the other instances: every answer to a change of
+/// an existing key carries it, the bodyless 204 of a delete included.
+fn propagated(mut r: Response<Full<Bytes>>, p: &Propagation) -> Response<Full<Bytes>> {
+    // Ids are of a safe alphabet, so the value is always a valid header value.
+    if let Ok(value) = HeaderValue::from_str(&p.to_header()) {
+        r.headers_mut().insert(KEYGATE_PROPAGATION, value);
+    }
+    r
+}
+
+/// The header of [`propagated`].
+const KEYGATE_PROPAGATION: HeaderName = HeaderName::from_static("keygate-propagation");
 
 fn changed_fields(v: &Valid) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -521,8 +541,8 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
             Ok(Changed::Yes)
         })
         .await;
-    let old = match ended {
-        Ok(old) => old,
+    let (old, propagation) = match ended {
+        Ok(applied) => (applied.record, applied.propagation),
         Err(e) => {
             // The successor was never handed out: take it back.
             if let Err(undo) = call.state.keys.delete(ws, &new.id).await {
@@ -541,9 +561,16 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     .await;
     let mut key = key_json(&new, now);
     key["secret"] = serde_json::Value::String(secret.expose().to_owned());
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({"key": key, "previous": key_json(&old, now)}),
+    Ok(propagated(
+        json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({
+                "key": key,
+                "previous": key_json(&old, now),
+                "propagation": propagation.to_json(),
+            }),
+        ),
+        &propagation,
     ))
 }
 
@@ -551,30 +578,35 @@ async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     workspace(call, ws, DELETE).await?;
     let id = key_id(id)?;
     let was_revoked = manageable(call, ws, &id).await?.revoked_at.is_some();
-    let record = call.state.keys.revoke(ws, &id).await?;
+    let applied = call.state.keys.revoke(ws, &id).await?;
     if !was_revoked {
         call.audit("key.revoke", ws, Some(&id), "ok", serde_json::Value::Null)
             .await;
     }
-    Ok(json_response(StatusCode::OK, &key_json(&record, now())))
+    let mut body = key_json(&applied.record, now());
+    body["propagation"] = applied.propagation.to_json();
+    Ok(propagated(
+        json_response(StatusCode::OK, &body),
+        &applied.propagation,
+    ))
 }
 
 async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     workspace(call, ws, DELETE).await?;
     let id = key_id(id)?;
     manageable(call, ws, &id).await?;
-    let record = call.state.keys.delete(ws, &id).await?;
+    let applied = call.state.keys.delete(ws, &id).await?;
     call.audit(
         "key.delete",
         ws,
         Some(&id),
         "ok",
-        serde_json::json!({"name": record.name}),
+        serde_json::json!({"name": applied.record.name}),
     )
     .await;
     let mut r = Response::new(Full::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
-    Ok(r)
+    Ok(propagated(r, &applied.propagation))
 }
 
 async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {

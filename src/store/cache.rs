@@ -20,6 +20,11 @@
 //!   unreachable. Both transitions also mark everything stale: what was read
 //!   before the channel came back may have missed a message. The trust state is the low bit of
 //!   the epoch, so a hit still costs one atomic load.
+//! - While the invalidation channel is up, entries are trusted only under a [`Lease`] that the
+//!   subscriber renews many times a second: a process that stood still (SIGSTOP, a stalled
+//!   runtime) may hold an invalidation unread after its sender stopped waiting for it, so the
+//!   first lookup that finds the lease run out marks everything stale before renewing it (see
+//!   [`super::fleet`], *Lease*). A hit costs one more atomic load and a monotonic clock read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +91,71 @@ pub struct CacheStats {
     /// Lookups answered with a record past `ttl` (or marked stale) because the store was
     /// unreachable.
     pub stale_served: AtomicU64,
+    /// Times the [`Lease`] was found run out (the process stood still): each marked every
+    /// entry stale.
+    pub lease_lapses: AtomicU64,
+}
+
+/// How long cached entries may be trusted without a sign of life from the invalidation
+/// subscriber (see the module docs): a deadline on the monotonic clock, renewed by the
+/// subscriber, unbounded while not armed (no subscription: the cache is distrusted anyway; the
+/// embedded backend: nothing to hear of).
+#[derive(Debug)]
+pub struct Lease {
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease holds; `u64::MAX` while not armed.
+    until: AtomicU64,
+    /// How long one renewal lasts.
+    period: Duration,
+}
+
+impl Lease {
+    /// A lease not armed, each renewal lasting `period`.
+    pub fn new(period: Duration) -> Lease {
+        Lease {
+            base: Instant::now(),
+            until: AtomicU64::new(u64::MAX),
+            period,
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether the lease holds at `now` (always while not armed).
+    pub fn holds(&self, now: Instant) -> bool {
+        let until = self.until.load(Ordering::Acquire);
+        until == u64::MAX || self.nanos(now) < until
+    }
+
+    /// `Some(now)` if the lease is armed and has run out: the clock is read only when armed.
+    fn lapsed_now(&self) -> Option<Instant> {
+        let until = self.until.load(Ordering::Acquire);
+        if until == u64::MAX {
+            return None;
+        }
+        let now = Instant::now();
+        (self.nanos(now) >= until).then_some(now)
+    }
+
+    /// Starts holding the lease, for one period from `now`.
+    pub fn arm(&self, now: Instant) {
+        self.until
+            .store(self.nanos(now + self.period), Ordering::Release);
+    }
+
+    /// Stops checking it (holds for ever until armed again).
+    pub fn disarm(&self) {
+        self.until.store(u64::MAX, Ordering::Release);
+    }
+
+    /// Extends an armed lease to one period from `now` (never shortens it; a lease not armed
+    /// stays so).
+    fn extend(&self, now: Instant) {
+        self.until
+            .fetch_max(self.nanos(now + self.period), Ordering::AcqRel);
+    }
 }
 
 /// What [`KeyCache::lookup`] found.
@@ -116,6 +186,7 @@ pub struct KeyCache<S> {
     generations: Box<[AtomicU64]>,
     epoch: AtomicU64,
     ttl: Duration,
+    lease: Lease,
     stats: CacheStats,
     store_metrics: StoreMetrics,
 }
@@ -136,6 +207,7 @@ impl<S: KeyStore> KeyCache<S> {
             generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             ttl: config.ttl,
+            lease: Lease::new(super::fleet::STALL_LIMIT),
             stats: CacheStats::default(),
             store_metrics: StoreMetrics::default(),
         }
@@ -175,6 +247,9 @@ impl<S: KeyStore> KeyCache<S> {
     /// Like [`KeyCache::get`], and says whether an unknown hash was answered from a negative
     /// entry (so callers can skip further lookups for it).
     pub async fn lookup(&self, hash: &SecretHash) -> Result<Lookup, StoreError> {
+        if let Some(now) = self.lease.lapsed_now() {
+            self.keep_lease(now);
+        }
         let generation = self.generation(hash).load(Ordering::Acquire);
         if let Some(entry) = self.cache.get(hash).await {
             if entry.generation == generation {
@@ -323,6 +398,27 @@ impl<S: KeyStore> KeyCache<S> {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| Some((e | 1) + 1));
     }
 
+    /// The lease on trusting entries (see the module docs), armed and disarmed by the
+    /// invalidation subscriber.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Renews the lease from `now`; if it had run out (this process stood still for longer
+    /// than a period), first marks every entry stale, since an invalidation may be waiting
+    /// unread. Called by the subscriber every few milliseconds and by lookups that find the
+    /// lease run out. Returns whether it had.
+    pub fn keep_lease(&self, now: Instant) -> bool {
+        let lapsed = !self.lease.holds(now);
+        if lapsed {
+            // Before the renewal: a lookup that sees the renewed lease sees the new epoch too.
+            self.mark_all_stale();
+            self.stats.lease_lapses.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lease.extend(now);
+        lapsed
+    }
+
     /// Whether cached entries are trusted (see [`KeyCache::distrust`]).
     pub fn is_trusted(&self) -> bool {
         self.epoch.load(Ordering::Acquire) & 1 == 0
@@ -345,5 +441,36 @@ impl<S: KeyStore> KeyCache<S> {
     /// calls, so that [`KeyCache::entry_count`] is exact.
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_holds_for_one_period_from_its_last_renewal_and_always_while_not_armed() {
+        let period = Duration::from_millis(50);
+        let lease = Lease::new(period);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(lease.holds(t0 + Duration::from_secs(3600)), "not armed");
+        lease.arm(t0);
+        assert!(lease.holds(t0 + ms(49)));
+        assert!(!lease.holds(t0 + ms(50)));
+        assert_eq!(lease.lapsed_now().is_some(), !lease.holds(Instant::now()));
+        lease.extend(t0 + ms(40));
+        assert!(lease.holds(t0 + ms(89)));
+        assert!(!lease.holds(t0 + ms(90)));
+        lease.extend(t0 + ms(10));
+        assert!(lease.holds(t0 + ms(89)), "never shortened");
+        lease.disarm();
+        assert!(lease.holds(t0 + Duration::from_secs(3600)));
+        lease.extend(t0);
+        assert!(
+            lease.holds(t0 + Duration::from_secs(3600)),
+            "a renewal does not arm it"
+        );
+        assert!(lease.lapsed_now().is_none());
     }
 }

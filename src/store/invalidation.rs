@@ -7,8 +7,15 @@
 //! - **Publishing**, [`invalidate_everywhere`]: after the store write, the key is dropped from
 //!   this instance's cache (so its very next request sees the change), then one message per
 //!   keyed hash goes out, bounded by the store timeout. [`crate::control::KeyManager`] calls it
-//!   for every change it makes (create, update, revoke, delete; a rotation is a create and an
-//!   update), and the request path after upgrading a SHA-256 import's hash.
+//!   for a new key (to clear negative entries), and the request path after upgrading a SHA-256
+//!   import's hash. Changes to an existing key (update, revoke, delete; a rotation ends the old
+//!   key with an update) go through [`invalidate_confirmed`], which also waits until every live
+//!   instance has confirmed dropping the key, at most [`fleet::CONFIRM_TIMEOUT`], and reports
+//!   who did not ([`super::fleet`]).
+//! - **Confirming**: a message that asks for it is confirmed to its origin only after the hash
+//!   is dropped and its generation bumped, off the subscriber's loop (a spawned publish).
+//!   The loop also renews the cache's lease every [`fleet::PULSE_INTERVAL`], so a process that
+//!   stood still re-reads what it cached (see [`KeyCache`]).
 //! - **A missed message**: a publish that fails is logged and counted, never turned into an
 //!   error, since the change is stored already. An instance that never hears of it keeps serving
 //!   its cached record until the entry's `cache.ttl` runs out, then re-reads the store: `ttl` is
@@ -50,7 +57,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::cache::KeyCache;
-use super::fleet;
+use super::fleet::{self, Confirm, Propagation};
 use super::redis::{InvalidationFeed, InvalidationMessage, RedisStore};
 use super::{Store, StoreError};
 use crate::keys::{HashScheme, KeyRecord, SecretHash};
@@ -150,6 +157,86 @@ pub async fn invalidate_hash_everywhere(
     publish(cache, hash, key).await;
 }
 
+/// Like [`invalidate_everywhere`], for a change to an existing key (update, rotate, revoke,
+/// delete): then waits until every other live instance has confirmed dropping the key, at most
+/// [`fleet::CONFIRM_TIMEOUT`], and reports how far it reached (see [`super::fleet`]).
+pub async fn invalidate_confirmed(cache: &KeyCache<Store>, key: &KeyRecord) -> Propagation {
+    cache.invalidate(&key.hash).await;
+    match key.hash_scheme {
+        HashScheme::KeyedBlake3 => publish_confirmed(cache, &key.hash, key).await,
+        // As in `invalidate_everywhere`: only the copy of an unfinished upgrade is cached.
+        HashScheme::Sha256 => match cache.store().upgrade_target(key).await {
+            Some(to) => invalidate_hash_confirmed(cache, &to, key).await,
+            None => nothing_cached(cache.store()),
+        },
+    }
+}
+
+/// Like [`invalidate_hash_everywhere`], waiting for confirmations as
+/// [`invalidate_confirmed`] does.
+pub async fn invalidate_hash_confirmed(
+    cache: &KeyCache<Store>,
+    hash: &SecretHash,
+    key: &KeyRecord,
+) -> Propagation {
+    cache.invalidate(hash).await;
+    publish_confirmed(cache, hash, key).await
+}
+
+/// The report of a change no cache can hold: every live instance is as good as confirmed.
+fn nothing_cached(store: &Store) -> Propagation {
+    match store.fleet() {
+        Some(fleet) => Propagation {
+            instances: fleet.live_count().load(Ordering::Acquire),
+            unconfirmed: Vec::new(),
+        },
+        None => Propagation::alone(),
+    }
+}
+
+async fn publish_confirmed(
+    cache: &KeyCache<Store>,
+    hash: &SecretHash,
+    key: &KeyRecord,
+) -> Propagation {
+    let Store::Redis(store) = cache.store().as_ref() else {
+        return Propagation::alone();
+    };
+    let fleet = store.fleet();
+    // Read now, after the store write: an instance that announced itself since this one's last
+    // heartbeat trusts its cache already and must be waited for. If Redis cannot say, the last
+    // heartbeat's list is the best there is (the publish is likely to fail too).
+    let live: Vec<String> = match store.live_instances().await {
+        Ok(ids) => ids,
+        Err(_) => fleet.live().iter().map(|id| id.to_string()).collect(),
+    };
+    let wait = fleet.expect(&live);
+    let stats = store.invalidation_stats();
+    // Confirmations come back on this instance's subscription: without it, none can be heard.
+    let listening = stats.is_subscribed();
+    let propagation = match counted(stats, store.publish_confirmable(hash, wait.seq()).await) {
+        Ok(()) if listening => wait.finish(fleet::CONFIRM_TIMEOUT).await,
+        Ok(()) => wait.unheard(),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                key_id = %key.id,
+                "invalidation not published; other instances may serve the old record for up to cache.ttl"
+            );
+            wait.unheard()
+        }
+    };
+    if !propagation.unconfirmed.is_empty() {
+        tracing::warn!(
+            key_id = %key.id,
+            unconfirmed = ?propagation.unconfirmed,
+            instances = propagation.instances,
+            "change not confirmed by every live instance in time; those may serve the old record until they hear of it"
+        );
+    }
+    propagation
+}
+
 async fn publish(cache: &KeyCache<Store>, hash: &SecretHash, key: &KeyRecord) {
     let store = cache.store();
     let Some(stats) = store.invalidation_stats() else {
@@ -195,6 +282,7 @@ impl Subscriber {
         }
         if let Some(stats) = self.cache.store().invalidation_stats() {
             self.cache.distrust();
+            self.cache.lease().disarm();
             stats.subscribed.store(false, Ordering::Release);
         }
         if let Store::Redis(store) = self.cache.store().as_ref() {
@@ -228,6 +316,7 @@ async fn run(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) {
                 // start: requests may have filled the cache before this), may have been missed;
                 // from here on, changes are heard of. Only now that the announcement is in:
                 // revokers wait for this instance from then on, so it may trust its cache.
+                cache.lease().arm(std::time::Instant::now());
                 cache.trust();
                 workspaces.maybe_missed();
                 store.breaker().close();
@@ -250,6 +339,7 @@ async fn run(cache: Arc<KeyCache<Store>>, workspaces: Arc<Directory>) {
                 let why = listen(&cache, &workspaces, stats, &mut feed, announced).await;
                 drop(feed);
                 cache.distrust();
+                cache.lease().disarm();
                 stats.subscribed.store(false, Ordering::Release);
                 stats.subscription_losses.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -284,6 +374,19 @@ async fn subscribe_and_announce(
     let live = store.heartbeat(fleet::HEARTBEAT_TTL).await?;
     store.fleet().heard(live);
     Ok((feed, sent))
+}
+
+/// Confirms to the instance that asked that this one dropped what its message named; a
+/// confirmation that does not get through leaves this instance reported unconfirmed.
+fn confirm_to(store: Arc<Store>, confirm: Confirm) {
+    tokio::spawn(async move {
+        let Store::Redis(redis) = store.as_ref() else {
+            return;
+        };
+        if let Err(e) = redis.publish_ack(&confirm.origin, confirm.seq).await {
+            tracing::debug!(error = %e, origin = %confirm.origin, "invalidation not confirmed");
+        }
+    });
 }
 
 /// Withdraws this instance from the fleet, best effort (its announcement runs out anyway).
@@ -339,16 +442,33 @@ async fn listen(
     };
     let announcing = announce(store, announced);
     tokio::pin!(announcing);
+    let mut pulse = tokio::time::interval(fleet::PULSE_INTERVAL);
+    // A tick missed (the process stood still) is one lapse, not a burst of catching up.
+    pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             dead = &mut heartbeat => return dead.to_string(),
             lapsed = &mut announcing => return lapsed,
+            _ = pulse.tick() => {
+                if cache.keep_lease(std::time::Instant::now()) {
+                    tracing::info!(
+                        "this instance stood still longer than the cache's lease; cached keys re-read"
+                    );
+                }
+            }
             message = feed.next() => match message {
-                Some(InvalidationMessage::Key(hash)) => {
+                Some(InvalidationMessage::Key { hash, confirm }) => {
                     cache.invalidate(&hash).await;
                     // Release: whoever reads the count sees the invalidation done.
                     stats.received.fetch_add(1, Ordering::Release);
+                    // Only now, with the generation bumped: a request that arrives after the
+                    // origin has heard this cannot take the old record, not even from a fill
+                    // under way. Sent off this loop, which never waits on the store.
+                    if let Some(confirm) = confirm.filter(|c| c.origin != store.fleet().id()) {
+                        confirm_to(cache.store().clone(), confirm);
+                    }
                 }
+                Some(InvalidationMessage::Ack(ack)) => store.fleet().acked(&ack),
                 Some(InvalidationMessage::Workspace(name)) => {
                     // Read by the directory's own task: this loop never waits on the store.
                     workspaces.changed_elsewhere(&name);
@@ -387,7 +507,10 @@ mod tests {
         let hash = SecretHash([0xab; 32]);
         assert_eq!(
             InvalidationMessage::parse(hash.to_hex().as_bytes()),
-            InvalidationMessage::Key(hash)
+            InvalidationMessage::Key {
+                hash,
+                confirm: None
+            }
         );
         for bad in [
             &b""[..],
@@ -400,6 +523,50 @@ mod tests {
             assert_eq!(
                 InvalidationMessage::parse(bad),
                 InvalidationMessage::Unreadable
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_may_ask_its_origin_to_be_confirmed() {
+        let hash = SecretHash([0x5c; 32]);
+        let hex = hash.to_hex();
+        assert_eq!(
+            InvalidationMessage::parse(format!("{hex} web-1.local-42-ab12 7").as_bytes()),
+            InvalidationMessage::Key {
+                hash,
+                confirm: Some(Confirm {
+                    origin: "web-1.local-42-ab12".into(),
+                    seq: 7
+                })
+            }
+        );
+        assert_eq!(
+            InvalidationMessage::parse(format!("{hex} a-1-0000 18446744073709551615").as_bytes()),
+            InvalidationMessage::Key {
+                hash,
+                confirm: Some(Confirm {
+                    origin: "a-1-0000".into(),
+                    seq: u64::MAX
+                })
+            }
+        );
+        for bad in [
+            format!("{hex} a-1-0000"),
+            format!("{hex} a-1-0000 7 8"),
+            format!("{hex}  a-1-0000 7"),
+            format!("{hex} a-1-0000 -7"),
+            format!("{hex} a-1-0000 +7"),
+            format!("{hex} a-1-0000 18446744073709551616"),
+            format!("{hex} A-1-0000 7"),
+            format!("{hex} a:1 7"),
+            format!("{hex} a-1-0000 7 "),
+            format!("{} a-1-0000 7", &hex[..63]),
+        ] {
+            assert_eq!(
+                InvalidationMessage::parse(bad.as_bytes()),
+                InvalidationMessage::Unreadable,
+                "{bad}"
             );
         }
     }

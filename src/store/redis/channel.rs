@@ -1,7 +1,10 @@
 //! The invalidation channel of the Redis store (see the module docs of [`super`]): publishing,
-//! subscribing, and the message format.
+//! subscribing, and the message format: `<hash hex>` (64 lowercase hex digits), optionally
+//! followed by ` <origin instance id> <seq>` to ask for a confirmation ([`super::fleet`]), or
+//! `ws:<name>`.
 
 use super::*;
+use crate::store::fleet::{Ack, Confirm, is_instance_id};
 
 /// The invalidation channel (see the module docs).
 impl RedisStore {
@@ -38,11 +41,14 @@ impl RedisStore {
     /// second (as the store's own connection attempts).
     pub async fn subscribe_invalidations(&self) -> Result<InvalidationFeed, StoreError> {
         let limit = self.timeout.max(MIN_CONNECT_TIMEOUT);
+        let acks = self.ack_channel(self.fleet().id());
         let subscribe = async {
             let nodes = &self.channel.nodes;
             let node = self.channel.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
             let mut pubsub = nodes[node].get_async_pubsub().await?;
+            // Beside the channel, this instance's own confirmations ([`super::fleet`]).
             pubsub.subscribe(&self.channel.name).await?;
+            pubsub.subscribe(&acks).await?;
             Ok::<_, RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(limit, subscribe).await {
@@ -59,6 +65,7 @@ impl RedisStore {
         Ok(InvalidationFeed {
             sink,
             messages,
+            acks,
             ping_timeout: limit,
         })
     }
@@ -73,10 +80,17 @@ impl RedisStore {
 /// One message of the invalidation channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidationMessage {
-    /// Drop this keyed hash.
-    Key(SecretHash),
+    /// Drop this keyed hash, and then, if asked, confirm it to the instance that changed it.
+    Key {
+        /// The key's keyed hash.
+        hash: SecretHash,
+        /// Whom to confirm to (`<hash hex> <origin> <seq>`); `None` for the bare hash.
+        confirm: Option<Confirm>,
+    },
     /// This stored workspace changed (created, changed or deleted): read it again.
     Workspace(String),
+    /// Another instance confirms one of this instance's messages (on `Pack:<this id>`).
+    Ack(Ack),
     /// Not a message this version can read (e.g. one of a newer format).
     Unreadable,
 }
@@ -94,11 +108,36 @@ impl InvalidationMessage {
                 InvalidationMessage::Unreadable
             };
         }
+        let mut parts = text.split(' ');
+        let (Some(hex), origin, seq, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return InvalidationMessage::Unreadable;
+        };
+        let confirm = match (origin, seq) {
+            (None, None) => None,
+            (Some(origin), Some(seq))
+                if is_instance_id(origin)
+                    && !seq.is_empty()
+                    && seq.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                match seq.parse() {
+                    Ok(seq) => Some(Confirm {
+                        origin: origin.to_owned(),
+                        seq,
+                    }),
+                    Err(_) => return InvalidationMessage::Unreadable,
+                }
+            }
+            _ => return InvalidationMessage::Unreadable,
+        };
         // Only lowercase: `from_hex` takes either case, the format is one of them.
-        Some(text)
-            .filter(|text| !text.bytes().any(|b| b.is_ascii_uppercase()))
+        Some(hex)
+            .filter(|hex| !hex.bytes().any(|b| b.is_ascii_uppercase()))
             .and_then(SecretHash::from_hex)
-            .map_or(InvalidationMessage::Unreadable, InvalidationMessage::Key)
+            .map_or(InvalidationMessage::Unreadable, |hash| {
+                InvalidationMessage::Key { hash, confirm }
+            })
     }
 }
 
@@ -110,6 +149,8 @@ const WORKSPACE_MESSAGE: &str = "ws:";
 pub struct InvalidationFeed {
     sink: PubSubSink,
     messages: PubSubStream,
+    /// `Pack:<this id>`.
+    acks: String,
     ping_timeout: Duration,
 }
 
@@ -118,8 +159,16 @@ impl InvalidationFeed {
     /// error, Redis restarted). Cancel-safe: no message is lost if the call is dropped.
     pub async fn next(&mut self) -> Option<InvalidationMessage> {
         use futures_util::StreamExt as _;
-        let message = self.messages.next().await?;
-        Some(InvalidationMessage::parse(message.get_payload_bytes()))
+        loop {
+            let message = self.messages.next().await?;
+            if message.get_channel_name() != self.acks {
+                return Some(InvalidationMessage::parse(message.get_payload_bytes()));
+            }
+            // An unreadable confirmation names no key: it is skipped (its wait runs out).
+            if let Some(ack) = super::fleet::parse_ack(message.get_payload_bytes()) {
+                return Some(InvalidationMessage::Ack(ack));
+            }
+        }
     }
 
     /// A liveness check that runs until the connection stops answering: a `PING` every

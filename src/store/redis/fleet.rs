@@ -14,9 +14,12 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::*;
+use crate::store::fleet::{Ack, is_instance_id};
 
 /// `P{fleet}` after the key prefix.
 const FLEET_KEY: &str = "{fleet}";
+/// `Pack:` after the key prefix; the origin's id follows.
+const ACK_CHANNEL: &str = "ack:";
 
 /// Announces an instance and lists the live ones. KEYS: `P{fleet}`. ARGV: id, TTL ms.
 const HEARTBEAT: &str = r"
@@ -43,6 +46,11 @@ static SCRIPTS: LazyLock<(Script, Script)> =
 impl RedisStore {
     fn fleet_key(&self) -> String {
         format!("{}{FLEET_KEY}", self.prefix)
+    }
+
+    /// `Pack:<id>`: where instance `id` hears its invalidations confirmed.
+    pub(super) fn ack_channel(&self, id: &str) -> String {
+        format!("{}{ACK_CHANNEL}{id}", self.prefix)
     }
 
     /// This instance and what it knows of the others.
@@ -80,5 +88,72 @@ impl RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// Publishes an invalidation of `hash` that asks every instance to confirm it to this one
+    /// under `seq` (`<hash hex> <origin> <seq>`), bounded by `store.redis.timeout`.
+    pub async fn publish_confirmable(&self, hash: &SecretHash, seq: u64) -> Result<(), StoreError> {
+        let message = format!("{} {} {seq}", hash.to_hex(), self.fleet().id());
+        // Sent twice, it asks twice: the second confirmation of an instance counts once.
+        let _receivers: i64 = self
+            .retried(redis::cmd("PUBLISH").arg(&self.channel.name).arg(message))
+            .await?;
+        Ok(())
+    }
+
+    /// Confirms to instance `origin` that this one has dropped what its message `seq` named.
+    pub async fn publish_ack(&self, origin: &str, seq: u64) -> Result<(), StoreError> {
+        let _receivers: i64 = self
+            .retried(
+                redis::cmd("PUBLISH")
+                    .arg(self.ack_channel(origin))
+                    .arg(format!("{seq} {}", self.fleet().id())),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Reads a confirmation (`<seq> <instance id>`).
+pub(super) fn parse_ack(payload: &[u8]) -> Option<Ack> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (seq, from) = text.split_once(' ')?;
+    let seq = seq
+        .parse()
+        .ok()
+        .filter(|_| seq.bytes().all(|b| b.is_ascii_digit()))?;
+    is_instance_id(from).then(|| Ack {
+        seq,
+        from: from.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirmations_are_a_sequence_number_and_an_instance_id() {
+        assert_eq!(
+            parse_ack(b"7 web-1-42-ab12"),
+            Some(Ack {
+                seq: 7,
+                from: "web-1-42-ab12".into()
+            })
+        );
+        for bad in [
+            &b""[..],
+            b"7",
+            b"7 ",
+            b" web-1",
+            b"+7 web-1",
+            b"x web-1",
+            b"7 Web-1",
+            b"7 web 1",
+            b"18446744073709551616 web-1",
+            b"7 \xff",
+        ] {
+            assert_eq!(parse_ack(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }
