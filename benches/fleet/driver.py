@@ -7,9 +7,10 @@ prints each result as it comes and a summary table at the end (and writes --json
   revocation  create a key on instance A, warm it on every instance, revoke it on A, then poll
               every other instance from the moment the revoke response arrives until its first
               401; idle, then with wrk loading every instance with another key
-  limit       one key with a global rate limit, flooded through 2 and N instances; admitted
-              against burst + rate × elapsed; again with Redis frozen (SIGSTOP) mid-run for
-              60 ms (one reply just over the store timeout) and for 1 s
+  limit       one key with a global rate limit, flooded through 2 instances (the others
+              paused until the fleet counts 2) and through N; admitted against burst + rate ×
+              elapsed; again with Redis frozen (SIGSTOP) mid-run for 60 ms (one reply just over
+              the store timeout) and for 1 s
   quota       one key with `quota: {limit: Q, refill: none}` used on every instance at once
               until refused: admitted must be exactly Q
   throughput  wrk against every instance at once (keys in rotation, cache hits), fleets in turn
