@@ -2,7 +2,7 @@
 //! this instance and the next goes to Redis again; while Redis is down, the instances together
 //! admit about the global limit (each enforces its share of the fleet's count), not one limit
 //! each. Real HTTP through gateways on one real redis-server, which the harness freezes
-//! (SIGSTOP) or stops. The accuracy under load is measured by `benches/global_limit.rs`.
+//! (SIGSTOP) or stops. The accuracy under load is measured by `benches/fleet/run`.
 //!
 //! Limits here are per hour, so that real time refills nothing during a test: the counts are
 //! exact without sleeping.
