@@ -180,7 +180,7 @@ async fn subscribed(gw: &TestGateway, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_reach_every_instance_after_the_node_they_listened_on_dies() {
-    // Every instance subscribes on the first seed node first: a master, killed below.
+    // Every instance subscribes on the home master (see the test below), killed here.
     let cluster = RedisCluster::start(3, 1);
     let long_cache = "cache: { ttl: 1h }";
     let a = TestGateway::start_on_cluster(cluster, long_cache).await;
@@ -194,7 +194,8 @@ async fn invalidations_reach_every_instance_after_the_node_they_listened_on_dies
     );
 
     let mut a = a;
-    a.cluster.as_mut().unwrap().kill_master_and_fail_over(0);
+    let home = a.cluster.as_ref().unwrap().master_of("keygate:invalidate");
+    a.cluster.as_mut().unwrap().kill_master_and_fail_over(home);
     // Both subscribe again, on another node; the channel is cluster-wide, so a revoke made
     // through A reaches B's cache there.
     subscribed(&a, 2).await;
@@ -235,4 +236,45 @@ async fn invalidations_reach_every_instance_after_the_node_they_listened_on_dies
         stats.received.load(Ordering::SeqCst) > received,
         "B heard of the revoke on its new subscription"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_published_where_the_subscribers_listen() {
+    // Pub/sub crossing the cluster bus can wait tens of milliseconds there: publishers and
+    // subscribers meet on the master of the invalidation channel's slot instead.
+    let a = TestGateway::start(Backend::RedisCluster, "").await;
+    let b = a.another_instance("").await;
+    a.wait_subscribed().await;
+    b.wait_subscribed().await;
+    let c = cluster(&a);
+    let home = c.master_of("keygate:invalidate");
+    let listening: Vec<usize> = (0..3).map(|i| c.pubsub_clients(i)).collect();
+    let mut expected = vec![0, 0, 0];
+    expected[home] = 2;
+    assert_eq!(
+        listening, expected,
+        "both subscriptions on the home master {home}"
+    );
+
+    let before: Vec<u64> = (0..3).map(|i| c.publishes(i)).collect();
+    let (record, _) = a.create_key(&["sessions:read"]).await;
+    let path = format!("/v1/workspaces/acme/keys/{}/revoke", record.id);
+    let r = a
+        .admin(
+            Method::POST,
+            &path,
+            Some(OPS_TOKEN),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["propagation"]["confirmed"], 2, "{}", r.json());
+    for (i, before) in before.iter().enumerate() {
+        let published = c.publishes(i) - before;
+        if i == home {
+            assert!(published > 0, "the home master ran the PUBLISHes");
+        } else {
+            assert_eq!(published, 0, "master {i} ran no PUBLISH");
+        }
+    }
 }

@@ -453,7 +453,9 @@ key_000000000000000000000b  ci                 kg_live_7Hq2…  role:viewer sess
             json!({"instances": 3, "confirmed": 2, "unconfirmed": ["gw-c-41\u{1b}[2J"]});
         let note = propagation(&revoked);
         assert!(
-            note.starts_with("Warning: 2 of 3 gateway instances confirmed in time; not yet: gw-c-41"),
+            note.starts_with(
+                "Warning: 2 of 3 gateway instances confirmed in time; not yet: gw-c-41"
+            ),
             "{note}"
         );
         assert!(!note.contains('\u{1b}'), "{note:?}");

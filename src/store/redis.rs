@@ -210,7 +210,8 @@ impl RedisStore {
                 .map_err(|e| redis_err(&e))?;
             (RedisConn::Server(manager), vec![client])
         } else {
-            RedisConn::cluster(&config.cluster, connect_timeout).map_err(|_| {
+            let home = format!("{}{INVALIDATION_CHANNEL}", config.key_prefix);
+            RedisConn::cluster(&config.cluster, connect_timeout, &home).map_err(|_| {
                 StoreError::Unavailable(
                     "store.redis.cluster holds a URL that is not a valid Redis URL".into(),
                 )
@@ -234,7 +235,7 @@ impl RedisStore {
 
     /// Whether this store is on a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, RedisConn::Cluster(_))
+        matches!(self.conn, RedisConn::Cluster(..))
     }
 
     /// Keeps at most `max` entries per audit log instead of [`AUDIT_MAX_ENTRIES`] (at least 1),

@@ -208,6 +208,26 @@ impl RedisCluster {
         });
     }
 
+    /// Clients of node `i` in subscriber mode (`CLIENT LIST TYPE pubsub`).
+    pub(crate) fn pubsub_clients(&self, i: usize) -> usize {
+        self.cli(i, &["CLIENT", "LIST", "TYPE", "pubsub"])
+            .lines()
+            .filter(|l| l.starts_with("id="))
+            .count()
+    }
+
+    /// `PUBLISH` commands node `i` has run (`INFO commandstats`); messages that reached it over
+    /// the cluster bus are not counted.
+    pub(crate) fn publishes(&self, i: usize) -> u64 {
+        let stats = self.cli(i, &["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Every key matching the glob `pattern`, from every running master.
     pub(crate) fn keys_matching(&self, pattern: &str) -> Vec<String> {
         (0..self.masters)

@@ -43,9 +43,7 @@ impl RedisStore {
         let limit = self.timeout.max(MIN_CONNECT_TIMEOUT);
         let acks = self.ack_channel(self.fleet().id());
         let subscribe = async {
-            let nodes = &self.channel.nodes;
-            let node = self.channel.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
-            let mut pubsub = nodes[node].get_async_pubsub().await?;
+            let mut pubsub = self.subscription_client().await?.get_async_pubsub().await?;
             // Beside the channel, this instance's own confirmations ([`super::fleet`]).
             pubsub.subscribe(&self.channel.name).await?;
             pubsub.subscribe(&acks).await?;
@@ -68,6 +66,22 @@ impl RedisStore {
             acks,
             ping_timeout: limit,
         })
+    }
+
+    /// Where to subscribe: on a cluster, the master every message is published to (see
+    /// [`conn`](super::conn)); otherwise, or if the cluster cannot say, the next node of the
+    /// list, so that a subscription lost with its node is made again on another one.
+    async fn subscription_client(&self) -> RedisResult<redis::Client> {
+        let nodes = &self.channel.nodes;
+        let next = self.channel.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
+        match self.conn.home_node(&self.channel.name).await {
+            Ok(Some(home)) => conn::client_for(&nodes[next], home),
+            Ok(None) => Ok(nodes[next].clone()),
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster slots unknown; subscribing on a seed node");
+                Ok(nodes[next].clone())
+            }
+        }
     }
 
     /// Counters and state of the invalidation channel, shared by the publisher and the
