@@ -312,6 +312,13 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_key_stays_compact() {
+        // The SPEC §8 budget (see the module docs) is counted on these sizes.
+        assert_eq!(size_of::<CachedKey>(), 48);
+        assert!(size_of::<Grant>() <= 104, "{}", size_of::<Grant>());
+    }
+
+    #[test]
     fn expiries_outside_the_nanosecond_range_keep_their_meaning() {
         let grants = Grants::new();
         let now = OffsetDateTime::now_utc();
