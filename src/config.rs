@@ -410,7 +410,7 @@ pub struct Quotas {
 }
 
 /// A GCRA limit: `requests` per `period`, with up to `burst` at once (default `requests`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Requests per period.
@@ -424,7 +424,7 @@ pub struct RateLimitSpec {
 }
 
 /// When a quota refills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Refill {
     /// Never.
@@ -436,7 +436,7 @@ pub enum Refill {
 }
 
 /// A usage allowance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
     /// Requests allowed per refill period.

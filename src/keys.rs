@@ -294,47 +294,59 @@ impl fmt::Debug for SecretHasher {
 }
 
 /// A key's public id: `key_` + 22 base62 characters. Safe to log.
+///
+/// Held inline (26 bytes, no heap allocation): every cached key carries one, and ids are
+/// compared and hashed on the request path (quota and rate-limit buckets).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct KeyId(String);
+pub struct KeyId([u8; KEY_ID_LEN]);
+
+/// Bytes of a key id: `key_` and [`ID_LEN`] base62 characters.
+const KEY_ID_LEN: usize = 4 + ID_LEN;
 
 impl KeyId {
     /// A new random id.
     pub fn generate() -> Self {
-        let mut s = String::with_capacity(4 + ID_LEN);
+        let mut s = String::with_capacity(KEY_ID_LEN);
         s.push_str("key_");
         base62_fixed(&random_bytes::<16>(), ID_LEN, &mut s);
-        KeyId(s)
+        KeyId::parse(&s).expect("a generated id has the documented shape")
     }
 
     /// Parses an id, as found in an admin API path.
     pub fn parse(s: &str) -> Option<Self> {
         let body = s.strip_prefix("key_")?;
         (body.len() == ID_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric()))
-            .then(|| KeyId(s.to_owned()))
+            .then(|| KeyId(s.as_bytes().try_into().expect("length checked above")))
+    }
+
+    /// The id's bytes (ASCII), without the UTF-8 check of [`KeyId::as_str`].
+    pub fn as_bytes(&self) -> &[u8; KEY_ID_LEN] {
+        &self.0
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // ASCII by construction (`parse` is the only way in).
+        std::str::from_utf8(&self.0).expect("a key id is ASCII")
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl From<KeyId> for String {
     fn from(id: KeyId) -> String {
-        id.0
+        id.as_str().to_owned()
     }
 }
 

@@ -21,16 +21,16 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use crate::auth::{self, CredentialSources};
 use crate::config::Config;
 use crate::error::Reject;
-use crate::keys::{KeyRecord, SecretFormat, SecretHash, SecretHasher, Shape};
+use crate::keys::{SecretFormat, SecretHash, SecretHasher, Shape};
 use crate::limits::{LimitHeaders, Limits};
 use crate::metrics::Metrics;
 use crate::route::{CompiledRoute, Router};
 use crate::store::cache::{KeyCache, Lookup};
+use crate::store::cached::CachedKey;
 use crate::store::stats::StoreOp;
 use crate::store::{KeyStore, Store, StoreError};
 use crate::usage::Recorder;
@@ -94,7 +94,7 @@ pub struct Decision<'a> {
     /// The matched route.
     pub route: &'a CompiledRoute,
     /// The key, unless the route is public.
-    pub key: Option<Arc<KeyRecord>>,
+    pub key: Option<Arc<CachedKey>>,
     /// The client's address as determined from the peer and trusted proxies.
     pub client_ip: IpAddr,
     /// Which headers carried the credential (bit 0 = `Authorization`).
@@ -118,7 +118,7 @@ pub struct Refusal {
     pub limits: LimitHeaders,
     /// The key, when the secret was recognised before the refusal (revoked, expired, IP,
     /// scope, limits): the refusal goes to its request log and its access-log line.
-    pub key: Option<Arc<KeyRecord>>,
+    pub key: Option<Arc<CachedKey>>,
 }
 
 impl From<Reject> for Refusal {
@@ -133,7 +133,7 @@ impl From<Reject> for Refusal {
 
 impl Refusal {
     /// A refusal of a recognised key.
-    fn of(key: &Arc<KeyRecord>, reject: Reject, limits: LimitHeaders) -> Refusal {
+    fn of(key: &Arc<CachedKey>, reject: Reject, limits: LimitHeaders) -> Refusal {
         Refusal {
             reject,
             limits,
@@ -195,17 +195,16 @@ impl Policy {
         &self.limits
     }
 
-    fn role_scopes(&self, key: &KeyRecord) -> &[String] {
-        key.role
-            .as_ref()
+    fn role_scopes(&self, key: &CachedKey) -> &[String] {
+        key.role()
             .and_then(|r| self.roles.get(r))
             .map_or(&[], Vec::as_slice)
     }
 
     /// The scopes a key holds: its own and its role's, deduplicated, in that order.
-    pub fn effective_scopes<'k>(&'k self, key: &'k KeyRecord) -> Vec<&'k str> {
-        let mut out: Vec<&str> = Vec::with_capacity(key.scopes.len());
-        for s in key.scopes.iter().chain(self.role_scopes(key)) {
+    pub fn effective_scopes<'k>(&'k self, key: &'k CachedKey) -> Vec<&'k str> {
+        let mut out: Vec<&str> = Vec::with_capacity(key.scopes().len());
+        for s in key.scopes().iter().chain(self.role_scopes(key)) {
             if !out.contains(&s.as_str()) {
                 out.push(s);
             }
@@ -478,19 +477,16 @@ impl Gateway {
             .ok_or_else(|| failed(Reject::InvalidKey("unknown secret")))?;
 
         let refused = |reject| Refusal::of(&key, failed(reject), LimitHeaders::default());
-        if key.revoked_at.is_some() {
+        if key.is_revoked() {
             return Err(refused(Reject::KeyRevoked));
         }
-        if key
-            .expires_at
-            .is_some_and(|at| at <= OffsetDateTime::now_utc())
-        {
+        if key.is_expired() {
             return Err(refused(Reject::KeyExpired));
         }
         // Authenticated: from here every response carries the limit headers.
-        let authorized = if auth::ip_allowed(client_ip, &key.ip_allowlist) {
+        let authorized = if auth::ip_allowed(client_ip, key.ip_allowlist()) {
             auth::check_scopes(
-                &key.scopes,
+                key.scopes(),
                 policy.role_scopes(&key),
                 &route.scopes,
                 &route.any_scopes,
@@ -520,7 +516,7 @@ impl Gateway {
     /// The key of a presented secret: the hot cache, then the store. A secret in a foreign
     /// format may belong to a key imported by its SHA-256 alone: such a key is found by that
     /// digest and re-hashed with the pepper on this, its first successful use.
-    pub async fn lookup(&self, secret: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    pub async fn lookup(&self, secret: &str) -> Result<Option<Arc<CachedKey>>, StoreError> {
         let hash = self.hasher.hash(secret);
         match self.keys.lookup(&hash).await? {
             Lookup::Found(key) => return Ok(Some(key)),
@@ -548,7 +544,7 @@ impl Gateway {
             .await?;
         // The miss above cached this hash as unknown, here and maybe on other instances.
         crate::store::invalidation::invalidate_everywhere(&self.keys, &upgraded).await;
-        Ok(Some(Arc::new(upgraded)))
+        Ok(Some(self.keys.compact(upgraded)))
     }
 }
 
@@ -558,7 +554,7 @@ fn log_access(
     method: &http::Method,
     path: &str,
     response: &Response<ProxyBody>,
-    key: Option<&KeyRecord>,
+    key: Option<&CachedKey>,
     code: Option<&str>,
     client_ip: IpAddr,
     latency: Duration,
@@ -571,8 +567,8 @@ fn log_access(
         path,
         status = response.status().as_u16(),
         code,
-        key_id = key.map(|k| k.id.as_str()),
-        workspace = key.map(|k| k.workspace.as_str()),
+        key_id = key.map(|k| k.id().as_str()),
+        workspace = key.map(|k| k.workspace()),
         client_ip = %client_ip,
         latency_us = latency.as_micros() as u64,
         upstream_us = upstream.map(|d| d.as_micros() as u64),

@@ -41,8 +41,9 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::Config;
-use crate::keys::{KeyId, KeyRecord};
+use crate::keys::KeyId;
 use crate::metrics::{Metrics, UsageDrop, UsageMetrics};
+use crate::store::cached::CachedKey;
 use crate::store::stats::StoreOp;
 use crate::store::{KeyStore, RequestLogEntry, Store, StoreError, UsageDelta};
 
@@ -61,7 +62,7 @@ const SHUTDOWN_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// What one request sends to the flusher: the key record it already holds (a reference count,
 /// no copy), when it arrived, and the request-log fields only when request logs are on.
 struct Use {
-    key: Arc<KeyRecord>,
+    key: Arc<CachedKey>,
     at: OffsetDateTime,
     log: Option<LogFields>,
     /// The refusal's error code; `None` for a forwarded request (a use).
@@ -101,7 +102,7 @@ impl Recorder {
     #[allow(clippy::too_many_arguments, reason = "one flat request-log entry")]
     pub fn record(
         &self,
-        key: Arc<KeyRecord>,
+        key: Arc<CachedKey>,
         method: &Method,
         path: &str,
         status: StatusCode,
@@ -397,8 +398,8 @@ async fn write(
                     .time(
                         StoreOp::AppendRequestLogs,
                         store.append_request_logs(
-                            &k.key.workspace,
-                            &k.key.id,
+                            k.key.workspace(),
+                            k.key.id(),
                             k.logs.make_contiguous(),
                             max_per_key,
                         ),
@@ -429,8 +430,8 @@ fn deltas(batch: &[KeyUsage]) -> Vec<UsageDelta> {
             let mut days = k.days.clone();
             days.sort_unstable();
             Some(UsageDelta {
-                workspace: k.key.workspace.clone(),
-                id: k.key.id.clone(),
+                workspace: k.key.workspace().to_owned(),
+                id: k.key.id().clone(),
                 count: k.count,
                 last_used_at: k.last_used?,
                 days,
@@ -441,7 +442,7 @@ fn deltas(batch: &[KeyUsage]) -> Vec<UsageDelta> {
 
 /// One key's usage not yet written.
 struct KeyUsage {
-    key: Arc<KeyRecord>,
+    key: Arc<CachedKey>,
     count: u64,
     /// `count` by the UTC day of each use, each day once (one or two entries: a flush rarely
     /// spans more than one midnight).
@@ -495,7 +496,7 @@ impl Pending {
             latency_ms: log.latency.as_secs_f64() * 1000.0,
             code: u.refused.map(str::to_owned),
         });
-        if !self.keys.contains_key(&u.key.id) {
+        if !self.keys.contains_key(u.key.id()) {
             if self.keys.len() + self.in_flight_keys >= self.max_keys {
                 self.metrics.dropped(UsageDrop::TooManyKeys);
                 return;
@@ -507,14 +508,14 @@ impl Pending {
                 last_used: None,
                 logs: VecDeque::new(),
             };
-            self.keys.insert(u.key.id.clone(), k);
+            self.keys.insert(u.key.id().clone(), k);
             self.metrics
                 .pending_keys
                 .set(gauge(self.keys.len() + self.in_flight_keys));
         }
         let k = self
             .keys
-            .get_mut(&u.key.id)
+            .get_mut(u.key.id())
             .expect("present or inserted above");
         // A refusal is logged but is no use: it moves neither the count nor `last_used_at`.
         if u.refused.is_none() {
@@ -548,7 +549,7 @@ impl Pending {
         self.in_flight_keys = 0;
         self.in_flight_entries = 0;
         for old in left {
-            match self.keys.get_mut(&old.key.id) {
+            match self.keys.get_mut(old.key.id()) {
                 Some(new) => {
                     new.count += old.count;
                     for (day, n) in old.days {
@@ -562,7 +563,7 @@ impl Pending {
                     new.logs = logs;
                 }
                 None => {
-                    self.keys.insert(old.key.id.clone(), old);
+                    self.keys.insert(old.key.id().clone(), old);
                 }
             }
         }
@@ -616,11 +617,11 @@ fn push_log(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{HashScheme, SecretHash};
+    use crate::keys::{HashScheme, KeyRecord, SecretHash};
 
-    fn key(name: &str) -> Arc<KeyRecord> {
+    fn key(name: &str) -> Arc<CachedKey> {
         let now = OffsetDateTime::now_utc();
-        Arc::new(KeyRecord {
+        Arc::new(crate::store::cached::Grants::new().compact(KeyRecord {
             id: KeyId::generate(),
             workspace: "acme".into(),
             name: name.into(),
@@ -645,10 +646,10 @@ mod tests {
             sha256_tag: None,
             rotated_from: None,
             replaced_by: None,
-        })
+        }))
     }
 
-    fn use_of(key: &Arc<KeyRecord>, path: &str, at: OffsetDateTime) -> Use {
+    fn use_of(key: &Arc<CachedKey>, path: &str, at: OffsetDateTime) -> Use {
         Use {
             key: key.clone(),
             at,
@@ -707,7 +708,7 @@ mod tests {
             p.add(use_of(&a, path, t0 + time::Duration::seconds(i as i64)));
         }
         p.add(use_of(&b, "/b", t0));
-        let ka = &p.keys[&a.id];
+        let ka = &p.keys[a.id()];
         assert_eq!(ka.count, 3);
         assert_eq!(ka.last_used, Some(t0 + time::Duration::seconds(2)));
         assert_eq!(paths(ka), ["/2", "/3"]);
@@ -726,7 +727,7 @@ mod tests {
         p.add(use_of(&a, "/new1", t0 + time::Duration::seconds(1)));
         p.add(use_of(&a, "/new2", t0 + time::Duration::seconds(1)));
         p.restore(failed);
-        let ka = &p.keys[&a.id];
+        let ka = &p.keys[a.id()];
         assert_eq!(ka.count, 4);
         assert_eq!(ka.last_used, Some(t0 + time::Duration::seconds(1)));
         assert_eq!(paths(ka), ["/old2", "/new1", "/new2"]);
@@ -775,9 +776,9 @@ mod tests {
         // A key already buffered keeps counting.
         p.restore(in_flight);
         p.add(use_of(&a, "/", t0));
-        assert_eq!(p.keys[&a.id].count, 2);
+        assert_eq!(p.keys[a.id()].count, 2);
         assert_eq!(p.requests(), 3);
-        assert!(p.keys[&a.id].logs.is_empty(), "max_per_key 0 keeps no log");
+        assert!(p.keys[a.id()].logs.is_empty(), "max_per_key 0 keeps no log");
     }
 
     #[test]

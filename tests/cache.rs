@@ -149,7 +149,7 @@ async fn a_thousand_concurrent_misses_make_one_store_call() {
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let cache = f.cache.clone();
-            tokio::spawn(async move { cache.get(&hash).await.unwrap().unwrap().id.clone() })
+            tokio::spawn(async move { cache.get(&hash).await.unwrap().unwrap().id().clone() })
         })
         .collect();
     for t in tasks {
@@ -186,15 +186,12 @@ async fn a_fill_racing_an_invalidation_cannot_restore_the_old_record() {
     release_tx.send(()).unwrap();
     let seen_by_racer = racing.await.unwrap();
     assert!(
-        seen_by_racer.revoked_at.is_some(),
+        seen_by_racer.is_revoked(),
         "the racing lookup noticed the invalidation and re-read"
     );
     for _ in 0..3 {
         let now = f.cache.get(&hash).await.unwrap().unwrap();
-        assert!(
-            now.revoked_at.is_some(),
-            "the old record came back into the cache"
-        );
+        assert!(now.is_revoked(), "the old record came back into the cache");
     }
 }
 
@@ -238,7 +235,7 @@ async fn entries_read_before_mark_all_stale_are_re_read_once() {
     for _ in 0..3 {
         let now = f.cache.get(&hash).await.unwrap().unwrap();
         assert!(
-            now.revoked_at.is_some(),
+            now.is_revoked(),
             "an entry read before the mark was trusted"
         );
     }
@@ -275,15 +272,7 @@ async fn a_run_out_lease_makes_cached_entries_re_read_once() {
     let f = fixture().await;
     let hash = f.record.hash;
     f.cache.lease().arm(std::time::Instant::now());
-    assert!(
-        f.cache
-            .get(&hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none()
-    );
+    assert!(!f.cache.get(&hash).await.unwrap().unwrap().is_revoked());
     // Revoked elsewhere; the message waits unread. The lease was last renewed an hour ago.
     let mut revoked = f.record.clone();
     revoked.revoked_at = Some(OffsetDateTime::now_utc());
@@ -296,7 +285,7 @@ async fn a_run_out_lease_makes_cached_entries_re_read_once() {
 
     for _ in 0..3 {
         let now = f.cache.get(&hash).await.unwrap().unwrap();
-        assert!(now.revoked_at.is_some(), "served from before the lapse");
+        assert!(now.is_revoked(), "served from before the lapse");
     }
     assert_eq!(
         f.store.lookups.load(Ordering::SeqCst),

@@ -603,7 +603,7 @@ async fn revoking_an_import_whose_upgrade_was_cut_short_reaches_every_cache() {
         let started = Instant::now();
         loop {
             match b.app.gateway().keys().get(&keyed).await.unwrap() {
-                Some(r) if r.revoked_at.is_none() => {
+                Some(r) if !r.is_revoked() => {
                     if started.elapsed() >= BOUND {
                         let in_store = KeyStore::get_by_hash(a.app.store().as_ref(), &keyed)
                             .await

@@ -233,15 +233,15 @@ pub async fn authenticate(
         .ok_or(invalid.clone())?;
     let client = auth::client_ip(peer, headers, &config.trusted_proxies);
     if key.status_at(OffsetDateTime::now_utc()) != KeyStatus::Active
-        || !auth::ip_allowed(client, &key.ip_allowlist)
+        || !auth::ip_allowed(client, key.ip_allowlist())
     {
         return Err(invalid);
     }
     Ok(Caller {
-        actor: format!("key:{}", key.id),
+        actor: format!("key:{}", key.id()),
         kind: Kind::Key {
-            id: key.id.clone(),
-            workspace: key.workspace.clone(),
+            id: key.id().clone(),
+            workspace: key.workspace().to_owned(),
             scopes: gateway
                 .policy()
                 .effective_scopes(&key)

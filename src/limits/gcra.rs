@@ -205,7 +205,7 @@ impl Subject {
         let route = u32::try_from(route.unwrap_or(0)).unwrap_or(u32::MAX);
         b[1..5].copy_from_slice(&route.to_le_bytes());
         // Key ids are `key_` + 22 characters: 26 bytes, which fit.
-        let id = id.as_str().as_bytes();
+        let id = id.as_bytes();
         let n = id.len().min(b.len() - 5);
         b[5..5 + n].copy_from_slice(&id[..n]);
         Subject(b)

@@ -54,9 +54,9 @@ use self::quota::Quotas;
 use self::redis::RedisLimiter;
 use crate::config::{Config, QuotaSpec, RateLimitMode, RateLimitSpec};
 use crate::error::Reject;
-use crate::keys::KeyRecord;
 use crate::route::CompiledRoute;
 use crate::store::Store;
+use crate::store::cached::CachedKey;
 use crate::workspaces::Directory;
 
 /// `RateLimit-Limit`: the size of the bucket that applies (its `burst`, by default its
@@ -284,30 +284,28 @@ impl Limits {
     }
 
     /// The rate limit of a request and its bucket's route (`Some` for a route's own limit).
-    pub fn resolve(&self, key: &KeyRecord, route: &CompiledRoute) -> Option<(Gcra, Option<usize>)> {
-        if let Some(spec) = &key.rate_limit {
+    pub fn resolve(&self, key: &CachedKey, route: &CompiledRoute) -> Option<(Gcra, Option<usize>)> {
+        if let Some(spec) = key.rate_limit() {
             return Some((Gcra::new(spec), None));
         }
         if let Some(spec) = &route.rate_limit {
             return Some((Gcra::new(spec), Some(route.index)));
         }
-        if let (Some(spec), _) = self.workspace_defaults(&key.workspace) {
+        if let (Some(spec), _) = self.workspace_defaults(key.workspace()) {
             return Some((Gcra::new(&spec), None));
         }
-        key.role
-            .as_deref()
+        key.role()
             .and_then(|role| self.roles.get(role))
             .or(self.default.as_ref())
             .map(|gcra| (*gcra, None))
     }
 
     /// The key's quota: its own, else its workspace's, else its role's.
-    pub fn quota_of(&self, key: &KeyRecord) -> Option<QuotaSpec> {
-        key.quota
-            .or_else(|| self.workspace_defaults(&key.workspace).1)
+    pub fn quota_of(&self, key: &CachedKey) -> Option<QuotaSpec> {
+        key.quota()
+            .or_else(|| self.workspace_defaults(key.workspace()).1)
             .or_else(|| {
-                key.role
-                    .as_deref()
+                key.role()
                     .and_then(|role| self.role_quotas.get(role).copied())
             })
     }
@@ -316,7 +314,7 @@ impl Limits {
     /// rate limit refuses spends no quota). The headers come back either way.
     pub async fn admit(
         &self,
-        key: &KeyRecord,
+        key: &CachedKey,
         route: &CompiledRoute,
     ) -> Result<LimitHeaders, (Reject, LimitHeaders)> {
         let mut headers = LimitHeaders::default();
@@ -326,12 +324,12 @@ impl Limits {
             headers.rate = Some(RateHeaders::from(&state));
             if !state.allowed {
                 // The count this instance last saw: a refused request costs no store call.
-                headers.quota_remaining = quota.and_then(|q| self.state.quotas.known(&key.id, &q));
+                headers.quota_remaining = quota.and_then(|q| self.state.quotas.known(key.id(), &q));
                 return Err((Reject::RateLimited(state.retry_after_secs()), headers));
             }
         }
         if let Some(q) = quota {
-            match self.state.quotas.spend(&key.id, &q).await {
+            match self.state.quotas.spend(key.id(), &q).await {
                 Ok(outcome) => headers.quota_remaining = Some(outcome.remaining),
                 Err(reject) => {
                     if matches!(reject, Reject::QuotaExceeded(_)) {
@@ -346,7 +344,7 @@ impl Limits {
 
     /// The headers of an authenticated request refused before the limit stage (IP allowlist,
     /// scopes): the limits as they stand, counting nothing.
-    pub async fn peek(&self, key: &KeyRecord, route: &CompiledRoute) -> LimitHeaders {
+    pub async fn peek(&self, key: &CachedKey, route: &CompiledRoute) -> LimitHeaders {
         let rate = match self.resolve(key, route) {
             Some((gcra, route)) => {
                 Some(RateHeaders::from(&self.rate(key, &gcra, route, true).await))
@@ -354,7 +352,7 @@ impl Limits {
             None => None,
         };
         let quota_remaining = match self.quota_of(key) {
-            Some(q) => self.state.quotas.remaining(&key.id, &q).await,
+            Some(q) => self.state.quotas.remaining(key.id(), &q).await,
             None => None,
         };
         LimitHeaders {
@@ -367,7 +365,7 @@ impl Limits {
     /// this instance's share of the limit (see the module docs).
     async fn rate(
         &self,
-        key: &KeyRecord,
+        key: &CachedKey,
         gcra: &Gcra,
         route: Option<usize>,
         peek: bool,
@@ -375,7 +373,7 @@ impl Limits {
         let state = &self.state;
         let mut local = *gcra;
         if let Some(global) = &state.global {
-            match global.check(&key.id, route, gcra, peek).await {
+            match global.check(key.id(), route, gcra, peek).await {
                 Ok(rate) => {
                     let live = state.live_instances.load(Ordering::Relaxed);
                     if state.share_by.load(Ordering::Relaxed) != live {
@@ -393,7 +391,7 @@ impl Limits {
                 }
             }
         }
-        let subject = Subject::key(&key.id, route);
+        let subject = Subject::key(key.id(), route);
         let now = state.clock.now();
         if peek {
             state.local.peek(&subject, &local, now)

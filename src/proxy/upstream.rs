@@ -196,8 +196,8 @@ impl Forwarding {
         headers.insert(HOST, upstream.host.clone());
         headers.insert(X_REQUEST_ID, request_id.clone());
         if let Some(key) = &decision.key {
-            headers.insert(self.key_id.clone(), header_value(key.id.as_str()));
-            headers.insert(self.workspace.clone(), header_value(&key.workspace));
+            headers.insert(self.key_id.clone(), header_value(key.id().as_str()));
+            headers.insert(self.workspace.clone(), header_value(key.workspace()));
             headers.insert(
                 self.scopes.clone(),
                 scopes.unwrap_or_else(|| HeaderValue::from_static("")),

@@ -1,6 +1,8 @@
 //! The hot cache of key records by secret hash, in front of a [`KeyStore`]: the only way the
 //! request path reaches the store.
 //!
+//! - It holds each key as a [`CachedKey`] (what the request path reads, the shared part
+//!   interned: see [`super::cached`]), not the full record.
 //! - Positive entries are trusted for `cache.ttl`, then refreshed; while the store is
 //!   unreachable they keep working up to `cache.max_stale` longer (0 = fail closed). Unknown
 //!   hashes are remembered for `cache.negative_ttl`, so floods of wrong keys stay off the store.
@@ -34,6 +36,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
+use super::cached::{CachedKey, Grants};
 use super::stats::{StoreMetrics, StoreOp};
 use super::{KeyStore, StoreError};
 use crate::config::CacheConfig;
@@ -47,7 +50,7 @@ const MAX_FILL_RACES: usize = 3;
 
 #[derive(Clone)]
 struct Entry {
-    record: Option<Arc<KeyRecord>>,
+    record: Option<Arc<CachedKey>>,
     generation: u64,
     /// The cache-wide epoch as read before the store call; see [`KeyCache::mark_all_stale`].
     /// Odd: read while the cache was distrusted, never fresh.
@@ -162,7 +165,7 @@ impl Lease {
 #[derive(Debug, Clone)]
 pub enum Lookup {
     /// The key.
-    Found(Arc<KeyRecord>),
+    Found(Arc<CachedKey>),
     /// No key has this hash; `cached` when a negative entry said so without asking the store.
     Unknown {
         /// Answered by a negative entry.
@@ -171,7 +174,7 @@ pub enum Lookup {
 }
 
 impl Lookup {
-    fn from_cached(record: Option<Arc<KeyRecord>>, cached: bool) -> Lookup {
+    fn from_cached(record: Option<Arc<CachedKey>>, cached: bool) -> Lookup {
         match record {
             Some(r) => Lookup::Found(r),
             None => Lookup::Unknown { cached },
@@ -183,6 +186,7 @@ impl Lookup {
 pub struct KeyCache<S> {
     store: Arc<S>,
     cache: Cache<SecretHash, Entry>,
+    grants: Grants,
     generations: Box<[AtomicU64]>,
     epoch: AtomicU64,
     ttl: Duration,
@@ -204,6 +208,7 @@ impl<S: KeyStore> KeyCache<S> {
         KeyCache {
             store,
             cache,
+            grants: Grants::new(),
             generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             ttl: config.ttl,
@@ -224,6 +229,16 @@ impl<S: KeyStore> KeyCache<S> {
         &self.store
     }
 
+    /// The cached form of `record` (for a record read from the store outside the cache).
+    pub fn compact(&self, record: KeyRecord) -> Arc<CachedKey> {
+        Arc::new(self.grants.compact(record))
+    }
+
+    /// The grants the cached keys share.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
     /// Hit, miss and stale counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
@@ -237,7 +252,7 @@ impl<S: KeyStore> KeyCache<S> {
     /// The record whose secret has this hash, or `None` for an unknown secret.
     ///
     /// Fails only when the store cannot be asked and nothing usable is cached.
-    pub async fn get(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    pub async fn get(&self, hash: &SecretHash) -> Result<Option<Arc<CachedKey>>, StoreError> {
         Ok(match self.lookup(hash).await? {
             Lookup::Found(record) => Some(record),
             Lookup::Unknown { .. } => None,
@@ -292,14 +307,14 @@ impl<S: KeyStore> KeyCache<S> {
             .time(StoreOp::GetByHash, self.store.get_by_hash(hash))
             .await?;
         Ok(Entry {
-            record: record.map(Arc::new),
+            record: record.map(|r| self.compact(r)),
             generation,
             epoch,
             fetched,
         })
     }
 
-    async fn fill(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    async fn fill(&self, hash: &SecretHash) -> Result<Option<Arc<CachedKey>>, StoreError> {
         for _ in 0..MAX_FILL_RACES {
             let entry = self
                 .cache
@@ -319,7 +334,7 @@ impl<S: KeyStore> KeyCache<S> {
     /// requests wait for it: a request takes the answer of a call that began after it arrived.
     /// When the store is unreachable the old record is served; the entry itself expires at
     /// `ttl + max_stale`, which bounds how stale it can get.
-    async fn refresh(&self, hash: &SecretHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    async fn refresh(&self, hash: &SecretHash) -> Result<Option<Arc<CachedKey>>, StoreError> {
         let arrived = Instant::now();
         let mut stale = None;
         let result = self

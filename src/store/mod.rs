@@ -1,12 +1,13 @@
 //! The key index: the [`KeyStore`] interface, its two backends (`embedded` redb file, `redis`),
 //! and the hot cache in front of them. The request path only ever reaches a store through
-//! [`cache::KeyCache`]; [`invalidation`] keeps the caches of instances sharing a store in step,
+//! [`cache::KeyCache`], which holds keys in the compact form of [`cached`]; [`invalidation`] keeps the caches of instances sharing a store in step,
 //! and [`fleet`] knows which instances share it; [`breaker`] makes a Redis outage fail calls at
 //! once instead of after the timeout; [`stats`] holds the latency and error counts of store
 //! calls, which the Prometheus registry exports.
 
 pub mod breaker;
 pub mod cache;
+pub mod cached;
 pub mod embedded;
 pub mod fleet;
 pub mod invalidation;
