@@ -765,7 +765,7 @@ mod tests {
             "keygate_gateway_overhead_seconds_count 1",
             "keygate_upstream_duration_seconds_bucket{le=\"0.0025\"} 1",
             "keygate_usage_dropped_total{reason=\"queue_full\"} 1",
-            "keygate_store_errors_total{op=\"add_usage\"} 0",
+            "keygate_store_errors_total{op=\"write_usage\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }

@@ -5,9 +5,9 @@
 //! `keygate_usage_dropped_total`. The [`Flusher`] task drains the queue continuously, aggregates
 //! per key (a count, split by the UTC day of each use; the latest use; the newest
 //! `usage.request_log.max_per_key` log entries) and
-//! every `usage.flush_interval` writes the batch with [`KeyStore::add_usage`] and
-//! [`KeyStore::append_request_logs`]. The write runs beside the draining, so a slow store never
-//! backs the queue up.
+//! every `usage.flush_interval` writes the batch, counts and logs of every key, in one
+//! [`KeyStore::write_usage`] call (one redb transaction, however many keys). The write runs
+//! beside the draining, so a slow store never backs the queue up.
 //!
 //! **What counts as a use**: a request of a known key that passed every check (route, key status,
 //! expiry, IP allowlist, scopes, and the rate limit and quota where configured) and was forwarded,
@@ -33,7 +33,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use http::{Method, StatusCode};
 use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
@@ -45,14 +44,12 @@ use crate::keys::KeyId;
 use crate::metrics::{Metrics, UsageDrop, UsageMetrics};
 use crate::store::cached::CachedKey;
 use crate::store::stats::StoreOp;
-use crate::store::{KeyStore, RequestLogEntry, Store, StoreError, UsageDelta};
+use crate::store::{KeyLogs, KeyStore, RequestLogEntry, Store, StoreError, UsageDelta};
 
 /// Request-log entries the flusher buffers across all keys. Past it, a key's new entry replaces
 /// its own oldest one (or is dropped if it has none), counted in
 /// `keygate_request_log_entries_dropped_total`. Usage counts are never dropped for it.
 pub const MAX_BUFFERED_LOG_ENTRIES: usize = 100_000;
-/// Request-log writes in flight at once (the store takes one call per key).
-const LOG_WRITE_CONCURRENCY: usize = 16;
 /// How often the flusher empties the queue into its aggregate (at most `flush_interval`). At
 /// 100k requests a second this is 2,000 queued uses, far below `usage.queue_capacity`.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -357,9 +354,9 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Writes one batch: the counts in one call, then each key's log entries. Returns what is left
-/// to retry: everything if the counts failed, else the keys whose logs failed (counts zeroed,
-/// since they are stored).
+/// Writes one batch, counts and request logs of every key, in one store call
+/// ([`KeyStore::write_usage`]: one redb transaction, or the same round trips on Redis). Returns
+/// what is left to retry: nothing, or the whole batch if the call failed.
 async fn write(
     store: Arc<Store>,
     mut batch: Vec<KeyUsage>,
@@ -367,58 +364,43 @@ async fn write(
     metrics: Metrics,
 ) -> Written {
     let deltas = deltas(&batch);
-    if !deltas.is_empty() {
-        let added = metrics
-            .store()
-            .time(StoreOp::AddUsage, store.add_usage(&deltas))
-            .await;
-        if let Err(e) = added {
-            return Written {
-                left: batch,
-                error: Some(e),
-            };
-        }
-        metrics
-            .usage()
-            .written
-            .inc_by(deltas.iter().map(|d| d.count).sum());
-        for k in &mut batch {
-            k.count = 0;
-            k.days.clear();
-        }
+    for k in &mut batch {
+        k.logs.make_contiguous();
     }
-    let mut error = None;
-    let left: Vec<KeyUsage> = futures_util::stream::iter(batch)
-        .filter(|k| std::future::ready(!k.logs.is_empty()))
-        .map(|mut k| {
-            let (store, metrics) = (store.clone(), metrics.clone());
-            async move {
-                let appended = metrics
-                    .store()
-                    .time(
-                        StoreOp::AppendRequestLogs,
-                        store.append_request_logs(
-                            k.key.workspace(),
-                            k.key.id(),
-                            k.logs.make_contiguous(),
-                            max_per_key,
-                        ),
-                    )
-                    .await;
-                (k, appended)
+    let written = {
+        let logs: Vec<KeyLogs<'_>> = batch
+            .iter()
+            .filter(|k| !k.logs.is_empty())
+            .map(|k| KeyLogs {
+                workspace: k.key.workspace(),
+                id: k.key.id(),
+                entries: k.logs.as_slices().0,
+            })
+            .collect();
+        metrics
+            .store()
+            .time(
+                StoreOp::WriteUsage,
+                store.write_usage(&deltas, &logs, max_per_key),
+            )
+            .await
+    };
+    match written {
+        Ok(()) => {
+            metrics
+                .usage()
+                .written
+                .inc_by(deltas.iter().map(|d| d.count).sum());
+            Written {
+                left: Vec::new(),
+                error: None,
             }
-        })
-        .buffer_unordered(LOG_WRITE_CONCURRENCY)
-        .filter_map(|(k, appended)| {
-            let failed = appended.err().map(|e| {
-                error.get_or_insert(e);
-                k
-            });
-            std::future::ready(failed)
-        })
-        .collect()
-        .await;
-    Written { left, error }
+        }
+        Err(e) => Written {
+            left: batch,
+            error: Some(e),
+        },
+    }
 }
 
 /// The counts of a batch, one delta per key that was used.

@@ -150,11 +150,11 @@ async fn a_known_sequence_of_requests_shows_in_the_metrics() {
             assert!(
                 value(
                     &text,
-                    "keygate_store_duration_seconds_count{op=\"add_usage\"}"
+                    "keygate_store_duration_seconds_count{op=\"write_usage\"}"
                 ) >= 1.0
             );
             assert_eq!(
-                value(&text, "keygate_store_errors_total{op=\"add_usage\"}"),
+                value(&text, "keygate_store_errors_total{op=\"write_usage\"}"),
                 0.0
             );
             break;
@@ -232,7 +232,7 @@ async fn store_errors_are_counted_during_an_outage() {
         1.0
     );
     assert!(value(&text, "keygate_store_errors_total{op=\"get_by_hash\"}") >= 1.0);
-    assert!(value(&text, "keygate_store_errors_total{op=\"add_usage\"}") >= 1.0);
+    assert!(value(&text, "keygate_store_errors_total{op=\"write_usage\"}") >= 1.0);
     assert_eq!(value(&text, "keygate_usage_written_total"), 0.0);
     assert_eq!(value(&text, "keygate_usage_pending_keys"), 1.0);
     assert!(

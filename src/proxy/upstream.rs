@@ -217,6 +217,13 @@ impl Forwarding {
             }
             _ => remove_hop_by_hop(response.headers_mut()),
         }
+        // The response goes out in the client connection's protocol, never the upstream's. An
+        // `HTTP/1.0` response would be written as such to an HTTP/1.1 client, the connection
+        // closed after it and a body of unknown length delimited by that close rather than
+        // chunked. Given HTTP/1.1, hyper does what the client's own protocol says: chunked or
+        // `Content-Length` for HTTP/1.1, frames for h2, and for an HTTP/1.0 client an HTTP/1.0
+        // response, kept alive only if the client asked so and the length is known.
+        *response.version_mut() = Version::HTTP_11;
         Ok(response)
     }
 

@@ -31,6 +31,7 @@
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -39,9 +40,9 @@ use time::{Date, OffsetDateTime};
 mod workspaces;
 
 use super::{
-    AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount,
-    QuotaSpend, RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms, oldest_usage_day,
-    parse_cursor, parse_key_cursor, stored_json, unix_ms,
+    AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyLogs, KeyPage, KeyStore, ListQuery,
+    QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms,
+    oldest_usage_day, parse_cursor, parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -76,8 +77,26 @@ const NEVER: i128 = i128::MAX;
 
 /// The redb-backed store. Cheap to share: the database is behind an `Arc`.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     audit_max: usize,
+}
+
+/// The redb database, counting the write transactions begun on it. Each one commits with an
+/// fsync, the cost that a usage flush pays once rather than once per key.
+struct Db {
+    redb: Database,
+    write_transactions: AtomicU64,
+}
+
+impl Db {
+    fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
+        self.write_transactions.fetch_add(1, Ordering::Relaxed);
+        self.redb.begin_write()
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        self.redb.begin_read()
+    }
 }
 
 impl EmbeddedStore {
@@ -128,9 +147,19 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(db_err)?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db: Arc::new(Db {
+                redb: db,
+                write_transactions: AtomicU64::new(0),
+            }),
             audit_max: AUDIT_MAX_ENTRIES,
         })
+    }
+
+    /// Write transactions begun since the store was opened (each commits with an fsync), for
+    /// tests and benchmarks: a usage flush ([`KeyStore::write_usage`]) takes one, however many
+    /// keys it writes.
+    pub fn write_transactions(&self) -> u64 {
+        self.db.write_transactions.load(Ordering::Relaxed)
     }
 
     /// Keeps at most `max` entries per audit log instead of [`AUDIT_MAX_ENTRIES`] (at least 1),
@@ -144,7 +173,7 @@ impl EmbeddedStore {
     async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
         let task = tokio::task::spawn_blocking(move || op(&db));
@@ -401,52 +430,7 @@ impl KeyStore for EmbeddedStore {
     }
 
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        if deltas.is_empty() {
-            return Ok(());
-        }
-        let deltas = deltas.to_vec();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let records = txn.open_table(RECORDS).map_err(db_err)?;
-                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
-                let mut days = txn.open_table(USAGE_DAYS).map_err(db_err)?;
-                let oldest = oldest_usage_day(OffsetDateTime::now_utc().date()).to_julian_day();
-                for d in &deltas {
-                    let key = (d.workspace.as_str(), d.id.as_str());
-                    // Never start counting for a key that was deleted meanwhile.
-                    if records.get(key).map_err(db_err)?.is_none() {
-                        continue;
-                    }
-                    let (count, last) = usage
-                        .get(key)
-                        .map_err(db_err)?
-                        .map_or((0, None), |g| g.value());
-                    let seen = unix_ms(d.last_used_at);
-                    let last = Some(last.map_or(seen, |l| l.max(seen)));
-                    usage
-                        .insert(key, (count.saturating_add(d.count), last))
-                        .map_err(db_err)?;
-                    let (ws, id) = key;
-                    for &(day, n) in &d.days {
-                        let day = day.to_julian_day();
-                        if day < oldest {
-                            continue;
-                        }
-                        let was = days
-                            .get((ws, id, day))
-                            .map_err(db_err)?
-                            .map_or(0, |g| g.value());
-                        days.insert((ws, id, day), was.saturating_add(n))
-                            .map_err(db_err)?;
-                    }
-                    days.retain_in((ws, id, i32::MIN)..(ws, id, oldest), |_, _| false)
-                        .map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
+        self.write_usage(deltas, &[], 0).await
     }
 
     async fn append_request_logs(
@@ -456,52 +440,47 @@ impl KeyStore for EmbeddedStore {
         entries: &[RequestLogEntry],
         max_per_key: usize,
     ) -> Result<(), StoreError> {
-        let encoded = entries
+        let logs = KeyLogs {
+            workspace,
+            id,
+            entries,
+        };
+        self.write_usage(&[], &[logs], max_per_key).await
+    }
+
+    async fn write_usage(
+        &self,
+        deltas: &[UsageDelta],
+        logs: &[KeyLogs<'_>],
+        max_per_key: usize,
+    ) -> Result<(), StoreError> {
+        let logs = logs
             .iter()
-            .map(|e| {
-                serde_json::to_vec(e)
-                    .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))
-            })
+            .filter(|k| !k.entries.is_empty())
+            .map(EncodedLogs::of)
             .collect::<Result<Vec<_>, _>>()?;
-        let (ws, id) = (workspace.to_owned(), id.clone());
+        if deltas.is_empty() && logs.is_empty() {
+            return Ok(());
+        }
+        let deltas = deltas.to_vec();
         let keep = u64::try_from(max_per_key).unwrap_or(u64::MAX);
         self.run(move |db| {
+            // One transaction for the whole flush: one commit (and fsync), however many keys.
             let txn = db.begin_write().map_err(db_err)?;
-            let (ws, id) = (ws.as_str(), id.as_str());
             {
-                // Logs of a deleted key would never be read or removed again.
-                if txn
-                    .open_table(RECORDS)
-                    .map_err(db_err)?
-                    .get((ws, id))
-                    .map_err(db_err)?
-                    .is_none()
-                {
-                    return Ok(());
+                let records = txn.open_table(RECORDS).map_err(db_err)?;
+                if !deltas.is_empty() {
+                    let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                    let mut days = txn.open_table(USAGE_DAYS).map_err(db_err)?;
+                    let oldest = oldest_usage_day(OffsetDateTime::now_utc().date()).to_julian_day();
+                    for d in &deltas {
+                        add_usage_in(&records, &mut usage, &mut days, d, oldest)?;
+                    }
                 }
-                let mut logs = txn.open_table(LOGS).map_err(db_err)?;
-                let all = (ws, id, 0)..=(ws, id, u64::MAX);
-                // Sequence numbers are contiguous: appends take the next one and trimming only
-                // removes the oldest, so first and last give the length.
-                let bounds = |logs: &redb::Table<(&str, &str, u64), &[u8]>| {
-                    let mut range = logs.range(all.clone()).map_err(db_err)?;
-                    let first = range.next().transpose().map_err(db_err)?;
-                    let last = range.next_back().transpose().map_err(db_err)?;
-                    let first = first.map(|(k, _)| k.value().2);
-                    let last = last.map(|(k, _)| k.value().2).or(first);
-                    Ok::<_, StoreError>(first.zip(last))
-                };
-                let next = bounds(&logs)?.map_or(0, |(_, last)| last + 1);
-                for (seq, entry) in (next..).zip(&encoded) {
-                    logs.insert((ws, id, seq), entry.as_slice())
-                        .map_err(db_err)?;
-                }
-                if let Some((first, last)) = bounds(&logs)? {
-                    let len = last - first + 1;
-                    if len > keep {
-                        let cut = first + (len - keep);
-                        logs.retain_in((ws, id, first)..(ws, id, cut), |_, _| false)
-                            .map_err(db_err)?;
+                if !logs.is_empty() {
+                    let mut table = txn.open_table(LOGS).map_err(db_err)?;
+                    for k in &logs {
+                        append_logs_in(&records, &mut table, k, keep)?;
                     }
                 }
             }
@@ -862,6 +841,115 @@ impl KeyStore for EmbeddedStore {
 }
 
 /// Where keys of `scheme` are indexed by their secret hash.
+/// One key's request-log entries, encoded before the write transaction starts.
+struct EncodedLogs {
+    workspace: String,
+    id: KeyId,
+    entries: Vec<Vec<u8>>,
+}
+
+impl EncodedLogs {
+    fn of(logs: &KeyLogs<'_>) -> Result<EncodedLogs, StoreError> {
+        let entries = logs
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::to_vec(e)
+                    .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EncodedLogs {
+            workspace: logs.workspace.to_owned(),
+            id: logs.id.clone(),
+            entries,
+        })
+    }
+}
+
+type Records<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+type Logs<'t> = redb::Table<'t, (&'static str, &'static str, u64), &'static [u8]>;
+
+/// Adds one key's usage delta inside a write transaction: the count and last use, and its
+/// per-day counts from `oldest` (a Julian day) on, the key's older days removed.
+fn add_usage_in(
+    records: &Records<'_>,
+    usage: &mut redb::Table<'_, (&'static str, &'static str), (u64, Option<i64>)>,
+    days: &mut redb::Table<'_, (&'static str, &'static str, i32), u64>,
+    d: &UsageDelta,
+    oldest: i32,
+) -> Result<(), StoreError> {
+    let key = (d.workspace.as_str(), d.id.as_str());
+    // Never start counting for a key that was deleted meanwhile.
+    if records.get(key).map_err(db_err)?.is_none() {
+        return Ok(());
+    }
+    let (count, last) = usage
+        .get(key)
+        .map_err(db_err)?
+        .map_or((0, None), |g| g.value());
+    let seen = unix_ms(d.last_used_at);
+    let last = Some(last.map_or(seen, |l| l.max(seen)));
+    usage
+        .insert(key, (count.saturating_add(d.count), last))
+        .map_err(db_err)?;
+    let (ws, id) = key;
+    for &(day, n) in &d.days {
+        let day = day.to_julian_day();
+        if day < oldest {
+            continue;
+        }
+        let was = days
+            .get((ws, id, day))
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        days.insert((ws, id, day), was.saturating_add(n))
+            .map_err(db_err)?;
+    }
+    days.retain_in((ws, id, i32::MIN)..(ws, id, oldest), |_, _| false)
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Appends one key's request-log entries inside a write transaction and trims its log to the
+/// newest `keep`.
+fn append_logs_in(
+    records: &Records<'_>,
+    logs: &mut Logs<'_>,
+    k: &EncodedLogs,
+    keep: u64,
+) -> Result<(), StoreError> {
+    let (ws, id) = (k.workspace.as_str(), k.id.as_str());
+    // Logs of a deleted key would never be read or removed again.
+    if records.get((ws, id)).map_err(db_err)?.is_none() {
+        return Ok(());
+    }
+    let all = (ws, id, 0)..=(ws, id, u64::MAX);
+    // Sequence numbers are contiguous: appends take the next one and trimming only removes the
+    // oldest, so first and last give the length.
+    let bounds = |logs: &Logs<'_>| {
+        let mut range = logs.range(all.clone()).map_err(db_err)?;
+        let first = range.next().transpose().map_err(db_err)?;
+        let last = range.next_back().transpose().map_err(db_err)?;
+        let first = first.map(|(k, _)| k.value().2);
+        let last = last.map(|(k, _)| k.value().2).or(first);
+        Ok::<_, StoreError>(first.zip(last))
+    };
+    let next = bounds(logs)?.map_or(0, |(_, last)| last + 1);
+    for (seq, entry) in (next..).zip(&k.entries) {
+        logs.insert((ws, id, seq), entry.as_slice())
+            .map_err(db_err)?;
+    }
+    if let Some((first, last)) = bounds(logs)? {
+        let len = last - first + 1;
+        if len > keep {
+            let cut = first + (len - keep);
+            logs.retain_in((ws, id, first)..(ws, id, cut), |_, _| false)
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
 fn hash_index(scheme: HashScheme) -> HashIndex {
     match scheme {
         HashScheme::KeyedBlake3 => BY_HASH,

@@ -29,7 +29,7 @@
 //! | `P{ws:<workspace>}:meta` | HASH | a workspace created through the admin API: `rec`: `WorkspaceRecord` JSON; `api`: `1`/`0`, its API access; `max`: its `max_active_keys`; `u`: `updated_at` unix ms, compared by a conditional write. Read by `create` (`Admission::Stored`) in the script that counts active keys; removed only while `…:keys` is empty. |
 //! | `P{workspaces}` | ZSET | names of stored workspaces, all scored 0 (listed by name). Added before `…:meta` is written and removed after it is, so every stored workspace is listed (a name without `meta` is skipped). |
 //! | `P{ws:<workspace>}:active` | ZSET | key id scored by `expires_at` unix ms (rounded up; `+inf` for never); revoked keys are absent. Counted by `create` against `max_active_keys`, and by `count_active`. |
-//! | `P{ws:<workspace>}:logs:<id>` | LIST | `RequestLogEntry` JSON, newest first, trimmed to `max_per_key` |
+//! | `P{ws:<workspace>}:logs:<id>` | LIST | `RequestLogEntry` JSON, newest first, trimmed to `max_per_key`; a usage flush appends every key's entries in the round trip that adds the counts |
 //! | `P{ws:<workspace>}:days:<id>` | HASH | per-day usage: UTC day `YYYY-MM-DD` → requests. Written by `add_usage` in the round trip that adds `uc` (its own script: another slot than the record); when a day is first written, days older than `USAGE_DAYS_KEPT` are removed, and the hash expires `USAGE_DAYS_KEPT` + 1 days after its last write. Removed by `delete`. |
 //! | `P{ws:<workspace>}:audit` | ZSET | the workspace's audit log: entry id scored by its `time` in unix ms; newest first is descending score, ties by id descending; trimmed to the newest `AUDIT_MAX_ENTRIES` |
 //! | `P{ws:<workspace>}:audit:entries` | HASH | entry id → `AuditEntry` JSON, for the ids in `…:audit` |
@@ -128,8 +128,8 @@ use index::IndexEntry;
 use super::breaker::{Breaker, Outcome};
 use super::invalidation::InvalidationStats;
 use super::{
-    AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyPage, KeyStore, ListQuery, QuotaCount,
-    QuotaSpend, RequestLogEntry, StoreError, UsageDelta,
+    AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyLogs, KeyPage, KeyStore, ListQuery,
+    QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta,
 };
 use crate::config::RedisConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, SecretHash};
@@ -405,7 +405,16 @@ impl KeyStore for RedisStore {
     }
 
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        self.count_usage(deltas).await
+        self.store_usage(deltas, &[], 0).await
+    }
+
+    async fn write_usage(
+        &self,
+        deltas: &[UsageDelta],
+        logs: &[KeyLogs<'_>],
+        max_per_key: usize,
+    ) -> Result<(), StoreError> {
+        self.store_usage(deltas, logs, max_per_key).await
     }
 
     async fn append_request_logs(

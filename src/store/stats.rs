@@ -25,20 +25,17 @@ pub enum StoreOp {
     GetBySha256,
     /// Re-hash of a SHA-256 import on first use.
     UpgradeHash,
-    /// Usage counts written by the flusher.
-    AddUsage,
-    /// Request-log entries written by the flusher.
-    AppendRequestLogs,
+    /// One flush of the usage recorder: counts and request logs of every key.
+    WriteUsage,
 }
 
 impl StoreOp {
     /// Every operation, in the order of their instruments in [`StoreMetrics::new`].
-    pub const ALL: [StoreOp; 5] = [
+    pub const ALL: [StoreOp; 4] = [
         StoreOp::GetByHash,
         StoreOp::GetBySha256,
         StoreOp::UpgradeHash,
-        StoreOp::AddUsage,
-        StoreOp::AppendRequestLogs,
+        StoreOp::WriteUsage,
     ];
 
     /// The `op` label value.
@@ -47,8 +44,7 @@ impl StoreOp {
             StoreOp::GetByHash => "get_by_hash",
             StoreOp::GetBySha256 => "get_by_sha256",
             StoreOp::UpgradeHash => "upgrade_hash",
-            StoreOp::AddUsage => "add_usage",
-            StoreOp::AppendRequestLogs => "append_request_logs",
+            StoreOp::WriteUsage => "write_usage",
         }
     }
 }

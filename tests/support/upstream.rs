@@ -196,3 +196,94 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<UpBody> {
     h.insert("sec-websocket-accept", accept.parse().expect("valid"));
     r
 }
+
+/// An HTTP/1.0 upstream, written by hand as old servers (`python3 -m http.server`) answer: one
+/// request per connection, `HTTP/1.0 200 OK`, then close. `/…/len…` answers with
+/// `Content-Length`; any other path without one (the body ends when the connection closes, with
+/// `Connection: close`). `?bytes=N` sets the body's size (default 100,000); the body is
+/// [`http10_body`]`(N)`, written in 16 KiB pieces.
+pub struct Http10Upstream {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Http10Upstream {
+    pub async fn start() -> Http10Upstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let accepted = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let target = head.split(' ').nth(1).unwrap_or("/");
+                    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                    let size: usize = query
+                        .split('&')
+                        .find_map(|p| p.strip_prefix("bytes="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(100_000);
+                    let body = http10_body(size);
+                    let framing = if path.contains("/len") {
+                        format!("Content-Length: {size}\r\n")
+                    } else {
+                        "Connection: close\r\n".to_owned()
+                    };
+                    let head = format!(
+                        "HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6 Python/3\r\n\
+                         Content-Type: application/octet-stream\r\n{framing}\r\n"
+                    );
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for piece in body.chunks(16 * 1024) {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Http10Upstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Http10Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The body [`Http10Upstream`] sends for `?bytes=n`: a pattern that shows a lost or repeated
+/// piece.
+pub fn http10_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}

@@ -2,7 +2,7 @@
 //! [`Admission::Stored`](crate::store::Admission::Stored) that `create` runs in its own write
 //! transaction. redb's single writer makes each step atomic with every create.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use time::OffsetDateTime;
 
 use super::{EmbeddedStore, ID_MAX, RECORDS, db_err};
