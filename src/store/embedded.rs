@@ -4,7 +4,8 @@
 //! redb is synchronous, so every call runs in `tokio::task::spawn_blocking` and is bounded by
 //! [`CALL_TIMEOUT`]. redb admits one write transaction at a time, which is what makes the
 //! `max_active` check in [`KeyStore::create`] exact: the count and the insert share one write
-//! transaction.
+//! transaction. Usage, request logs and quotas are in [`usage`], the audit logs in [`audit`],
+//! stored workspaces in [`workspaces`].
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -34,15 +35,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use time::{Date, OffsetDateTime};
 
+mod audit;
+mod usage;
 mod workspaces;
 
 use super::{
     AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyLogs, KeyPage, KeyStore, ListQuery,
     QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms,
-    oldest_usage_day, parse_cursor, parse_key_cursor, stored_json, unix_ms,
+    parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -454,39 +457,7 @@ impl KeyStore for EmbeddedStore {
         logs: &[KeyLogs<'_>],
         max_per_key: usize,
     ) -> Result<(), StoreError> {
-        let logs = logs
-            .iter()
-            .filter(|k| !k.entries.is_empty())
-            .map(EncodedLogs::of)
-            .collect::<Result<Vec<_>, _>>()?;
-        if deltas.is_empty() && logs.is_empty() {
-            return Ok(());
-        }
-        let deltas = deltas.to_vec();
-        let keep = u64::try_from(max_per_key).unwrap_or(u64::MAX);
-        self.run(move |db| {
-            // One transaction for the whole flush: one commit (and fsync), however many keys.
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let records = txn.open_table(RECORDS).map_err(db_err)?;
-                if !deltas.is_empty() {
-                    let mut usage = txn.open_table(USAGE).map_err(db_err)?;
-                    let mut days = txn.open_table(USAGE_DAYS).map_err(db_err)?;
-                    let oldest = oldest_usage_day(OffsetDateTime::now_utc().date()).to_julian_day();
-                    for d in &deltas {
-                        add_usage_in(&records, &mut usage, &mut days, d, oldest)?;
-                    }
-                }
-                if !logs.is_empty() {
-                    let mut table = txn.open_table(LOGS).map_err(db_err)?;
-                    for k in &logs {
-                        append_logs_in(&records, &mut table, k, keep)?;
-                    }
-                }
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
+        self.write_usage_once(deltas, logs, max_per_key).await
     }
 
     async fn request_logs(
@@ -495,29 +466,7 @@ impl KeyStore for EmbeddedStore {
         id: &KeyId,
         limit: usize,
     ) -> Result<Vec<RequestLogEntry>, StoreError> {
-        let (ws, id) = (workspace.to_owned(), id.clone());
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let logs = txn.open_table(LOGS).map_err(db_err)?;
-            let (ws, id) = (ws.as_str(), id.as_str());
-            let mut out = Vec::new();
-            for entry in logs
-                .range((ws, id, 0)..=(ws, id, u64::MAX))
-                .map_err(db_err)?
-                .rev()
-                .take(limit)
-            {
-                let (_, value) = entry.map_err(db_err)?;
-                out.push(serde_json::from_slice(value.value()).map_err(|e| {
-                    StoreError::Corrupt(format!(
-                        "request log of {id}: undecodable entry (column {})",
-                        e.column()
-                    ))
-                })?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read_request_logs(workspace, id, limit).await
     }
 
     async fn daily_usage(
@@ -527,23 +476,7 @@ impl KeyStore for EmbeddedStore {
         first: Date,
         last: Date,
     ) -> Result<Vec<(Date, u64)>, StoreError> {
-        let (ws, id) = (workspace.to_owned(), id.clone());
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let days = txn.open_table(USAGE_DAYS).map_err(db_err)?;
-            let (ws, id) = (ws.as_str(), id.as_str());
-            let range = (ws, id, first.to_julian_day())..=(ws, id, last.to_julian_day());
-            let mut out = Vec::new();
-            for entry in days.range(range).map_err(db_err)? {
-                let (key, n) = entry.map_err(db_err)?;
-                let day = Date::from_julian_day(key.value().2).map_err(|_| {
-                    StoreError::Corrupt(format!("per-day usage of {id}: day out of range"))
-                })?;
-                out.push((day, n.value()));
-            }
-            Ok(out)
-        })
-        .await
+        self.read_daily_usage(workspace, id, first, last).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -556,68 +489,7 @@ impl KeyStore for EmbeddedStore {
     }
 
     async fn consume_quota(&self, spends: &[QuotaSpend]) -> Result<Vec<QuotaCount>, StoreError> {
-        let spends = spends.to_vec();
-        self.run(move |db| {
-            if spends.iter().all(|s| s.n == 0) {
-                // Only reads: no write transaction (and no fsync).
-                let txn = db.begin_read().map_err(db_err)?;
-                let table = txn.open_table(QUOTA).map_err(db_err)?;
-                return spends
-                    .iter()
-                    .map(|s| {
-                        let used = table
-                            .get((s.id.as_str(), s.period_start))
-                            .map_err(db_err)?
-                            .map_or(0, |v| v.value().0);
-                        Ok(QuotaCount {
-                            used,
-                            spent: used <= s.limit,
-                        })
-                    })
-                    .collect();
-            }
-            // One write transaction at a time (redb's rule) is what makes each step exact.
-            let txn = db.begin_write().map_err(db_err)?;
-            let mut out = Vec::with_capacity(spends.len());
-            {
-                let mut table = txn.open_table(QUOTA).map_err(db_err)?;
-                for s in &spends {
-                    let id = s.id.as_str();
-                    let used = table
-                        .get((id, s.period_start))
-                        .map_err(db_err)?
-                        .map_or(0, |v| v.value().0);
-                    let total = used.saturating_add(s.n);
-                    let spent = total <= s.limit;
-                    if spent && s.n > 0 {
-                        table
-                            .insert(
-                                (id, s.period_start),
-                                (total, s.expires_at.unwrap_or(i64::MAX)),
-                            )
-                            .map_err(db_err)?;
-                    }
-                    out.push(QuotaCount {
-                        used: if spent { total } else { used },
-                        spent,
-                    });
-                    // Counts of periods that ended before this one began are of no more use.
-                    let ended: Vec<i64> = table
-                        .range((id, i64::MIN)..(id, s.period_start))
-                        .map_err(db_err)?
-                        .filter_map(Result::ok)
-                        .filter(|(_, v)| v.value().1 <= s.period_start)
-                        .map(|(k, _)| k.value().1)
-                        .collect();
-                    for start in ended {
-                        table.remove((id, start)).map_err(db_err)?;
-                    }
-                }
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(out)
-        })
-        .await
+        self.spend_quota(spends).await
     }
 
     async fn get_by_sha256(&self, digest: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
@@ -679,51 +551,7 @@ impl KeyStore for EmbeddedStore {
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(entry)
-            .map_err(|_| StoreError::Corrupt("audit entry cannot be encoded".into()))?;
-        let (id, ms, ws) = (
-            entry.id.clone(),
-            unix_ms(entry.time),
-            entry.workspace.clone(),
-        );
-        let max = u64::try_from(self.audit_max).unwrap_or(u64::MAX);
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut global = txn.open_table(AUDIT).map_err(db_err)?;
-                global
-                    .insert((ms, id.as_str()), json.as_slice())
-                    .map_err(db_err)?;
-                // Keys sort oldest first, so the front is what a full log gives up.
-                while global.len().map_err(db_err)? > max {
-                    global.pop_first().map_err(db_err)?;
-                }
-                if let Some(ws) = ws.as_deref() {
-                    let mut log = txn.open_table(AUDIT_WS).map_err(db_err)?;
-                    let added = log
-                        .insert((ws, ms, id.as_str()), json.as_slice())
-                        .map_err(db_err)?
-                        .is_none();
-                    let mut lens = txn.open_table(AUDIT_WS_LEN).map_err(db_err)?;
-                    let mut len = lens.get(ws).map_err(db_err)?.map_or(0, |g| g.value());
-                    len += u64::from(added);
-                    if len > max {
-                        let excess = usize::try_from(len - max).unwrap_or(usize::MAX);
-                        // Lazy: only the entries read from the iterator are removed.
-                        let oldest = log
-                            .extract_from_if((ws, i64::MIN, "")..(ws, i64::MAX, ""), |_, _| true)
-                            .map_err(db_err)?;
-                        for removed in oldest.take(excess) {
-                            removed.map_err(db_err)?;
-                            len -= 1;
-                        }
-                    }
-                    lens.insert(ws, len).map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
+        self.push_audit(entry).await
     }
 
     async fn list_audit(
@@ -732,67 +560,7 @@ impl KeyStore for EmbeddedStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<AuditPage, StoreError> {
-        let after = cursor
-            .map(parse_cursor)
-            .transpose()?
-            .map(|(ms, id)| (ms, id.to_owned()));
-        let limit = limit.clamp(1, AUDIT_MAX_ENTRIES);
-        let ws = workspace.map(str::to_owned);
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            // One more than asked: if it exists, a next page is worth asking for.
-            let mut found: Vec<(i64, String, Vec<u8>)> = Vec::with_capacity(limit + 1);
-            match ws.as_deref() {
-                None => {
-                    let log = txn.open_table(AUDIT).map_err(db_err)?;
-                    let upper = match &after {
-                        Some((ms, id)) => Bound::Excluded((*ms, id.as_str())),
-                        None => Bound::Unbounded,
-                    };
-                    for item in log
-                        .range((Bound::Unbounded, upper))
-                        .map_err(db_err)?
-                        .rev()
-                        .take(limit + 1)
-                    {
-                        let (key, value) = item.map_err(db_err)?;
-                        let (ms, id) = key.value();
-                        found.push((ms, id.to_owned(), value.value().to_vec()));
-                    }
-                }
-                Some(ws) => {
-                    let log = txn.open_table(AUDIT_WS).map_err(db_err)?;
-                    let upper = match &after {
-                        Some((ms, id)) => Bound::Excluded((ws, *ms, id.as_str())),
-                        None => Bound::Excluded((ws, i64::MAX, "")),
-                    };
-                    let lower = Bound::Included((ws, i64::MIN, ""));
-                    for item in log
-                        .range((lower, upper))
-                        .map_err(db_err)?
-                        .rev()
-                        .take(limit + 1)
-                    {
-                        let (key, value) = item.map_err(db_err)?;
-                        let (_, ms, id) = key.value();
-                        found.push((ms, id.to_owned(), value.value().to_vec()));
-                    }
-                }
-            }
-            let next_cursor = (found.len() > limit)
-                .then(|| found.get(limit - 1).map(|(ms, id, _)| cursor_at(*ms, id)))
-                .flatten();
-            let entries = found
-                .iter()
-                .take(limit)
-                .map(|(_, _, json)| decode_audit(json))
-                .collect::<Result<_, _>>()?;
-            Ok(AuditPage {
-                entries,
-                next_cursor,
-            })
-        })
-        .await
+        self.read_audit(workspace, limit, cursor).await
     }
 
     async fn get_workspace(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
@@ -841,115 +609,6 @@ impl KeyStore for EmbeddedStore {
 }
 
 /// Where keys of `scheme` are indexed by their secret hash.
-/// One key's request-log entries, encoded before the write transaction starts.
-struct EncodedLogs {
-    workspace: String,
-    id: KeyId,
-    entries: Vec<Vec<u8>>,
-}
-
-impl EncodedLogs {
-    fn of(logs: &KeyLogs<'_>) -> Result<EncodedLogs, StoreError> {
-        let entries = logs
-            .entries
-            .iter()
-            .map(|e| {
-                serde_json::to_vec(e)
-                    .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(EncodedLogs {
-            workspace: logs.workspace.to_owned(),
-            id: logs.id.clone(),
-            entries,
-        })
-    }
-}
-
-type Records<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
-type Logs<'t> = redb::Table<'t, (&'static str, &'static str, u64), &'static [u8]>;
-
-/// Adds one key's usage delta inside a write transaction: the count and last use, and its
-/// per-day counts from `oldest` (a Julian day) on, the key's older days removed.
-fn add_usage_in(
-    records: &Records<'_>,
-    usage: &mut redb::Table<'_, (&'static str, &'static str), (u64, Option<i64>)>,
-    days: &mut redb::Table<'_, (&'static str, &'static str, i32), u64>,
-    d: &UsageDelta,
-    oldest: i32,
-) -> Result<(), StoreError> {
-    let key = (d.workspace.as_str(), d.id.as_str());
-    // Never start counting for a key that was deleted meanwhile.
-    if records.get(key).map_err(db_err)?.is_none() {
-        return Ok(());
-    }
-    let (count, last) = usage
-        .get(key)
-        .map_err(db_err)?
-        .map_or((0, None), |g| g.value());
-    let seen = unix_ms(d.last_used_at);
-    let last = Some(last.map_or(seen, |l| l.max(seen)));
-    usage
-        .insert(key, (count.saturating_add(d.count), last))
-        .map_err(db_err)?;
-    let (ws, id) = key;
-    for &(day, n) in &d.days {
-        let day = day.to_julian_day();
-        if day < oldest {
-            continue;
-        }
-        let was = days
-            .get((ws, id, day))
-            .map_err(db_err)?
-            .map_or(0, |g| g.value());
-        days.insert((ws, id, day), was.saturating_add(n))
-            .map_err(db_err)?;
-    }
-    days.retain_in((ws, id, i32::MIN)..(ws, id, oldest), |_, _| false)
-        .map_err(db_err)?;
-    Ok(())
-}
-
-/// Appends one key's request-log entries inside a write transaction and trims its log to the
-/// newest `keep`.
-fn append_logs_in(
-    records: &Records<'_>,
-    logs: &mut Logs<'_>,
-    k: &EncodedLogs,
-    keep: u64,
-) -> Result<(), StoreError> {
-    let (ws, id) = (k.workspace.as_str(), k.id.as_str());
-    // Logs of a deleted key would never be read or removed again.
-    if records.get((ws, id)).map_err(db_err)?.is_none() {
-        return Ok(());
-    }
-    let all = (ws, id, 0)..=(ws, id, u64::MAX);
-    // Sequence numbers are contiguous: appends take the next one and trimming only removes the
-    // oldest, so first and last give the length.
-    let bounds = |logs: &Logs<'_>| {
-        let mut range = logs.range(all.clone()).map_err(db_err)?;
-        let first = range.next().transpose().map_err(db_err)?;
-        let last = range.next_back().transpose().map_err(db_err)?;
-        let first = first.map(|(k, _)| k.value().2);
-        let last = last.map(|(k, _)| k.value().2).or(first);
-        Ok::<_, StoreError>(first.zip(last))
-    };
-    let next = bounds(logs)?.map_or(0, |(_, last)| last + 1);
-    for (seq, entry) in (next..).zip(&k.entries) {
-        logs.insert((ws, id, seq), entry.as_slice())
-            .map_err(db_err)?;
-    }
-    if let Some((first, last)) = bounds(logs)? {
-        let len = last - first + 1;
-        if len > keep {
-            let cut = first + (len - keep);
-            logs.retain_in((ws, id, first)..(ws, id, cut), |_, _| false)
-                .map_err(db_err)?;
-        }
-    }
-    Ok(())
-}
-
 fn hash_index(scheme: HashScheme) -> HashIndex {
     match scheme {
         HashScheme::KeyedBlake3 => BY_HASH,
@@ -1005,13 +664,6 @@ fn decode_record(bytes: &[u8], id: &str) -> Result<KeyRecord, StoreError> {
             "record of {id}: undecodable (column {})",
             e.column()
         ))
-    })
-}
-
-fn decode_audit(bytes: &[u8]) -> Result<AuditEntry, StoreError> {
-    // Only the position: serde's message could quote a stored value.
-    serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::Corrupt(format!("audit entry: undecodable (column {})", e.column()))
     })
 }
 
