@@ -343,16 +343,19 @@ impl KeyManager {
         // Before the delete, which removes the mark: the copy of an unfinished upgrade may be
         // cached under its target.
         let target = self.store().upgrade_target(&known).await;
-        let deleted = self.store().delete(workspace, id).await;
-        if matches!(deleted, Ok(None)) {
-            return Err(StoreError::NotFound);
-        }
+        // Whatever the outcome but "not there", the caches drop the key: a failed delete may
+        // have landed.
+        let deleted = match self.store().delete(workspace, id).await {
+            Ok(None) => return Err(StoreError::NotFound),
+            Ok(Some(record)) => Ok(record),
+            Err(e) => Err(e),
+        };
         let mut propagation = invalidate_confirmed(&self.cache, &known).await;
         if let Some(to) = target {
             propagation =
                 propagation.and(invalidate_hash_confirmed(&self.cache, &to, &known).await);
         }
-        let record = deleted?.ok_or(StoreError::NotFound)?;
+        let record = deleted?;
         Ok(Applied {
             record,
             propagation,

@@ -150,7 +150,7 @@ impl App {
         // node alone on the embedded store).
         let live_instances = store.fleet().map_or_else(
             || Arc::new(std::sync::atomic::AtomicUsize::new(1)),
-            store::fleet::Fleet::live_count,
+            store::fleet::Fleet::share_count,
         );
         let gateway = Arc::new(
             Gateway::new(&config, cache.clone(), live_instances)

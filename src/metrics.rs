@@ -701,7 +701,7 @@ impl Collector for CacheCollector {
                 opens.metric_type(),
             )?;
             opens.encode(metric)?;
-            let live = redis.fleet().live_count().load(Ordering::Relaxed);
+            let live = redis.fleet().instances();
             let instances = ConstGauge::new(i64::try_from(live).unwrap_or(i64::MAX));
             let metric = encoder.encode_descriptor(
                 "keygate_fleet_instances",

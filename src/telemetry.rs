@@ -59,7 +59,12 @@ pub fn set_level(level: &str) -> Result<(), String> {
 
 /// The filter of `log.level`, with the Redis client silenced unless the level names it.
 fn filter(level: &str) -> Result<EnvFilter, String> {
-    let directives = if level.contains("redis") {
+    // A directive for the `redis` crate itself; keygate's own `keygate::store::redis` is not one.
+    let names_redis = level.split(',').any(|d| {
+        let target = d.split(['=', '[']).next().unwrap_or("").trim();
+        target == "redis" || target.starts_with("redis::")
+    });
+    let directives = if names_redis {
         level.to_owned()
     } else {
         format!("{level},redis=off")
@@ -78,6 +83,12 @@ mod tests {
         assert_eq!(
             filter("debug,redis=warn").unwrap().to_string(),
             "redis=warn,debug"
+        );
+        assert_eq!(
+            filter("info,keygate::store::redis=debug")
+                .unwrap()
+                .to_string(),
+            "keygate::store::redis=debug,redis=off,info"
         );
         assert!(filter("info,keygate=loud").is_err());
     }

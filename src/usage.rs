@@ -356,7 +356,9 @@ fn gauge(n: usize) -> i64 {
 
 /// Writes one batch, counts and request logs of every key, in one store call
 /// ([`KeyStore::write_usage`]: one redb transaction, or the same round trips on Redis). Returns
-/// what is left to retry: nothing, or the whole batch if the call failed.
+/// what is left to retry: nothing; the whole batch if the call failed before its counts were
+/// stored; or, if only the request logs failed, the keys with logs, their counts zeroed (they are
+/// stored, and a retry must not add them twice).
 async fn write(
     store: Arc<Store>,
     mut batch: Vec<KeyUsage>,
@@ -367,6 +369,7 @@ async fn write(
     for k in &mut batch {
         k.logs.make_contiguous();
     }
+    let mut counts_written = false;
     let written = {
         let logs: Vec<KeyLogs<'_>> = batch
             .iter()
@@ -377,30 +380,38 @@ async fn write(
                 entries: k.logs.as_slices().0,
             })
             .collect();
-        metrics
-            .store()
-            .time(
-                StoreOp::WriteUsage,
-                store.write_usage(&deltas, &logs, max_per_key),
-            )
-            .await
+        let call = async {
+            store
+                .write_usage(&deltas, &logs, max_per_key)
+                .await
+                .map_err(|e| {
+                    counts_written = e.counts_written;
+                    e.error
+                })
+        };
+        metrics.store().time(StoreOp::WriteUsage, call).await
     };
-    match written {
-        Ok(()) => {
-            metrics
-                .usage()
-                .written
-                .inc_by(deltas.iter().map(|d| d.count).sum());
-            Written {
-                left: Vec::new(),
-                error: None,
-            }
-        }
-        Err(e) => Written {
-            left: batch,
-            error: Some(e),
-        },
+    let error = written.err();
+    if error.is_none() || counts_written {
+        metrics
+            .usage()
+            .written
+            .inc_by(deltas.iter().map(|d| d.count).sum());
     }
+    let left = match (&error, counts_written) {
+        (None, _) => Vec::new(),
+        (Some(_), false) => batch,
+        (Some(_), true) => batch
+            .into_iter()
+            .filter(|k| !k.logs.is_empty())
+            .map(|mut k| {
+                k.count = 0;
+                k.days.clear();
+                k
+            })
+            .collect(),
+    };
+    Written { left, error }
 }
 
 /// The counts of a batch, one delta per key that was used.

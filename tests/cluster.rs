@@ -11,9 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use keygate::keys::KeyId;
 use support::cluster::RedisCluster;
-use support::gateway::{Backend, OPS_TOKEN, Reply, TestGateway};
+use support::gateway::{Backend, OPS_TOKEN, TestGateway};
 
 /// Longest a recovery may take before the test gives up (a failover takes about two node
 /// timeouts of one second; two cores shared with other tests stretch that).
@@ -21,18 +20,6 @@ const RECOVERY: Duration = Duration::from_secs(30);
 
 fn cluster(gw: &TestGateway) -> &RedisCluster {
     gw.cluster.as_ref().unwrap()
-}
-
-/// `POST …/revoke` of key `id` in workspace `acme`, as the ops token.
-async fn revoke(gw: &TestGateway, id: &KeyId) -> Reply {
-    let path = format!("/v1/workspaces/acme/keys/{id}/revoke");
-    gw.admin(
-        Method::POST,
-        &path,
-        Some(OPS_TOKEN),
-        Some(serde_json::json!({})),
-    )
-    .await
 }
 
 /// The Redis key of the one key record in the cluster.
@@ -76,7 +63,7 @@ async fn keys_work_while_their_slot_migrates_and_after_it_moved() {
     // Moved: the old master answers MOVED, and the client follows it to the new one.
     cluster(&gw).finish_slot_move(&moving);
     assert_eq!(cluster(&gw).master_of(&record_key), to);
-    let r = revoke(&gw, &record.id).await;
+    let r = gw.admin_revoke("acme", &record.id).await;
     assert_eq!(r.status, StatusCode::OK, "revoke after the move");
     let r = gw.get("/api/v1/sessions", Some(&secret)).await;
     assert_eq!(r.error_code(), "key_revoked");
@@ -107,7 +94,7 @@ async fn a_master_fails_over_to_its_replica_and_the_gateway_carries_on() {
     );
     let deadline = Instant::now() + RECOVERY;
     loop {
-        let r = revoke(&gw, &record.id).await;
+        let r = gw.admin_revoke("acme", &record.id).await;
         if r.status == StatusCode::OK {
             break;
         }
@@ -206,7 +193,7 @@ async fn invalidations_reach_every_instance_after_the_node_they_listened_on_dies
     let stats = b.app.store().invalidation_stats().unwrap();
     let received = stats.received.load(Ordering::SeqCst);
     let deadline = Instant::now() + RECOVERY;
-    while revoke(&a, &record.id).await.status != StatusCode::OK {
+    while a.admin_revoke("acme", &record.id).await.status != StatusCode::OK {
         assert!(Instant::now() < deadline, "the revoke never went through");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -245,7 +232,7 @@ async fn messages_are_published_where_the_subscribers_listen() {
 
     let before: Vec<u64> = (0..3).map(|i| c.publishes(i)).collect();
     let (record, _) = a.create_key(&["sessions:read"]).await;
-    let r = revoke(&a, &record.id).await;
+    let r = a.admin_revoke("acme", &record.id).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["propagation"]["confirmed"], 2, "{}", r.json());
     for (i, before) in before.iter().enumerate() {

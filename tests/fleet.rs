@@ -42,8 +42,7 @@ fn live_count(gw: &TestGateway) -> usize {
         .store()
         .fleet()
         .expect("the redis backend has a fleet")
-        .live_count()
-        .load(Ordering::Acquire)
+        .instances()
 }
 
 /// Waits until every gateway of `gws` counts `n` live instances.
@@ -196,8 +195,7 @@ fn id(gw: &TestGateway) -> String {
 }
 
 async fn revoke(gw: &TestGateway, key: &KeyRecord) -> support::gateway::Reply {
-    let path = format!("/v1/workspaces/acme/keys/{}/revoke", key.id);
-    let r = gw.admin(Method::POST, &path, Some(OPS_TOKEN), None).await;
+    let r = gw.admin_revoke("acme", &key.id).await;
     assert_eq!(
         r.status,
         StatusCode::OK,
@@ -425,16 +423,33 @@ async fn deletes_and_rotations_report_their_propagation() {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    reports_the_fleet(&propagation(&r), &others);
-    if r.json()["propagation"]["unconfirmed"] == serde_json::json!([]) {
-        assert_eq!(b.get(READ, Some(&secret)).await.error_code(), "key_expired");
-    }
+    let confirmed = reports_the_fleet(&propagation(&r), &others);
+    refuses(&b, &secret, "key_expired", confirmed).await;
 
     let path = format!("/v1/workspaces/acme/keys/{}", key.id);
     let r = a.admin(Method::DELETE, &path, Some(OPS_TOKEN), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(r.body.is_empty(), "a delete's report is in its header only");
-    reports_the_fleet(&propagation(&r), &others);
+    let confirmed = reports_the_fleet(&propagation(&r), &others);
+    refuses(&b, &secret, "invalid_key", confirmed).await;
+}
+
+/// Asserts that `gw` refuses `secret` with `code`: on the very next request when the change was
+/// confirmed by every instance, else (a loaded machine held a confirmation past the wait)
+/// within a few seconds.
+async fn refuses(gw: &TestGateway, secret: &Secret, code: &str, confirmed: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = gw.get(READ, Some(secret)).await.error_code();
+        if got == code {
+            return;
+        }
+        assert!(
+            !confirmed && std::time::Instant::now() < deadline,
+            "{got:?} instead of {code} (confirmed: {confirmed})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A GET on a `keygate` process's admin listener, as text.

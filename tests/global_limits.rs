@@ -12,7 +12,6 @@
 mod support;
 
 use std::num::NonZeroU32;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -119,12 +118,12 @@ async fn one_slow_reply_decides_one_check_here_and_the_next_goes_to_redis() {
 }
 
 /// Waits (at most 10 s) until each of `gateways` counts `n` live instances (from the fleet's
-/// heartbeats in Redis).
+/// heartbeats in Redis; 1 once cut off from Redis).
 async fn until_live(gateways: &[&TestGateway], n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for gw in gateways {
-        let limits = gw.app.gateway().limits();
-        while limits.live_instances().load(Ordering::Relaxed) != n {
+        let fleet = gw.app.store().fleet().unwrap();
+        while fleet.instances() != n {
             assert!(Instant::now() < deadline, "the fleet never counted {n}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

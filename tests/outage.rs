@@ -248,8 +248,7 @@ async fn a_connection_closed_by_redis_costs_no_request() {
     assert_eq!(r.json()["name"], "renamed");
 
     kill_normal_clients(&gw).await;
-    let path = format!("/v1/workspaces/acme/keys/{}/revoke", revoked.id);
-    let r = gw.admin(Method::POST, &path, Some(OPS_TOKEN), None).await;
+    let r = gw.admin_revoke("acme", &revoked.id).await;
     assert_eq!(
         r.status,
         StatusCode::OK,

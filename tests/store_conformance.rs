@@ -2950,3 +2950,41 @@ async fn redis_instances_using_a_key_while_another_upgrades_it_miss_nothing() {
     assert_eq!(lost, 0, "increments lost over 150 upgrades");
     assert!(misses.is_empty(), "{misses:?}");
 }
+
+#[tokio::test]
+async fn a_redis_flush_whose_logs_fail_says_its_counts_are_stored() {
+    let (store, server) = redis_backend().await;
+    let (a, b) = (record("acme", "a"), record("acme", "b"));
+    store.create(&a, Some(5), now_ms()).await.expect("create a");
+    store.create(&b, Some(5), now_ms()).await.expect("create b");
+    // B's log key holds a string: its log script fails with WRONGTYPE.
+    let client = ::redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("keygate:{{ws:acme}}:logs:{}", b.id))
+        .arg("not a list")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let entries = [log_entry(now_ms(), "/x")];
+    let failed = store
+        .write_usage(
+            &[usage(&a, 2, now_ms()), usage(&b, 3, now_ms())],
+            &[logs_of(&a, &entries), logs_of(&b, &entries)],
+            10,
+        )
+        .await
+        .expect_err("B's log cannot be written");
+    assert!(failed.counts_written, "{failed:?}");
+    // The counts are in, once: a retry of the logs alone must not add them again.
+    let stored = |r: &KeyRecord| {
+        let (store, ws, id) = (&store, r.workspace.clone(), r.id.clone());
+        async move { store.get(&ws, &id).await.unwrap().unwrap().usage_count }
+    };
+    assert_eq!((stored(&a).await, stored(&b).await), (2, 3));
+    let failed = store.write_usage(&[usage(&a, 1, now_ms())], &[], 10).await;
+    assert!(failed.is_ok(), "counts alone are written");
+}

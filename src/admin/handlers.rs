@@ -434,12 +434,18 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         change_detail(&changed, &old, &new),
     )
     .await;
-    let mut body = new;
-    body["propagation"] = applied.propagation.to_json();
-    Ok(propagated(
-        json_response(StatusCode::OK, &body),
-        &applied.propagation,
-    ))
+    Ok(with_propagation(StatusCode::OK, new, &applied.propagation))
+}
+
+/// A JSON answer to a change of an existing key: `body` with its `propagation` field, and the
+/// header of [`propagated`].
+fn with_propagation(
+    status: StatusCode,
+    mut body: serde_json::Value,
+    p: &Propagation,
+) -> Response<Full<Bytes>> {
+    body["propagation"] = p.to_json();
+    propagated(json_response(status, &body), p)
 }
 
 /// Says in a header how far a change reached the other instances: every answer to a change of
@@ -561,15 +567,9 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
     .await;
     let mut key = key_json(&new, now);
     key["secret"] = serde_json::Value::String(secret.expose().to_owned());
-    Ok(propagated(
-        json_response(
-            StatusCode::CREATED,
-            &serde_json::json!({
-                "key": key,
-                "previous": key_json(&old, now),
-                "propagation": propagation.to_json(),
-            }),
-        ),
+    Ok(with_propagation(
+        StatusCode::CREATED,
+        serde_json::json!({"key": key, "previous": key_json(&old, now)}),
         &propagation,
     ))
 }
@@ -583,10 +583,9 @@ async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
         call.audit("key.revoke", ws, Some(&id), "ok", serde_json::Value::Null)
             .await;
     }
-    let mut body = key_json(&applied.record, now());
-    body["propagation"] = applied.propagation.to_json();
-    Ok(propagated(
-        json_response(StatusCode::OK, &body),
+    Ok(with_propagation(
+        StatusCode::OK,
+        key_json(&applied.record, now()),
         &applied.propagation,
     ))
 }

@@ -155,13 +155,11 @@ struct LimitState {
     clock: Arc<dyn Clock>,
     local: Buckets,
     global: Option<RedisLimiter>,
-    /// Instances enforcing the global limits (never read as less than 1), as the fleet's
-    /// heartbeats see them now.
+    /// Instances enforcing the global limits (never read as less than 1), as the last fleet
+    /// heartbeat that got through counted them ([`crate::store::fleet::Fleet::share_count`]):
+    /// what a check decided here shares by. Not the fleet's count of the moment, which is 1
+    /// while this instance is cut off, when the others are still serving.
     live_instances: Arc<AtomicUsize>,
-    /// The same as of the last check Redis answered: what a check decided here shares by. The
-    /// fleet counts an instance that cannot reach Redis as alone, which is true of what it can
-    /// see but not of who else is serving; the count from before the outage is.
-    share_by: AtomicUsize,
     /// `keygate_rate_limit_local_total`, once the metrics are attached.
     local_checks: OnceLock<Counter>,
     failures: Buckets,
@@ -207,7 +205,6 @@ impl Limits {
             // capacity bounds the keys in use.
             local: Buckets::new(config.cache.capacity),
             global,
-            share_by: AtomicUsize::new(live_instances.load(Ordering::Relaxed)),
             live_instances,
             local_checks: OnceLock::new(),
             failures: Buckets::new(FAILURE_SUBJECTS_MAX),
@@ -374,20 +371,14 @@ impl Limits {
         let mut local = *gcra;
         if let Some(global) = &state.global {
             match global.check(key.id(), route, gcra, peek).await {
-                Ok(rate) => {
-                    let live = state.live_instances.load(Ordering::Relaxed);
-                    if state.share_by.load(Ordering::Relaxed) != live {
-                        state.share_by.store(live, Ordering::Relaxed);
-                    }
-                    return rate;
-                }
+                Ok(rate) => return rate,
                 Err(e) => {
                     // The breaker logs outages; a failure of its own is this check's alone.
                     tracing::debug!(error = %e, "rate limit decided on this instance");
                     if !peek && let Some(counter) = state.local_checks.get() {
                         counter.inc();
                     }
-                    local = gcra.share(state.share_by.load(Ordering::Relaxed));
+                    local = gcra.share(state.live_instances.load(Ordering::Relaxed));
                 }
             }
         }

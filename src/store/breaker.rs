@@ -209,7 +209,10 @@ impl Breaker {
 
     /// A call admitted while closed (or a late one) was answered: the row of failures ends.
     fn answered(&self, now: u64) {
-        self.in_a_row.store(0, Ordering::Relaxed);
+        // A load first: while Redis answers, the row is 0 and the line stays shared.
+        if self.in_a_row.load(Ordering::Relaxed) != 0 {
+            self.in_a_row.store(0, Ordering::Relaxed);
+        }
         self.tally(false, now);
     }
 
@@ -272,6 +275,10 @@ pub struct Permit<'a> {
 impl Permit<'_> {
     /// Records how the call ended.
     pub fn record(self, outcome: Outcome) {
+        if outcome == Outcome::Inconclusive {
+            // Changes nothing: no clock read.
+            return;
+        }
         self.breaker
             .record_at(self.probe, outcome, self.breaker.now());
         // `Drop` lets the next caller probe.
@@ -396,16 +403,21 @@ mod tests {
             .record_at(Outcome::Answered, 3 * window + 5);
         assert!(!b.is_open());
 
-        // Closing forgets the window: the failures that opened it do not reopen it. (Real time:
-        // should a window end in the middle, this passes without showing anything.)
-        for _ in 0..RATE_MIN_CALLS / 2 {
-            b.admit().unwrap().record(Outcome::Failed);
-            b.admit().unwrap().record(Outcome::Answered);
-        }
-        open(&b);
-        b.close();
-        b.admit().unwrap().record(Outcome::Failed);
-        assert!(!b.is_open());
+        // Closing forgets the window: the failures that opened it do not reopen it.
+        let at = 5 * window;
+        fill(at, RATE_MIN_CALLS / 2 - 1, 0);
+        b.admit()
+            .unwrap()
+            .record_at(Outcome::Failed, at + window / 2);
+        b.admit()
+            .unwrap()
+            .record_at(Outcome::Failed, at + window / 2 + 1);
+        assert!(b.is_open(), "over half of the window's calls failed");
+        b.close_at(at + window / 2 + 2);
+        b.admit()
+            .unwrap()
+            .record_at(Outcome::Failed, at + window / 2 + 3);
+        assert!(!b.is_open(), "closing started the window again");
     }
 
     #[test]

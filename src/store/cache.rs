@@ -153,6 +153,24 @@ impl Lease {
         self.until.store(u64::MAX, Ordering::Release);
     }
 
+    /// If the lease is armed and had run out at `now`, renews it from `now` and says whether
+    /// this caller is the one that did: of callers that find it run out at once (every worker
+    /// after a SIGCONT), exactly one renews it.
+    fn renew_lapsed(&self, now: Instant) -> bool {
+        let until = self.until.load(Ordering::Acquire);
+        until != u64::MAX
+            && self.nanos(now) >= until
+            && self
+                .until
+                .compare_exchange(
+                    until,
+                    self.nanos(now + self.period),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
     /// Extends an armed lease to one period from `now` (never shortens it; a lease not armed
     /// stays so).
     fn extend(&self, now: Instant) {
@@ -424,14 +442,17 @@ impl<S: KeyStore> KeyCache<S> {
     /// unread. Called by the subscriber every few milliseconds and by lookups that find the
     /// lease run out. Returns whether it had.
     pub fn keep_lease(&self, now: Instant) -> bool {
-        let lapsed = !self.lease.holds(now);
-        if lapsed {
+        if !self.lease.holds(now) {
             // Before the renewal: a lookup that sees the renewed lease sees the new epoch too.
+            // Callers racing here each mark (harmless); only the one that renews counts.
             self.mark_all_stale();
-            self.stats.lease_lapses.fetch_add(1, Ordering::Relaxed);
+            if self.lease.renew_lapsed(now) {
+                self.stats.lease_lapses.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
         }
         self.lease.extend(now);
-        lapsed
+        false
     }
 
     /// Whether cached entries are trusted (see [`KeyCache::distrust`]).
@@ -473,7 +494,16 @@ mod tests {
         lease.arm(t0);
         assert!(lease.holds(t0 + ms(49)));
         assert!(!lease.holds(t0 + ms(50)));
-        assert_eq!(lease.lapsed_now().is_some(), !lease.holds(Instant::now()));
+        let stalled = Lease::new(period);
+        stalled.arm(Instant::now() - 2 * period);
+        assert!(stalled.lapsed_now().is_some());
+        let now = Instant::now();
+        assert!(
+            stalled.renew_lapsed(now),
+            "the first caller renews a run-out lease"
+        );
+        assert!(!stalled.renew_lapsed(now), "and only the first");
+        assert!(stalled.lapsed_now().is_none());
         lease.extend(t0 + ms(40));
         assert!(lease.holds(t0 + ms(89)));
         assert!(!lease.holds(t0 + ms(90)));

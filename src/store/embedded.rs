@@ -44,8 +44,8 @@ mod workspaces;
 
 use super::{
     AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyLogs, KeyPage, KeyStore, ListQuery,
-    QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, cursor_at, from_unix_ms,
-    parse_key_cursor, stored_json, unix_ms,
+    QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, UsageWriteError, cursor_at,
+    from_unix_ms, parse_key_cursor, stored_json, unix_ms,
 };
 use crate::config::EmbeddedConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, KeyStatus, SecretHash};
@@ -433,7 +433,7 @@ impl KeyStore for EmbeddedStore {
     }
 
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        self.write_usage(deltas, &[], 0).await
+        self.write_usage_once(deltas, &[], 0).await
     }
 
     async fn append_request_logs(
@@ -448,7 +448,7 @@ impl KeyStore for EmbeddedStore {
             id,
             entries,
         };
-        self.write_usage(&[], &[logs], max_per_key).await
+        self.write_usage_once(&[], &[logs], max_per_key).await
     }
 
     async fn write_usage(
@@ -456,8 +456,9 @@ impl KeyStore for EmbeddedStore {
         deltas: &[UsageDelta],
         logs: &[KeyLogs<'_>],
         max_per_key: usize,
-    ) -> Result<(), StoreError> {
-        self.write_usage_once(deltas, logs, max_per_key).await
+    ) -> Result<(), UsageWriteError> {
+        // One transaction: on failure nothing was written, counts included.
+        Ok(self.write_usage_once(deltas, logs, max_per_key).await?)
     }
 
     async fn request_logs(

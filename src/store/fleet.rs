@@ -12,9 +12,11 @@
 //!   subscription trusts nothing it has cached (it re-reads the store for every key), so
 //!   nobody needs to wait for it, and it withdraws its announcement when it loses the
 //!   subscription or stops.
-//! - **Live count.** [`Fleet::live_count`] is the number of live instances as of the last
-//!   heartbeat: never 0, and 1 when alone or unknown (not announced yet, or Redis unreachable),
-//!   e.g. for a per-instance share of a global rate limit.
+//! - **Live count.** [`Fleet::instances`] is the number of live instances as of the last
+//!   heartbeat: never 0, and 1 when alone or unknown (not announced yet, or Redis unreachable).
+//!   [`Fleet::share_count`] is the same as of the last heartbeat that got through, kept while
+//!   this instance is cut off (the others still serve): what a per-instance share of a global
+//!   rate limit divides by.
 //! - **Confirmation.** A change to a key (update, rotate, revoke, delete) is published as
 //!   `<hash hex> <origin id> <seq>`. Every subscribed instance drops the hash (bumping its
 //!   generation, so no fill under way can put the old record back) and then confirms with
@@ -73,6 +75,8 @@ pub struct Fleet {
     /// Live ids as of the last heartbeat, this one included; empty while unknown.
     live: Mutex<Arc<[Arc<str>]>>,
     live_count: Arc<AtomicUsize>,
+    /// `live_count` as of the last heartbeat that got through ([`Fleet::share_count`]).
+    share_count: Arc<AtomicUsize>,
     /// Sequence numbers of this instance's confirmable messages.
     next_seq: AtomicU64,
     /// Waits under way, by sequence number.
@@ -192,6 +196,7 @@ impl Fleet {
             id: id.into(),
             live: Mutex::new(Arc::from([])),
             live_count: Arc::new(AtomicUsize::new(1)),
+            share_count: Arc::new(AtomicUsize::new(1)),
             next_seq: AtomicU64::new(0),
             waits: Mutex::new(HashMap::new()),
             stats: FleetStats {
@@ -265,9 +270,16 @@ impl Fleet {
     }
 
     /// The number of live instances as of the last heartbeat: at least 1 (this one), and 1
-    /// while unknown. A shared handle, updated in place: read it with one atomic load.
-    pub fn live_count(&self) -> Arc<AtomicUsize> {
-        self.live_count.clone()
+    /// while unknown or cut off.
+    pub fn instances(&self) -> usize {
+        self.live_count.load(Ordering::Acquire)
+    }
+
+    /// The number of live instances as of the last heartbeat that got through, not reset when
+    /// this instance loses Redis: a shared handle, updated in place, for the global rate
+    /// limiter's per-instance share (read with one atomic load).
+    pub fn share_count(&self) -> Arc<AtomicUsize> {
+        self.share_count.clone()
     }
 
     /// The live ids as of the last heartbeat (this one included), or none while unknown.
@@ -287,11 +299,12 @@ impl Fleet {
         live.sort_unstable();
         live.dedup();
         self.live_count.store(live.len(), Ordering::Release);
+        self.share_count.store(live.len(), Ordering::Release);
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = live.into();
     }
 
     /// Forgets the others (this instance left the fleet, or cannot reach it): alone as far as
-    /// it knows.
+    /// it knows. The share count stays: the others go on serving.
     pub fn forget(&self) {
         self.live_count.store(1, Ordering::Release);
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Arc::from([]);
@@ -430,15 +443,17 @@ mod tests {
     #[test]
     fn the_live_count_is_never_zero_and_counts_this_instance() {
         let fleet = Fleet::with_id("a-1-0000".into());
-        let count = fleet.live_count();
-        assert_eq!(count.load(Ordering::Acquire), 1);
+        let share = fleet.share_count();
+        assert_eq!((fleet.instances(), share.load(Ordering::Acquire)), (1, 1));
         fleet.heard(vec!["b-2-0000".into(), "c-3-0000".into()]);
-        assert_eq!(count.load(Ordering::Acquire), 3, "this one is counted too");
+        assert_eq!(fleet.instances(), 3, "this one is counted too");
         fleet.heard(vec!["a-1-0000".into(), "b-2-0000".into()]);
-        assert_eq!(count.load(Ordering::Acquire), 2);
+        assert_eq!((fleet.instances(), share.load(Ordering::Acquire)), (2, 2));
         assert_eq!(fleet.live().len(), 2);
         fleet.forget();
-        assert_eq!(count.load(Ordering::Acquire), 1);
+        assert_eq!(fleet.instances(), 1);
         assert!(fleet.live().is_empty());
+        // Cut off, this instance still shares global limits with the others it last heard of.
+        assert_eq!(share.load(Ordering::Acquire), 2);
     }
 }

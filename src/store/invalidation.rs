@@ -187,7 +187,7 @@ pub async fn invalidate_hash_confirmed(
 fn nothing_cached(store: &Store) -> Propagation {
     match store.fleet() {
         Some(fleet) => Propagation {
-            instances: fleet.live_count().load(Ordering::Acquire),
+            instances: fleet.instances(),
             unconfirmed: Vec::new(),
         },
         None => Propagation::alone(),

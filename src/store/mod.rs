@@ -165,6 +165,35 @@ fn stored_json(record: &KeyRecord) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("record of {} cannot be encoded", record.id)))
 }
 
+/// Request-log entries as stored (JSON), by both backends.
+fn encoded_log_entries(entries: &[RequestLogEntry]) -> Result<Vec<String>, StoreError> {
+    entries
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()
+        .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))
+}
+
+/// A usage flush that failed ([`KeyStore::write_usage`]), saying whether its counts were
+/// written before the failure: then only the request logs are left to retry, and retrying the
+/// counts would add them twice.
+#[derive(Debug)]
+pub struct UsageWriteError {
+    /// The counts (and per-day counts) are stored; only request logs failed.
+    pub counts_written: bool,
+    /// Why the flush failed.
+    pub error: StoreError,
+}
+
+impl From<StoreError> for UsageWriteError {
+    fn from(error: StoreError) -> Self {
+        UsageWriteError {
+            counts_written: false,
+            error,
+        }
+    }
+}
+
 /// A time as whole milliseconds since the Unix epoch, the precision both stores keep.
 fn unix_ms(t: OffsetDateTime) -> i64 {
     // i64 milliseconds cover ±292 million years; `OffsetDateTime` covers ±9999 years.
@@ -380,20 +409,25 @@ pub trait KeyStore: Send + Sync + 'static {
     /// newest `max_per_key`), for all keys in one call. The embedded store writes it all in one
     /// redb write transaction (one commit, one fsync, however many keys: per-key transactions
     /// made 100,000 keys in rotation halve the gateway's throughput); Redis in the round trips
-    /// of `add_usage`, the logs pipelined with the counts. The default writes the counts, then
-    /// each key's logs, in separate calls (for wrappers and test doubles; both backends
-    /// override it).
+    /// of `add_usage`, then every key's logs in one more pipelined round trip. A failure says
+    /// whether the counts were written first ([`UsageWriteError::counts_written`]), so that a
+    /// retry never adds them twice. The default writes the counts, then each key's logs, in
+    /// separate calls (for wrappers and test doubles; both backends override it).
     fn write_usage(
         &self,
         deltas: &[UsageDelta],
         logs: &[KeyLogs<'_>],
         max_per_key: usize,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    ) -> impl Future<Output = Result<(), UsageWriteError>> + Send {
         async move {
             self.add_usage(deltas).await?;
             for k in logs {
                 self.append_request_logs(k.workspace, k.id, k.entries, max_per_key)
-                    .await?;
+                    .await
+                    .map_err(|error| UsageWriteError {
+                        counts_written: true,
+                        error,
+                    })?;
             }
             Ok(())
         }
@@ -705,7 +739,7 @@ impl KeyStore for Store {
         deltas: &[UsageDelta],
         logs: &[KeyLogs<'_>],
         max_per_key: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), UsageWriteError> {
         dispatch!(self, s => s.write_usage(deltas, logs, max_per_key))
     }
     async fn request_logs(

@@ -129,7 +129,7 @@ use super::breaker::{Breaker, Outcome};
 use super::invalidation::InvalidationStats;
 use super::{
     AUDIT_MAX_ENTRIES, Admission, AuditEntry, AuditPage, KeyLogs, KeyPage, KeyStore, ListQuery,
-    QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta,
+    QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, UsageWriteError,
 };
 use crate::config::RedisConfig;
 use crate::keys::{HashScheme, KeyId, KeyRecord, SecretHash};
@@ -405,7 +405,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        self.store_usage(deltas, &[], 0).await
+        self.count_usage(deltas).await
     }
 
     async fn write_usage(
@@ -413,8 +413,14 @@ impl KeyStore for RedisStore {
         deltas: &[UsageDelta],
         logs: &[KeyLogs<'_>],
         max_per_key: usize,
-    ) -> Result<(), StoreError> {
-        self.store_usage(deltas, logs, max_per_key).await
+    ) -> Result<(), UsageWriteError> {
+        self.count_usage(deltas).await?;
+        self.push_logs(logs, max_per_key)
+            .await
+            .map_err(|error| UsageWriteError {
+                counts_written: !deltas.is_empty(),
+                error,
+            })
     }
 
     async fn append_request_logs(
@@ -424,8 +430,12 @@ impl KeyStore for RedisStore {
         entries: &[RequestLogEntry],
         max_per_key: usize,
     ) -> Result<(), StoreError> {
-        self.push_request_logs(workspace, id, entries, max_per_key)
-            .await
+        let logs = KeyLogs {
+            workspace,
+            id,
+            entries,
+        };
+        self.push_logs(&[logs], max_per_key).await
     }
 
     async fn request_logs(

@@ -472,6 +472,12 @@ impl TestGateway {
         r.json()
     }
 
+    /// `POST /v1/workspaces/{ws}/keys/{id}/revoke` as the ops token (the answer, unchecked).
+    pub async fn admin_revoke(&self, ws: &str, id: &keygate::keys::KeyId) -> Reply {
+        let path = format!("/v1/workspaces/{ws}/keys/{id}/revoke");
+        self.admin(Method::POST, &path, Some(OPS_TOKEN), None).await
+    }
+
     /// GET on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Reply {
         let req = Request::get(format!("http://{}{path}", self.admin))

@@ -27,6 +27,37 @@ type UpBody = Either<
     StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>,
 >;
 
+/// Accepts connections on a fresh loopback port, each served by `conn` in a task of its own;
+/// returns the address, the count of connections accepted, and the accept loop's task.
+async fn serve<F, Fut>(
+    conn: F,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    JoinHandle<()>,
+)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let accepted = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(conn(stream));
+        }
+    });
+    (addr, connections, task)
+}
+
 /// A running upstream; stops when dropped.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -37,26 +68,13 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let accepted = connections.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
+        let (addr, connections, task) = serve(|stream| async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(handle))
+                .with_upgrades()
+                .await;
+        })
+        .await;
         TestUpstream {
             addr,
             connections,
@@ -213,57 +231,44 @@ impl Http10Upstream {
     pub async fn start() -> Http10Upstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let accepted = connections.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head);
-                    let target = head.split(' ').nth(1).unwrap_or("/");
-                    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                    let size: usize = query
-                        .split('&')
-                        .find_map(|p| p.strip_prefix("bytes="))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(100_000);
-                    let body = http10_body(size);
-                    let framing = if path.contains("/len") {
-                        format!("Content-Length: {size}\r\n")
-                    } else {
-                        "Connection: close\r\n".to_owned()
-                    };
-                    let head = format!(
-                        "HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6 Python/3\r\n\
-                         Content-Type: application/octet-stream\r\n{framing}\r\n"
-                    );
-                    if stream.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    for piece in body.chunks(16 * 1024) {
-                        if stream.write_all(piece).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = stream.shutdown().await;
-                });
+        let (addr, connections, task) = serve(|mut stream| async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
             }
-        });
+            let head = String::from_utf8_lossy(&head);
+            let target = head.split(' ').nth(1).unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let size: usize = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("bytes="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000);
+            let body = http10_body(size);
+            let framing = if path.contains("/len") {
+                format!("Content-Length: {size}\r\n")
+            } else {
+                "Connection: close\r\n".to_owned()
+            };
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6 Python/3\r\n\
+                 Content-Type: application/octet-stream\r\n{framing}\r\n"
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for piece in body.chunks(16 * 1024) {
+                if stream.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream.shutdown().await;
+        })
+        .await;
         Http10Upstream {
             addr,
             connections,

@@ -8,8 +8,8 @@ use time::{Date, OffsetDateTime};
 use super::{EmbeddedStore, LOGS, QUOTA, RECORDS, USAGE, USAGE_DAYS, db_err};
 use crate::keys::KeyId;
 use crate::store::{
-    KeyLogs, QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, oldest_usage_day,
-    unix_ms,
+    KeyLogs, QuotaCount, QuotaSpend, RequestLogEntry, StoreError, UsageDelta, encoded_log_entries,
+    oldest_usage_day, unix_ms,
 };
 
 impl EmbeddedStore {
@@ -193,14 +193,10 @@ struct EncodedLogs {
 
 impl EncodedLogs {
     fn of(logs: &KeyLogs<'_>) -> Result<EncodedLogs, StoreError> {
-        let entries = logs
-            .entries
-            .iter()
-            .map(|e| {
-                serde_json::to_vec(e)
-                    .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let entries = encoded_log_entries(logs.entries)?
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
         Ok(EncodedLogs {
             workspace: logs.workspace.to_owned(),
             id: logs.id.clone(),

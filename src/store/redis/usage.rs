@@ -13,7 +13,7 @@ use super::scripts::{ADD_DAYS, ADD_USAGE, APPEND_LOGS, CONSUME_QUOTA, SCRIPTS};
 use crate::keys::KeyId;
 use crate::store::{
     KeyLogs, QuotaCount, QuotaSpend, RequestLogEntry, StoreError, USAGE_DAYS_KEPT, UsageDelta,
-    oldest_usage_day, unix_ms,
+    encoded_log_entries, oldest_usage_day, unix_ms,
 };
 
 /// A field of `P{ws:…}:days:<id>`: the UTC day as `YYYY-MM-DD`.
@@ -21,30 +21,10 @@ const DAY_FIELD: &[BorrowedFormatItem<'static>] =
     time::macros::format_description!("[year]-[month]-[day]");
 
 impl RedisStore {
-    /// [`KeyStore::write_usage`](crate::store::KeyStore::write_usage) (and `add_usage`, without
-    /// logs): where each key's record is (one round trip), then every count, per-day split and
-    /// request log in one pipelined round trip, whatever the number of keys.
-    pub(super) async fn store_usage(
-        &self,
-        deltas: &[UsageDelta],
-        logs: &[KeyLogs<'_>],
-        max_per_key: usize,
-    ) -> Result<(), StoreError> {
-        let logs = logs
-            .iter()
-            .filter(|k| !k.entries.is_empty())
-            .map(|k| {
-                let entries = k
-                    .entries
-                    .iter()
-                    .map(serde_json::to_string)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        StoreError::Corrupt("request log entry cannot be encoded".into())
-                    })?;
-                Ok((k, entries))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+    /// [`KeyStore::add_usage`](crate::store::KeyStore::add_usage), and the counts of a
+    /// `write_usage`: where each key's record is (one round trip), then every count and per-day
+    /// split in one pipelined round trip, whatever the number of keys.
+    pub(super) async fn count_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         // Several deltas of one key become one: counts add up, the latest use wins.
         let mut merged: BTreeMap<(&str, &KeyId), (u64, i64)> = BTreeMap::new();
         let mut days: BTreeMap<(&str, &KeyId), BTreeMap<Date, u64>> = BTreeMap::new();
@@ -66,7 +46,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         // A second pass only for SHA-256 records an upgrade moved between the two round trips.
         for pass in 0..2 {
-            if pending.is_empty() && (pass > 0 || logs.is_empty()) {
+            if pending.is_empty() {
                 return Ok(());
             }
             // Round trip 1: where each key's record is, one HMGET per workspace.
@@ -81,28 +61,9 @@ impl RedisStore {
                     pipe.arg(pending[i].0.1.as_str());
                 }
             }
-            let values: Vec<Vec<Option<String>>> = if pipe.is_empty() {
-                Vec::new()
-            } else {
-                self.retried(&pipe).await?
-            };
-            // Round trip 2: the increments, skipping keys that are gone, and the request logs.
+            let values: Vec<Vec<Option<String>>> = self.retried(&pipe).await?;
+            // Round trip 2: the increments, skipping keys that are gone.
             let mut pipe = redis::pipe();
-            if pass == 0 {
-                for (k, entries) in &logs {
-                    // The script checks the key still exists: the log is on the workspace's
-                    // slot, so no record lookup is needed.
-                    pipe.cmd("EVAL")
-                        .arg(APPEND_LOGS)
-                        .arg(2)
-                        .arg(self.workspace_keys(k.workspace).keys)
-                        .arg(self.logs_key(k.workspace, k.id))
-                        .arg(k.id.as_str())
-                        .arg(max_per_key)
-                        .arg(entries)
-                        .ignore();
-                }
-            }
             let mut sent = Vec::new();
             for (items, values) in by_workspace.values().zip(&values) {
                 for (&i, value) in items.iter().zip(values) {
@@ -151,31 +112,34 @@ impl RedisStore {
         Ok(())
     }
 
-    /// [`KeyStore::append_request_logs`](crate::store::KeyStore::append_request_logs): one key's
-    /// entries, in one script call.
-    pub(super) async fn push_request_logs(
+    /// [`KeyStore::append_request_logs`](crate::store::KeyStore::append_request_logs), and the
+    /// logs of a `write_usage`: every key's entries in one pipelined round trip, each key's
+    /// script trimming its log to `max_per_key`. Sent apart from the counts, so that a failure
+    /// here never has them retried (and added twice).
+    pub(super) async fn push_logs(
         &self,
-        workspace: &str,
-        id: &KeyId,
-        entries: &[RequestLogEntry],
+        logs: &[KeyLogs<'_>],
         max_per_key: usize,
     ) -> Result<(), StoreError> {
-        if entries.is_empty() {
+        let mut pipe = redis::pipe();
+        for k in logs.iter().filter(|k| !k.entries.is_empty()) {
+            // The script checks the key still exists: the log is on the workspace's slot, so
+            // no record lookup is needed.
+            pipe.cmd("EVAL")
+                .arg(APPEND_LOGS)
+                .arg(2)
+                .arg(self.workspace_keys(k.workspace).keys)
+                .arg(self.logs_key(k.workspace, k.id))
+                .arg(k.id.as_str())
+                .arg(max_per_key)
+                .arg(encoded_log_entries(k.entries)?)
+                .ignore();
+        }
+        if pipe.is_empty() {
             return Ok(());
         }
-        let ws = self.workspace_keys(workspace);
-        let mut call = SCRIPTS.append_logs.key(&ws.keys);
-        call.key(self.logs_key(workspace, id))
-            .arg(id.as_str())
-            .arg(max_per_key);
-        for entry in entries {
-            let json = serde_json::to_string(entry)
-                .map_err(|_| StoreError::Corrupt("request log entry cannot be encoded".into()))?;
-            call.arg(json);
-        }
         let mut conn = self.conn.clone();
-        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
-        Ok(())
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// [`KeyStore::request_logs`](crate::store::KeyStore::request_logs).
