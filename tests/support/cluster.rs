@@ -147,10 +147,14 @@ impl RedisCluster {
     }
 
     /// Kills master `i` and waits until its replica has taken over its slots and the cluster
-    /// serves every slot again: a failover, as after a host dies.
+    /// serves every slot again: a failover, as after a host dies. Its replica has every write
+    /// first (`WAIT`): replication is asynchronous, and a write the replica never got would be
+    /// lost with the master, which is Redis's behaviour, not what these tests are about.
     pub(crate) fn kill_master_and_fail_over(&mut self, i: usize) {
         assert!(i < self.masters, "node {i} is not a master");
         assert!(self.nodes.len() > self.masters, "a failover needs replicas");
+        let acked = self.cli(i, &["WAIT", "1", "5000"]);
+        assert_eq!(acked.trim(), "1", "the replica of master {i} caught up");
         self.nodes[i].stop();
         let replicas: Vec<usize> = (self.masters..self.nodes.len())
             .filter(|r| r % self.masters == i)
