@@ -71,12 +71,23 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `listen:`.
     pub async fn bind(config: &Config) -> io::Result<Listeners> {
-        let proxy = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("listen.proxy {}: {e}", config.listen.proxy),
-            )
-        })?;
+        Listeners::bind_for_workers(config, std::num::NonZeroUsize::MIN).await
+    }
+
+    /// The same for a proxy served by `workers` workers ([`App::with_proxy_workers`]): with
+    /// more than one, the proxy listener allows each worker a socket of its own on its address
+    /// (`SO_REUSEPORT`).
+    pub async fn bind_for_workers(
+        config: &Config,
+        workers: std::num::NonZeroUsize,
+    ) -> io::Result<Listeners> {
+        let addr = config.listen.proxy;
+        let proxy = if workers.get() > 1 {
+            server::workers::reuseport_listener(addr)
+        } else {
+            TcpListener::bind(addr).await
+        }
+        .map_err(|e| io::Error::new(e.kind(), format!("listen.proxy {addr}: {e}")))?;
         let admin = TcpListener::bind(config.listen.admin).await.map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -99,6 +110,9 @@ pub enum StartError {
     /// The config file could not be read or is invalid.
     #[error("{0}")]
     Config(String),
+    /// The proxy's worker threads could not be started.
+    #[error("proxy workers: {0}")]
+    Workers(String),
 }
 
 /// A started gateway: the store, the cache, the data plane and the key operations.
@@ -111,6 +125,9 @@ pub struct App {
     metrics: Metrics,
     /// Started by the first [`App::serve`].
     flusher: Mutex<Option<usage::Flusher>>,
+    /// Threads serving the proxy listener ([`server::workers`]); with one, the runtime that
+    /// calls [`App::serve`] serves it.
+    proxy_workers: std::num::NonZeroUsize,
 }
 
 impl App {
@@ -173,7 +190,16 @@ impl App {
             keys,
             metrics,
             flusher: Mutex::new(Some(flusher)),
+            proxy_workers: std::num::NonZeroUsize::MIN,
         })
+    }
+
+    /// Serves the proxy listener with `count` worker threads, each with its own current-thread
+    /// runtime and listener ([`server::workers`]). Bind the proxy listener with
+    /// [`server::workers::reuseport_listener`] so that each worker gets a socket of its own.
+    pub fn with_proxy_workers(mut self, count: std::num::NonZeroUsize) -> Self {
+        self.proxy_workers = count;
+        self
     }
 
     /// The running config and its reloads.
@@ -261,17 +287,37 @@ impl App {
         ));
 
         let gateway = self.gateway.clone();
-        let proxy = server::accept_loop(
-            listeners.proxy,
+        let proxy_handler = move |req, conn| {
+            let gateway = gateway.clone();
+            async move { gateway.handle(req, conn).await }
+        };
+        let proxy_options =
             server::ListenerOptions::new(Listener::Proxy, &self.config.limits, &self.metrics)
-                .with_tls(tls),
-            move |req, conn| {
-                let gateway = gateway.clone();
-                async move { gateway.handle(req, conn).await }
-            },
-            stop_rx.clone(),
-            &drain,
-        );
+                .with_tls(tls);
+        // One worker: this runtime accepts. More: threads of their own (`server::workers`).
+        let (here, mut workers) = if self.proxy_workers.get() > 1 {
+            let started = server::workers::start(
+                listeners.proxy,
+                self.proxy_workers,
+                &proxy_options,
+                &proxy_handler,
+                &stop_rx,
+                &drain,
+            )
+            .map_err(|e| StartError::Workers(e.to_string()))?;
+            (None, Some(started))
+        } else {
+            (Some(listeners.proxy), None)
+        };
+        let proxy = async {
+            if let Some(listener) = here {
+                let stop = stop_rx.clone();
+                server::accept_loop(listener, proxy_options, proxy_handler, stop, &drain).await;
+            }
+            if let Some(workers) = &mut workers {
+                workers.accepting_stopped().await;
+            }
+        };
         let admin_handler = admin::Admin::new(
             self.reloader.clone(),
             self.store.clone(),
@@ -286,7 +332,7 @@ impl App {
                 let admin = admin_handler.clone();
                 async move { admin.handle(req, conn).await }
             },
-            stop_rx,
+            stop_rx.clone(),
             &drain,
         );
         tracing::info!(
@@ -316,6 +362,9 @@ impl App {
             _ = tokio::time::sleep(timeout) => {
                 tracing::warn!(?timeout, "shutdown_timeout reached; closing remaining connections");
             }
+        }
+        if let Some(workers) = workers {
+            workers.finish().await;
         }
         // After the drain, so every answered request has been recorded and counted.
         if let Some(flusher) = flusher {

@@ -4,6 +4,7 @@
 
 mod cli;
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,8 +39,8 @@ enum Command {
             default_value = "config/keygate.yaml"
         )]
         config: PathBuf,
-        /// Runtime worker threads (default: one per CPU core). Set it to match other proxies'
-        /// worker counts when comparing them.
+        /// Proxy worker threads, each with its own event loop and listener socket (default: one
+        /// per CPU core). Set it to match other proxies' worker counts when comparing them.
         #[arg(long, env = "KEYGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: Option<u16>,
     },
@@ -130,18 +131,17 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
     };
     keygate::telemetry::init(&config.log);
     raise_nofile_limit(&config);
-    // One worker: a current-thread runtime does the same work without the multi-thread
-    // scheduler's cross-thread wake-ups.
-    let mut builder = match worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(n));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    // One worker: a current-thread runtime does all the work, without the multi-thread
+    // scheduler's cross-thread wake-ups. More: one current-thread runtime per worker thread
+    // (`server::workers`), and this one for the control plane.
+    let workers = match worker_threads {
+        Some(n) => NonZeroUsize::new(usize::from(n)).unwrap_or(NonZeroUsize::MIN),
+        None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
     };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -158,7 +158,7 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
                 None
             }
         };
-        let listeners = match keygate::Listeners::bind(&config).await {
+        let listeners = match keygate::Listeners::bind_for_workers(&config, workers).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot bind");
@@ -172,7 +172,7 @@ fn serve(path: &Path, worker_threads: Option<u16>) -> ExitCode {
             }
         };
         let app = match keygate::App::from_file(path).await {
-            Ok(app) => app,
+            Ok(app) => app.with_proxy_workers(workers),
             Err(e) => {
                 tracing::error!(error = %e, "keygate cannot start");
                 return ExitCode::from(EXIT_RUNTIME);

@@ -28,6 +28,8 @@ use crate::config::{Limits, TlsFiles};
 use crate::metrics::{ConnectionMetrics, Listener, Metrics};
 use crate::proxy::ConnInfo;
 
+pub mod workers;
+
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again: without
 /// it a failing `accept` would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -128,6 +130,9 @@ pub struct ListenerOptions {
     pub limits: Limits,
     /// Where open, refused and timed-out connections are counted.
     pub metrics: ConnectionMetrics,
+    /// Slots under `limits.max_connections`, shared by every accept loop of the listener (its
+    /// workers).
+    permits: Arc<Semaphore>,
 }
 
 impl ListenerOptions {
@@ -138,6 +143,7 @@ impl ListenerOptions {
             tls: None,
             limits: limits.clone(),
             metrics: metrics.connections(listener).clone(),
+            permits: Arc::new(Semaphore::new(limits.max_connections.get())),
         }
     }
 
@@ -236,7 +242,7 @@ pub async fn accept_loop<F, Fut, B>(
         "http"
     };
     let max = options.limits.max_connections.get();
-    let permits = Arc::new(Semaphore::new(max));
+    let permits = options.permits.clone();
     // Episodes, so that a flood is one warning and one all-clear rather than a line per event.
     let mut accept_errors: u64 = 0;
     let mut refused: u64 = 0;

@@ -374,3 +374,82 @@ fn config_check_reports_type_errors_together_and_warns() {
         assert!(out.contains(want), "missing `{want}` in:\n{out}");
     }
 }
+
+/// `(name, voluntary context switches)` of each thread of a process named `kg-proxy-*` (the kernel keeps 15 bytes of a name).
+fn worker_threads(pid: u32) -> Vec<(String, u64)> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap()
+        };
+        let name = field("Name:");
+        if name.starts_with("kg-proxy-") {
+            let switches = field("voluntary_ctxt_switches:").parse().unwrap();
+            workers.push((name, switches));
+        }
+    }
+    workers.sort();
+    workers
+}
+
+/// `--worker-threads 2`: two threads each accept on a socket of their own and serve what they
+/// accept (both wake for the connections spread over them); SIGTERM drains the requests in
+/// flight on both before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_connections_and_both_drain_on_sigterm() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = embedded_config(dir.path(), &upstream);
+    let (_, secret) = issue_key(
+        &text,
+        keygate::control::NewKey {
+            scopes: vec!["sessions:read".into()],
+            ..new_key("acme")
+        },
+    )
+    .await;
+    let mut running =
+        KeygateProcess::start_with_args(dir.path(), "keygate", &text, &["--worker-threads", "2"])
+            .await;
+    let before = worker_threads(running.pid());
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["kg-proxy-0", "kg-proxy-1"]);
+
+    // 32 connections, each with a slow request in flight; a client per connection.
+    let proxy = running.proxy;
+    let requests: Vec<_> = (0..32)
+        .map(|_| {
+            let auth = format!("Bearer {}", secret.expose());
+            tokio::spawn(async move {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                let req = http::Request::get(format!("http://127.0.0.1:{proxy}/slow?ms=1500"))
+                    .header("authorization", auth)
+                    .body(Full::default())
+                    .unwrap();
+                let r = client.request(req).await.unwrap();
+                let status = r.status();
+                (status, r.into_body().collect().await.unwrap().to_bytes())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = worker_threads(running.pid());
+    for ((name, then), (_, now)) in before.iter().zip(&after) {
+        // A worker given no connection never wakes from its event loop's wait.
+        assert!(now > then, "{name} served nothing: {before:?} -> {after:?}");
+    }
+    running.signal("TERM");
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], b"slow done");
+    }
+    running.wait_clean_exit().await;
+}

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use support::gateway::{Backend, TestGateway};
@@ -77,9 +78,20 @@ async fn silent_connections_are_closed_within_the_header_timeout_while_keys_are_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_max_connections_are_closed_at_accept_and_counted() {
-    let gw = TestGateway::start(
+    over_max_connections(NonZeroUsize::MIN).await;
+}
+
+/// The cap is the listener's, whatever the number of proxy workers accepting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_across_proxy_workers() {
+    over_max_connections(NonZeroUsize::new(3).unwrap()).await;
+}
+
+async fn over_max_connections(workers: NonZeroUsize) {
+    let gw = TestGateway::start_with_workers(
         Backend::Embedded,
         "limits: { header_read_timeout: 60s, max_connections: 20 }",
+        workers,
     )
     .await;
     let (_, secret) = gw.create_key(&["sessions:read"]).await;

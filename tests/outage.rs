@@ -84,11 +84,8 @@ async fn max_stale_zero_fails_closed() {
         StatusCode::OK
     );
     gw.redis.as_mut().unwrap().stop();
-    // Within ttl the cached record is still trusted.
-    assert_eq!(
-        gw.get("/api/v1/sessions", Some(&secret)).await.status,
-        StatusCode::OK
-    );
+    // (Within ttl the cached record may still be served, until the invalidation channel is seen
+    // down: from then on nothing is trusted without the store. Either answer is right here.)
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = gw.get("/api/v1/sessions", Some(&secret)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

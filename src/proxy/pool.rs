@@ -11,6 +11,10 @@
 //! free (200 concurrent first requests would otherwise sit in SYN retransmits once the
 //! upstream's accept queue overflows). A request that a reused connection hands back unsent
 //! (the upstream closed it as we picked it) is tried again on another one.
+//!
+//! Each proxy worker ([`crate::server::workers`]) has lists of its own: a connection's task runs
+//! on the runtime of the worker that opened it, and only that worker's requests use it, so no
+//! request waits on another thread's wake-up.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -28,8 +32,10 @@ use tokio::sync::oneshot;
 
 use crate::error::error_chain;
 
-/// Idle connections kept per upstream, beyond which a finished connection is closed.
+/// Idle connections kept per upstream and worker, beyond which a finished connection is closed.
 const MAX_IDLE: usize = 1024;
+/// Workers with lists of their own; any beyond share (worker `i` uses lists `i % SHARDS`).
+const SHARDS: usize = 64;
 /// Connections tried for one request whose request came back unsent.
 const MAX_ATTEMPTS: usize = 3;
 /// How long a connection given back may take to be ready for the next request. It normally is
@@ -65,7 +71,8 @@ struct Inner {
     address: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    slots: Mutex<Slots>,
+    /// One per worker.
+    slots: Box<[Mutex<Slots>]>,
     /// Whether the task that closes expired idle connections runs (started with the first
     /// connection, inside the runtime).
     reaping: std::sync::atomic::AtomicBool,
@@ -92,7 +99,7 @@ impl Pool {
                 address,
                 connect_timeout,
                 idle_timeout,
-                slots: Mutex::new(Slots::default()),
+                slots: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 reaping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -235,9 +242,9 @@ impl Pool {
 }
 
 impl Inner {
+    /// The calling worker's lists.
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        // The lists are valid whatever a panicking holder did to them.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.slots[crate::server::workers::index() % SHARDS])
     }
 
     /// A connection becomes available: to the oldest request still waiting, else idle.
@@ -269,6 +276,11 @@ impl Inner {
     }
 }
 
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    // The lists are valid whatever a panicking holder did to them.
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Closes idle connections past the idle timeout, until the pool is gone.
 async fn reap(pool: Weak<Inner>) {
     let period = pool
@@ -281,12 +293,17 @@ async fn reap(pool: Weak<Inner>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let expired: Vec<Idle> = {
-            let mut slots = pool.lock();
-            let (keep, expired) = slots.idle.drain(..).partition(|c: &Idle| {
-                !c.sender.is_closed() && c.since.elapsed() < pool.idle_timeout
-            });
-            slots.idle = keep;
-            slots.waiters.retain(|w| !w.is_closed());
+            let mut expired = Vec::new();
+            for slots in &pool.slots {
+                let mut slots = lock(slots);
+                let (keep, gone): (Vec<Idle>, Vec<Idle>) =
+                    slots.idle.drain(..).partition(|c: &Idle| {
+                        !c.sender.is_closed() && c.since.elapsed() < pool.idle_timeout
+                    });
+                slots.idle = keep;
+                slots.waiters.retain(|w| !w.is_closed());
+                expired.extend(gone);
+            }
             expired
         };
         // Dropping a sender closes its connection; outside the lock.

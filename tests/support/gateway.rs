@@ -3,6 +3,7 @@
 //! like the scenario: `gw.get("/path", Some(&secret))`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -161,6 +162,8 @@ pub struct TestGateway {
     pub cluster: Option<RedisCluster>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Proxy worker threads it was started with (a restart keeps them).
+    workers: NonZeroUsize,
     /// The config file and the parts it was written from, for a gateway started from a file.
     file: Option<(std::path::PathBuf, Vec<String>)>,
     _dir: tempfile::TempDir,
@@ -229,7 +232,22 @@ impl TestGateway {
         redis: OwnedRedis,
         dir: tempfile::TempDir,
     ) -> TestGateway {
-        Self::start_serving(config, None, upstream, redis, dir).await
+        Self::start_serving(config, None, upstream, redis, dir, NonZeroUsize::MIN).await
+    }
+
+    /// A gateway on `backend` whose proxy listener is served by `workers` worker threads, each
+    /// with its own runtime and `SO_REUSEPORT` socket, as the binary's `--worker-threads`.
+    pub async fn start_with_workers(
+        backend: Backend,
+        overlay: &str,
+        workers: NonZeroUsize,
+    ) -> TestGateway {
+        let redis = OwnedRedis::start(backend);
+        let upstream = TestUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = redis.store_config(dir.path());
+        let config = config_from(&[BASE_CONFIG, &store, &upstream_config(&upstream), overlay]);
+        Self::start_serving(config, None, upstream, redis, dir, workers).await
     }
 
     /// A gateway on `backend` started from a config file (base config plus `overlay`), as the
@@ -246,7 +264,15 @@ impl TestGateway {
         parts.push(overlay);
         std::fs::write(&path, config_text(&parts)).expect("write config");
         let config = config_from(&parts);
-        Self::start_serving(config, Some((path, fixed)), upstream, redis, dir).await
+        Self::start_serving(
+            config,
+            Some((path, fixed)),
+            upstream,
+            redis,
+            dir,
+            NonZeroUsize::MIN,
+        )
+        .await
     }
 
     /// Rewrites the config file of a gateway started from one: the base config plus `overlay`.
@@ -269,9 +295,15 @@ impl TestGateway {
         upstream: TestUpstream,
         redis: OwnedRedis,
         dir: tempfile::TempDir,
+        workers: NonZeroUsize,
     ) -> TestGateway {
         let (redis, cluster) = redis.split();
-        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let proxy = if workers.get() > 1 {
+            keygate::server::workers::reuseport_listener(([127, 0, 0, 1], 0).into())
+        } else {
+            TcpListener::bind("127.0.0.1:0").await
+        }
+        .expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (proxy_addr, admin_addr) = (
             proxy.local_addr().expect("proxy addr"),
@@ -281,7 +313,7 @@ impl TestGateway {
             Some((path, _)) => App::from_file(path).await,
             None => App::new(config.clone()).await,
         };
-        let app = Arc::new(app.expect("gateway starts"));
+        let app = Arc::new(app.expect("gateway starts").with_proxy_workers(workers));
         let (tx, rx) = oneshot::channel::<()>();
         let serving = app.clone();
         let task = tokio::spawn(async move {
@@ -302,6 +334,7 @@ impl TestGateway {
             cluster,
             shutdown: Some(tx),
             task: Some(task),
+            workers,
             file,
             _dir: dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -321,8 +354,9 @@ impl TestGateway {
         };
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
         let file = self.file.take();
+        let workers = self.workers;
         drop(self);
-        Self::start_serving(config, file, upstream, redis, dir).await
+        Self::start_serving(config, file, upstream, redis, dir, workers).await
     }
 
     /// Triggers a graceful shutdown and returns the serving task, to await the drain.

@@ -57,6 +57,26 @@ impl KeygateProcess {
         config: &str,
         soft_nofile: Option<u64>,
     ) -> KeygateProcess {
+        Self::launch(dir, name, config, soft_nofile, &[]).await
+    }
+
+    /// As [`KeygateProcess::start`], with `args` after `serve --config FILE`.
+    pub async fn start_with_args(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        args: &[&str],
+    ) -> KeygateProcess {
+        Self::launch(dir, name, config, None, args).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        soft_nofile: Option<u64>,
+        args: &[&str],
+    ) -> KeygateProcess {
         let (proxy, admin) = (free_port(), free_port());
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -83,6 +103,7 @@ impl KeygateProcess {
         let child = command
             .args(["serve", "--config"])
             .arg(&path)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
