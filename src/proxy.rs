@@ -201,6 +201,37 @@ impl Policy {
             .map_or(&[], Vec::as_slice)
     }
 
+    /// [`Policy::effective_scopes`] joined with `,` as a header value, written once into a
+    /// buffer of its exact size (one allocation, which the header value then owns).
+    fn scopes_header(&self, key: &CachedKey) -> HeaderValue {
+        let own = key.scopes();
+        let role = self.role_scopes(key);
+        let fresh = |i: usize, s: &String| {
+            // Deduplicated as `effective_scopes` does: the first occurrence counts.
+            !own.iter().chain(role).take(i).any(|t| t == s)
+        };
+        let all = || {
+            own.iter()
+                .chain(role)
+                .enumerate()
+                .filter(|(i, s)| fresh(*i, s))
+        };
+        let len = all()
+            .map(|(_, s)| s.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1);
+        let mut buf = Vec::with_capacity(len);
+        for (_, s) in all() {
+            if !buf.is_empty() {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(s.as_bytes());
+        }
+        debug_assert_eq!(buf, self.effective_scopes(key).join(",").into_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
     /// The scopes a key holds: its own and its role's, deduplicated, in that order.
     pub fn effective_scopes<'k>(&'k self, key: &'k CachedKey) -> Vec<&'k str> {
         let mut out: Vec<&str> = Vec::with_capacity(key.scopes().len());
@@ -349,11 +380,7 @@ impl Gateway {
                     let key = decision.key.clone();
                     let client_ip = decision.client_ip;
                     let upstream = &policy.upstreams[decision.route.upstream];
-                    // Joined once into the header value's own buffer.
-                    let scopes = key.as_deref().map(|k| {
-                        HeaderValue::try_from(policy.effective_scopes(k).join(","))
-                            .unwrap_or_else(|_| HeaderValue::from_static(""))
-                    });
+                    let scopes = key.as_deref().map(|k| policy.scopes_header(k));
                     let limits = decision.limits;
                     let sent = Instant::now();
                     let mut response = match policy

@@ -294,10 +294,13 @@ impl Buckets {
     /// Counts one request of `subject` at `now` if `gcra` allows it.
     pub fn check(&self, subject: Subject, gcra: &Gcra, now: u64) -> RateState {
         let idle = gcra.idle();
-        let bucket = self.map.get_with(subject, || {
-            Arc::new(Bucket {
-                tat: AtomicU64::new(0),
-                idle: AtomicU64::new(idle),
+        // A plain read first: `get_with` boxes the subject for its insertion path on every call.
+        let bucket = self.map.get(&subject).unwrap_or_else(|| {
+            self.map.get_with(subject, || {
+                Arc::new(Bucket {
+                    tat: AtomicU64::new(0),
+                    idle: AtomicU64::new(idle),
+                })
             })
         });
         if idle > bucket.idle.fetch_max(idle, Ordering::Relaxed) {

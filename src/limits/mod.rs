@@ -115,15 +115,32 @@ impl LimitHeaders {
     /// Integers become header values without formatting through a `String`.
     pub fn apply(&self, headers: &mut HeaderMap) {
         if let Some(rate) = self.rate {
-            headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
-            headers.insert(RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
-            headers.insert(RATELIMIT_RESET, HeaderValue::from(rate.reset));
+            headers.insert(RATELIMIT_LIMIT, integer_value(rate.limit.into()));
+            headers.insert(RATELIMIT_REMAINING, integer_value(rate.remaining));
+            headers.insert(RATELIMIT_RESET, integer_value(rate.reset));
             headers.insert(RATELIMIT_POLICY, policy_value(rate.limit, rate.window));
         }
         if let Some(remaining) = self.quota_remaining {
-            headers.insert(X_KEYGATE_QUOTA_REMAINING, HeaderValue::from(remaining));
+            headers.insert(X_KEYGATE_QUOTA_REMAINING, integer_value(remaining));
         }
     }
+}
+
+/// A decimal integer as a header value: one allocation (the value's own bytes), where
+/// `HeaderValue::from(u64)` makes two (a buffer, then the shared handle it is frozen into).
+fn integer_value(n: u64) -> HeaderValue {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + u8::try_from(rest % 10).expect("a digit");
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[at..]).expect("digits are a valid header value")
 }
 
 /// `<limit>;w=<window>`, written into a stack buffer (no `String` per response).
@@ -443,5 +460,17 @@ impl Limits {
             }
         }
         self.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_become_their_decimal_digits() {
+        for n in [0, 7, 10, 4_294_967_295, u64::MAX] {
+            assert_eq!(integer_value(n).to_str().ok(), Some(n.to_string().as_str()));
+        }
     }
 }
