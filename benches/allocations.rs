@@ -9,6 +9,8 @@
 //!
 //! Run: `cargo bench --bench allocations` (prints allocations and bytes per request).
 
+#![allow(clippy::print_stdout, reason = "a bench reports on stdout")]
+
 use std::alloc::System;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
