@@ -97,6 +97,18 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A key of workspace `acme` with `sessions:read`, issued into the store of config `text`.
+async fn reader_key(text: &str) -> (keygate::keys::KeyRecord, keygate::keys::Secret) {
+    issue_key(
+        text,
+        keygate::control::NewKey {
+            scopes: vec!["sessions:read".into()],
+            ..new_key("acme")
+        },
+    )
+    .await
+}
+
 /// The test config on an embedded store in `dir`, forwarding to `upstream`.
 fn embedded_config(dir: &Path, upstream: &TestUpstream) -> String {
     format!(
@@ -118,14 +130,7 @@ async fn serve_streams_256_mib_both_ways_in_bounded_memory_and_stops_on_sigterm(
     );
 
     // Issue a key through the library into the same file, then hand the file to the binary.
-    let (key, secret) = issue_key(
-        &text,
-        keygate::control::NewKey {
-            scopes: vec!["sessions:read".into()],
-            ..new_key("acme")
-        },
-    )
-    .await;
+    let (key, secret) = reader_key(&text).await;
 
     let mut running = KeygateProcess::start(dir.path(), "keygate", &text).await;
     let (pid, proxy_port) = (running.pid(), running.proxy);
@@ -267,14 +272,7 @@ async fn sigterm_fails_readiness_first_and_serves_through_the_shutdown_delay() {
         "{}\nshutdown_delay: 2s\n",
         embedded_config(dir.path(), &upstream)
     );
-    let (_, secret) = issue_key(
-        &text,
-        keygate::control::NewKey {
-            scopes: vec!["sessions:read".into()],
-            ..new_key("acme")
-        },
-    )
-    .await;
+    let (_, secret) = reader_key(&text).await;
     let mut running = KeygateProcess::start(dir.path(), "keygate", &text).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let get = |url: String| {
@@ -407,14 +405,7 @@ async fn two_workers_share_the_connections_and_both_drain_on_sigterm() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let text = embedded_config(dir.path(), &upstream);
-    let (_, secret) = issue_key(
-        &text,
-        keygate::control::NewKey {
-            scopes: vec!["sessions:read".into()],
-            ..new_key("acme")
-        },
-    )
-    .await;
+    let (_, secret) = reader_key(&text).await;
     let mut running =
         KeygateProcess::start_with_args(dir.path(), "keygate", &text, &["--worker-threads", "2"])
             .await;
