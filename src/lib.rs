@@ -9,6 +9,7 @@
 //!   → key lookup through [`store::cache`] → status, expiry, allowlist, scopes → [`limits`]
 //!   (rate limit, quota) → [`proxy::upstream`] (forwarding) → access log.
 //! - [`error`] — why a request was refused, and the one place a refusal becomes a response.
+//! - [`header_values`] — the header values written per request, cut from a shared buffer.
 //!
 //! Around it:
 //!
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod header_values;
 pub mod histogram;
 pub mod keys;
 pub mod limits;

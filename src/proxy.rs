@@ -201,35 +201,26 @@ impl Policy {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// [`Policy::effective_scopes`] joined with `,` as a header value, written once into a
-    /// buffer of its exact size (one allocation, which the header value then owns).
+    /// [`Policy::effective_scopes`] joined with `,` as a header value, written straight into
+    /// the shared header buffer ([`crate::header_values`]).
     fn scopes_header(&self, key: &CachedKey) -> HeaderValue {
         let own = key.scopes();
         let role = self.role_scopes(key);
-        let fresh = |i: usize, s: &String| {
-            // Deduplicated as `effective_scopes` does: the first occurrence counts.
-            !own.iter().chain(role).take(i).any(|t| t == s)
-        };
-        let all = || {
-            own.iter()
-                .chain(role)
-                .enumerate()
-                .filter(|(i, s)| fresh(*i, s))
-        };
-        let len = all()
-            .map(|(_, s)| s.len() + 1)
-            .sum::<usize>()
-            .saturating_sub(1);
-        let mut buf = Vec::with_capacity(len);
-        for (_, s) in all() {
-            if !buf.is_empty() {
-                buf.push(b',');
+        let value = crate::header_values::build(|buf| {
+            for (i, s) in own.iter().chain(role).enumerate() {
+                // Deduplicated as `effective_scopes` does: the first occurrence counts.
+                if own.iter().chain(role).take(i).any(|t| t == s) {
+                    continue;
+                }
+                if !buf.is_empty() {
+                    buf.extend_from_slice(b",");
+                }
+                buf.extend_from_slice(s.as_bytes());
             }
-            buf.extend_from_slice(s.as_bytes());
-        }
-        debug_assert_eq!(buf, self.effective_scopes(key).join(",").into_bytes());
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
+        })
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+        debug_assert_eq!(value, self.effective_scopes(key).join(",").as_str());
+        value
     }
 
     /// The scopes a key holds: its own and its role's, deduplicated, in that order.
@@ -397,6 +388,9 @@ impl Gateway {
                             reject.to_response(&request_id).map(Either::Left)
                         }
                     };
+                    // The limit headers and the request id at once, rather than growing the
+                    // upstream's header map (sized to what it sent) twice.
+                    response.headers_mut().reserve(6);
                     limits.apply(response.headers_mut());
                     (response, key, None, client_ip, Some(sent.elapsed()))
                 }
@@ -607,7 +601,27 @@ fn log_access(
 pub struct RequestIds {
     seed: u64,
     instance: u64,
-    counter: AtomicU64,
+}
+
+/// Counter values are handed to threads in blocks of `2^32`, so that proxy workers on different
+/// cores do not write one shared counter on every request; they stay unique per process.
+static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's next counter value and the end of its block.
+    static COUNTER: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn next_count() -> u64 {
+    COUNTER.with(|c| {
+        let (mut next, mut end) = c.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed).wrapping_shl(32);
+            end = next.wrapping_add(1 << 32);
+        }
+        c.set((next.wrapping_add(1), end));
+        next
+    })
 }
 
 impl RequestIds {
@@ -618,7 +632,6 @@ impl RequestIds {
         RequestIds {
             seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
             instance: u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")),
-            counter: AtomicU64::new(0),
         }
     }
 
@@ -629,11 +642,10 @@ impl RequestIds {
         {
             return v.clone();
         }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         hex_u64(self.instance, &mut buf[..16]);
-        hex_u64(splitmix64(n ^ self.seed), &mut buf[16..]);
-        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        hex_u64(splitmix64(next_count() ^ self.seed), &mut buf[16..]);
+        crate::header_values::copy(&buf).expect("hex digits are a valid header value")
     }
 }
 

@@ -38,6 +38,7 @@ pub mod gcra;
 pub mod quota;
 pub mod redis;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +55,7 @@ use self::quota::Quotas;
 use self::redis::RedisLimiter;
 use crate::config::{Config, QuotaSpec, RateLimitMode, RateLimitSpec};
 use crate::error::Reject;
+use crate::header_values;
 use crate::route::CompiledRoute;
 use crate::store::Store;
 use crate::store::cached::CachedKey;
@@ -115,42 +117,48 @@ impl LimitHeaders {
     /// Integers become header values without formatting through a `String`.
     pub fn apply(&self, headers: &mut HeaderMap) {
         if let Some(rate) = self.rate {
-            headers.insert(RATELIMIT_LIMIT, integer_value(rate.limit.into()));
-            headers.insert(RATELIMIT_REMAINING, integer_value(rate.remaining));
-            headers.insert(RATELIMIT_RESET, integer_value(rate.reset));
-            headers.insert(RATELIMIT_POLICY, policy_value(rate.limit, rate.window));
+            let (limit, policy) = limit_and_policy(rate.limit, rate.window);
+            headers.insert(RATELIMIT_LIMIT, limit);
+            headers.insert(RATELIMIT_REMAINING, header_values::integer(rate.remaining));
+            headers.insert(RATELIMIT_RESET, header_values::integer(rate.reset));
+            headers.insert(RATELIMIT_POLICY, policy);
         }
         if let Some(remaining) = self.quota_remaining {
-            headers.insert(X_KEYGATE_QUOTA_REMAINING, integer_value(remaining));
+            headers.insert(X_KEYGATE_QUOTA_REMAINING, header_values::integer(remaining));
         }
     }
 }
 
-/// A decimal integer as a header value: one allocation (the value's own bytes), where
-/// `HeaderValue::from(u64)` makes two (a buffer, then the shared handle it is frozen into).
-fn integer_value(n: u64) -> HeaderValue {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + u8::try_from(rest % 10).expect("a digit");
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+/// `RateLimit-Limit` and `RateLimit-Policy` of a limit: the same on nearly every response, so
+/// each thread keeps the last pair and clones it (a reference count) rather than formatting both
+/// per response.
+fn limit_and_policy(limit: u32, window: u64) -> (HeaderValue, HeaderValue) {
+    thread_local! {
+        static LAST: RefCell<Option<(u32, u64, HeaderValue, HeaderValue)>> =
+            const { RefCell::new(None) };
     }
-    HeaderValue::from_bytes(&buf[at..]).expect("digits are a valid header value")
+    LAST.with_borrow_mut(|last| match last {
+        Some((l, w, limit_value, policy)) if *l == limit && *w == window => {
+            (limit_value.clone(), policy.clone())
+        }
+        _ => {
+            let pair = (
+                header_values::integer(limit.into()),
+                policy_value(limit, window),
+            );
+            *last = Some((limit, window, pair.0.clone(), pair.1.clone()));
+            pair
+        }
+    })
 }
 
-/// `<limit>;w=<window>`, written into a stack buffer (no `String` per response).
+/// `<limit>;w=<window>`, written into the shared header buffer (no `String` per response).
 fn policy_value(limit: u32, window: u64) -> HeaderValue {
-    use std::io::Write as _;
-    let mut buf = [0u8; 40];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    write!(cursor, "{limit};w={window}").expect("two integers fit in 40 bytes");
-    let len = usize::try_from(cursor.position()).expect("at most 40");
-    HeaderValue::from_bytes(&buf[..len]).expect("digits, ';' and '=' are a valid header value")
+    header_values::build(|buf| {
+        use std::fmt::Write as _;
+        write!(buf, "{limit};w={window}").expect("a BytesMut grows as needed");
+    })
+    .expect("digits, ';' and '=' are a valid header value")
 }
 
 /// The limits of one configuration, over state that outlives it: a reload builds new limits
@@ -460,17 +468,5 @@ impl Limits {
             }
         }
         self.flush().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn integers_become_their_decimal_digits() {
-        for n in [0, 7, 10, 4_294_967_295, u64::MAX] {
-            assert_eq!(integer_value(n).to_str().ok(), Some(n.to_string().as_str()));
-        }
     }
 }

@@ -18,6 +18,7 @@ use super::{ConnInfo, Decision, X_REQUEST_ID};
 use crate::auth::{self, CredentialSources, X_FORWARDED_FOR};
 use crate::config::{self, Config};
 use crate::error::Reject;
+use crate::header_values;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -179,6 +180,8 @@ impl Forwarding {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
+        // Room for the headers added below at once, rather than the map growing twice.
+        headers.reserve(8);
         remove_hop_by_hop(headers);
         if let Some((protocol, _)) = &upgrade {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -196,8 +199,8 @@ impl Forwarding {
         headers.insert(HOST, upstream.host.clone());
         headers.insert(X_REQUEST_ID, request_id.clone());
         if let Some(key) = &decision.key {
-            headers.insert(self.key_id.clone(), header_value(key.id().as_str()));
-            headers.insert(self.workspace.clone(), header_value(key.workspace()));
+            headers.insert(self.key_id.clone(), header_values::text(key.id().as_str()));
+            headers.insert(self.workspace.clone(), header_values::text(key.workspace()));
             headers.insert(
                 self.scopes.clone(),
                 scopes.unwrap_or_else(|| HeaderValue::from_static("")),
@@ -300,13 +303,11 @@ impl Forwarding {
         let chain = if previous.is_empty() {
             conn.peer_ip_header().clone()
         } else {
-            header_value(&format!("{}, {peer}", previous.join(", ")))
+            header_values::text(&format!("{}, {peer}", previous.join(", ")))
         };
         headers.insert(X_FORWARDED_FOR, chain);
         if !trusted {
-            for name in &OTHER_FORWARDING {
-                headers.remove(name);
-            }
+            remove_present(headers, &OTHER_FORWARDING);
         }
         if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
@@ -318,12 +319,6 @@ impl Forwarding {
             };
         }
     }
-}
-
-fn header_value(s: &str) -> HeaderValue {
-    // Ids, workspace names, scopes and addresses are validated ASCII; fall back to empty rather
-    // than fail a request over a header we add.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The protocol of an HTTP/1.1 `Upgrade` request (`Connection: upgrade` + `Upgrade: x`).
@@ -346,21 +341,52 @@ fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none or only `Connection`: looking at the few names present is
-    // cheaper than ten hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !remove_present(headers, &HOP_BY_HOP) {
         return;
     }
+    // Most `Connection` values are options (`keep-alive`, `close`) or name headers removed
+    // above: only other names that are present are collected, so the usual message neither
+    // looks anything up nor allocates here.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+                && headers.contains_key(*t)
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
     }
+    headers.remove(CONNECTION);
+}
+
+/// Removes those of `names` that `headers` holds, found in one pass over the few names present
+/// rather than one hashed lookup per name; `CONNECTION` is kept for the caller to read. Returns
+/// whether any was present.
+fn remove_present<const N: usize>(headers: &mut HeaderMap, names: &[HeaderName; N]) -> bool {
+    let mut present = [false; N];
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in names
+        .iter()
+        .zip(present)
+        .filter(|(n, p)| *p && *n != CONNECTION)
+    {
+        headers.remove(name);
+    }
+    present.contains(&true)
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
@@ -420,6 +446,29 @@ mod tests {
             based.uri(&original, Some("/api/v1/x".into())).unwrap(),
             "/base/api/v1/x"
         );
+    }
+
+    #[test]
+    fn a_typical_response_loses_only_its_connection_header() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        h.insert(http::header::SERVER, HeaderValue::from_static("nginx"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key(CONNECTION));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        h.insert(
+            http::header::FORWARDED,
+            HeaderValue::from_static("for=10.0.0.1"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(remove_present(&mut h, &OTHER_FORWARDING));
+        assert_eq!(h.len(), 1);
+        assert!(!remove_present(&mut h, &OTHER_FORWARDING));
+        assert_eq!(h["x-kept"], "1");
     }
 
     #[test]
