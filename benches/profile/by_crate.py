@@ -55,34 +55,21 @@ def main():
             if skip_next:
                 skip_next = False
                 continue
-            if line.startswith("ob="):
-                m = re.match(r"ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-                if m:
-                    if m.group(2) is not None:
-                        objs[m.group(1)] = m.group(2)
-                    current_obj = objs.get(m.group(1), "")
-                continue
-            if line.startswith("fn="):
-                m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-                if m:
-                    if m.group(2) is not None:
-                        fns[m.group(1)] = m.group(2)
-                    current_fn = fns.get(m.group(1), "???")
-                continue
-            if line.startswith(("cfn=", "cfl=", "cfi=", "cob=")):
-                # Names of called functions: remember compressed names, do not switch.
-                m = re.match(r"c(f[nli]|ob)=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-                if m and m.group(3) is not None:
-                    {"fn": fns, "fl": names, "fi": names, "ob": objs}[m.group(1)][m.group(2)] = m.group(3)
-                continue
-            if line.startswith(("fl=", "fi=", "fe=")):
-                m = re.match(r"f[lie]=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-                if m:
-                    if m.group(2) is not None:
-                        names[m.group(1)] = m.group(2)
-                    current = names.get(m.group(1), "???")
-                else:
-                    current = line[3:].strip()
+            # Names are compressed: `fn=(12) name` the first time, `fn=(12)` after.
+            m = re.match(r"(c?)(ob|fn|fl|fi|fe)=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m:
+                called, kind, number, name = m.groups()
+                table = {"ob": objs, "fn": fns}.get(kind, names)
+                if name is not None:
+                    table[number] = name
+                # The names of a called function (`cfn=`, …) do not switch the current one.
+                if not called:
+                    if kind == "ob":
+                        current_obj = objs.get(number, "")
+                    elif kind == "fn":
+                        current_fn = fns.get(number, "???")
+                    else:
+                        current = names.get(number, "???")
                 continue
             if line.startswith("calls="):
                 # The next line is the call's inclusive cost: not this function's own.
