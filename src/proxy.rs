@@ -1,10 +1,13 @@
-//! The data plane's one ordering of stages, read top to bottom in [`Gateway::handle`]:
+//! The data plane's one ordering of stages, read top to bottom in [`Gateway::handle`] and the
+//! decision it makes (`decide.rs`: [`Gateway::decide`], [`Gateway::admit_key`]):
 //! request id → method (never `CONNECT`) → route → credential → failed-authentication limit → key lookup (cache, then
 //! store) → revoked → expired → client IP allowlist → scopes → rate limit → quota → forward →
 //! access log, metrics and usage.
 //!
-//! Each stage returns early with a [`Reject`]; only `error.rs` turns it into a response.
+//! Each stage returns early with a [`Reject`](crate::error::Reject); only `error.rs` turns it into
+//! a response.
 
+mod decide;
 mod pool;
 pub mod upstream;
 
@@ -15,27 +18,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
 
 use crate::auth::{self, CredentialSources};
 use crate::config::Config;
-use crate::error::Reject;
-use crate::keys::{SecretFormat, SecretHash, SecretHasher, Shape};
-use crate::limits::{LimitHeaders, Limits};
+use crate::keys::{SecretFormat, SecretHasher};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::route::{CompiledRoute, Router};
-use crate::store::cache::{KeyCache, Lookup};
+use crate::route::Router;
+use crate::store::Store;
+use crate::store::cache::KeyCache;
 use crate::store::cached::CachedKey;
-use crate::store::stats::StoreOp;
-use crate::store::{KeyStore, Store, StoreError};
 use crate::usage::Recorder;
 use crate::workspaces::Directory;
 use arc_swap::ArcSwap;
+pub use decide::{Decision, Original, Refusal};
 pub use pool::PooledBody;
 use upstream::{Forwarding, Upstream};
 
@@ -85,60 +86,6 @@ impl ConnInfo {
     /// The peer's (canonical) IP address as a header value.
     pub fn peer_ip_header(&self) -> &HeaderValue {
         &self.peer_ip
-    }
-}
-
-/// The outcome of authentication and authorization for a request that may be forwarded.
-#[derive(Debug)]
-pub struct Decision<'a> {
-    /// The matched route.
-    pub route: &'a CompiledRoute,
-    /// The key, unless the route is public.
-    pub key: Option<Arc<CachedKey>>,
-    /// The client's address as determined from the peer and trusted proxies.
-    pub client_ip: IpAddr,
-    /// Which headers carried the credential (bit 0 = `Authorization`).
-    pub credential_headers: u64,
-    /// Whether the query string carried the credential.
-    pub credential_in_query: bool,
-    /// The request path after normalisation, when it differs from the one received: routes
-    /// were matched on it, so the upstream gets it too.
-    pub normalized_path: Option<String>,
-    /// Rate-limit and quota headers for the response (empty for public routes).
-    pub limits: LimitHeaders,
-}
-
-/// A refused request: why, and the limit headers its response carries (set when the key was
-/// authenticated before the refusal).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    /// Why.
-    pub reject: Reject,
-    /// `RateLimit-*` and `X-Keygate-Quota-Remaining`.
-    pub limits: LimitHeaders,
-    /// The key, when the secret was recognised before the refusal (revoked, expired, IP,
-    /// scope, limits): the refusal goes to its request log and its access-log line.
-    pub key: Option<Arc<CachedKey>>,
-}
-
-impl From<Reject> for Refusal {
-    fn from(reject: Reject) -> Self {
-        Refusal {
-            reject,
-            limits: LimitHeaders::default(),
-            key: None,
-        }
-    }
-}
-
-impl Refusal {
-    /// A refusal of a recognised key.
-    fn of(key: &Arc<CachedKey>, reject: Reject, limits: LimitHeaders) -> Refusal {
-        Refusal {
-            reject,
-            limits,
-            key: Some(key.clone()),
-        }
     }
 }
 
@@ -427,145 +374,6 @@ impl Gateway {
             );
         }
         response
-    }
-
-    /// Authentication, authorization and limits under `policy`, in the documented order; first
-    /// failure wins.
-    pub async fn authorize<'p, B>(
-        &self,
-        policy: &'p Policy,
-        req: &Request<B>,
-        peer: IpAddr,
-    ) -> Result<Decision<'p>, Refusal> {
-        // CONNECT would turn the connection into a raw tunnel that no route, scope or limit sees.
-        if req.method() == http::Method::CONNECT {
-            return Err(Reject::MethodNotAllowed.into());
-        }
-        let headers = req.headers();
-        let host = headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let path = crate::route::normalize_path(req.uri().path()).ok_or(Reject::NoRoute)?;
-        let route = policy
-            .router
-            .find(req.method(), host, &path)
-            .ok_or(Reject::NoRoute)?;
-        let normalized_path = match path {
-            std::borrow::Cow::Owned(p) => Some(p),
-            std::borrow::Cow::Borrowed(_) => None,
-        };
-        let client_ip = auth::client_ip(peer, headers, &policy.trusted);
-        if route.public {
-            // No key is checked, but a credential the client sent anyway is still removed
-            // before forwarding (unless `keep_credentials`). When the sources cannot be read as
-            // one credential (two different secrets, an empty one beside a real one), every
-            // source goes: none of them may reach the upstream.
-            let (credential_headers, credential_in_query) =
-                match policy.sources.extract(headers, req.uri().query()) {
-                    Ok(sent) => (
-                        sent.as_ref().map_or(0, |c| c.header_mask),
-                        sent.is_some_and(|c| c.in_query),
-                    ),
-                    Err(_) => (u64::MAX, true),
-                };
-            return Ok(Decision {
-                route,
-                key: None,
-                client_ip,
-                credential_headers,
-                credential_in_query,
-                normalized_path,
-                limits: LimitHeaders::default(),
-            });
-        }
-
-        let credential = policy
-            .sources
-            .extract(headers, req.uri().query())?
-            .ok_or(Reject::MissingKey)?;
-        // A client over its failed-authentication limit gets no further: no hash, no lookup.
-        let limits = &policy.limits;
-        limits.check_failures(client_ip)?;
-        let failed = |reject| limits.record_failure(client_ip, reject);
-        if self.format.shape(&credential.secret) == Shape::Malformed {
-            return Err(failed(Reject::InvalidKey("malformed secret or bad checksum")).into());
-        }
-        let key = self
-            .lookup(&credential.secret)
-            .await
-            .map_err(|e| Reject::StoreUnavailable(e.to_string()))?
-            .ok_or_else(|| failed(Reject::InvalidKey("unknown secret")))?;
-
-        let refused = |reject| Refusal::of(&key, failed(reject), LimitHeaders::default());
-        if key.is_revoked() {
-            return Err(refused(Reject::KeyRevoked));
-        }
-        if key.is_expired() {
-            return Err(refused(Reject::KeyExpired));
-        }
-        // Authenticated: from here every response carries the limit headers.
-        let authorized = if auth::ip_allowed(client_ip, key.ip_allowlist()) {
-            auth::check_scopes(
-                key.scopes(),
-                policy.role_scopes(&key),
-                &route.scopes,
-                &route.any_scopes,
-            )
-        } else {
-            Err(Reject::IpNotAllowed)
-        };
-        if let Err(reject) = authorized {
-            let headers = limits.peek(&key, route).await;
-            return Err(Refusal::of(&key, reject, headers));
-        }
-        let limits = limits
-            .admit(&key, route)
-            .await
-            .map_err(|(reject, limits)| Refusal::of(&key, reject, limits))?;
-        Ok(Decision {
-            route,
-            key: Some(key),
-            client_ip,
-            credential_headers: credential.header_mask,
-            credential_in_query: credential.in_query,
-            normalized_path,
-            limits,
-        })
-    }
-
-    /// The key of a presented secret: the hot cache, then the store. A secret in a foreign
-    /// format may belong to a key imported by its SHA-256 alone: such a key is found by that
-    /// digest and re-hashed with the pepper on this, its first successful use.
-    pub async fn lookup(&self, secret: &str) -> Result<Option<Arc<CachedKey>>, StoreError> {
-        let hash = self.hasher.hash(secret);
-        match self.keys.lookup(&hash).await? {
-            Lookup::Found(key) => return Ok(Some(key)),
-            // Known to be unknown (the SHA-256 index was asked when this entry was made).
-            Lookup::Unknown { cached: true } => return Ok(None),
-            Lookup::Unknown { cached: false } => {}
-        }
-        if self.format.shape(secret) != Shape::Foreign {
-            return Ok(None);
-        }
-        let store = self.keys.store();
-        let digest = SecretHash(Sha256::digest(secret.as_bytes()).into());
-        let timed = self.metrics.store();
-        let Some(legacy) = timed
-            .time(StoreOp::GetBySha256, store.get_by_sha256(&digest))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let upgraded = timed
-            .time(
-                StoreOp::UpgradeHash,
-                store.upgrade_hash(&legacy.workspace, &legacy.id, &hash),
-            )
-            .await?;
-        // The miss above cached this hash as unknown, here and maybe on other instances.
-        crate::store::invalidation::invalidate_everywhere(&self.keys, &upgraded).await;
-        Ok(Some(self.keys.compact(upgraded)))
     }
 }
 
