@@ -569,11 +569,12 @@ impl Default for Log {
 }
 
 /// Permissions an admin caller may hold.
-pub const PERMISSIONS: [&str; 6] = [
+pub const PERMISSIONS: [&str; 7] = [
     "api.key.view",
     "api.key.create",
     "api.key.update",
     "api.key.delete",
+    "api.key.verify",
     "workspace.manage",
     "config.reload",
 ];

@@ -10,6 +10,7 @@
 mod decide;
 mod pool;
 pub mod upstream;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

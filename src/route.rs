@@ -28,6 +28,27 @@ pub struct CompiledRoute {
     pub rate_limit: Option<RateLimitSpec>,
 }
 
+impl CompiledRoute {
+    /// A route that only requires `scopes`, for a key checked outside any request
+    /// (`POST /v1/verify`): matches nothing, has no limit of its own, so the key's own rate
+    /// limit (key, workspace, role or default) applies, the same bucket its proxied requests
+    /// spend on routes without a limit of their own.
+    pub fn for_scopes(scopes: Vec<String>) -> CompiledRoute {
+        CompiledRoute {
+            index: usize::MAX,
+            host: None,
+            path: None,
+            path_prefix: None,
+            methods: Vec::new(),
+            upstream: usize::MAX,
+            public: false,
+            scopes,
+            any_scopes: Vec::new(),
+            rate_limit: None,
+        }
+    }
+}
+
 /// Routes in file order.
 #[derive(Debug, Clone, Default)]
 pub struct Router {

@@ -27,42 +27,12 @@ use support::gateway::{
 use support::process::{KeygateProcess, issue_key};
 use support::redis::RedisServer;
 use support::upstream::TestUpstream;
+use support::usage::{key_json, log_entries, wait_for_usage};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// Flushes often, so tests wait little.
 const FAST_FLUSH: &str = "usage: { flush_interval: 50ms }";
-
-/// `GET /v1/workspaces/acme/keys/{id}` as the ops token.
-async fn key_json(gw: &TestGateway, id: &str) -> Value {
-    let r = gw
-        .admin(
-            Method::GET,
-            &format!("/v1/workspaces/acme/keys/{id}"),
-            Some(OPS_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.json()
-}
-
-/// Polls the key until `usage_count` is `want` (or fails after 10 s, showing the last value).
-async fn wait_for_usage(gw: &TestGateway, id: &str, want: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let key = key_json(gw, id).await;
-        if key["usage_count"] == want {
-            return key;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "usage_count stayed {} (want {want})",
-            key["usage_count"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn rfc3339(v: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().expect("a timestamp"), &Rfc3339).expect("RFC 3339")
@@ -95,15 +65,10 @@ async fn counts_every_forwarded_request_after_a_flush(backend: Backend) {
     // And it stays exact: nothing is written twice.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(key_json(&gw, key.id.as_str()).await["usage_count"], N);
-    let logs = gw
-        .admin(
-            Method::GET,
-            &format!("/v1/workspaces/acme/keys/{}/logs", key.id.as_str()),
-            Some(OPS_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(logs.json()["entries"], serde_json::json!([]));
+    assert_eq!(
+        log_entries(&gw, key.id.as_str()).await,
+        serde_json::json!([])
+    );
 }
 
 async fn request_logs_keep_the_newest_and_go_with_the_key(backend: Backend) {

@@ -22,6 +22,8 @@ pub const CREATE: &str = "api.key.create";
 pub const UPDATE: &str = "api.key.update";
 /// `api.key.delete`.
 pub const DELETE: &str = "api.key.delete";
+/// `api.key.verify`: `POST /v1/verify`, on the workspaces of the keys verified.
+pub const VERIFY: &str = "api.key.verify";
 /// `config.reload`: `POST /v1/reload`, admin tokens only.
 pub const RELOAD: &str = "config.reload";
 /// `workspace.manage`: create, change and delete workspaces. Admin tokens only: a workspace's
@@ -112,6 +114,14 @@ impl Caller {
         match &self.kind {
             Kind::Token { permissions, .. } => permissions.iter().any(|p| p == RELOAD),
             Kind::Key { .. } => false,
+        }
+    }
+
+    /// Whether the caller holds `permission` on at least one workspace.
+    pub fn may_somewhere(&self, permission: &str) -> bool {
+        match &self.kind {
+            Kind::Token { permissions, .. } => permissions.iter().any(|p| p == permission),
+            Kind::Key { workspace, .. } => self.may(permission, workspace),
         }
     }
 

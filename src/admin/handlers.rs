@@ -29,7 +29,7 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// Largest page size of list calls.
 pub const MAX_LIMIT: usize = 100;
 
-type Reply = Result<Response<Full<Bytes>>, AdminError>;
+pub(super) type Reply = Result<Response<Full<Bytes>>, AdminError>;
 
 /// Routes a `/v1/…` call to its endpoint.
 pub async fn dispatch<B>(
@@ -50,6 +50,10 @@ where
         ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "reload"] if method == Method::POST => reload(call).await,
         ["v1", "reload"] => Err(AdminError::MethodNotAllowed("POST")),
+        ["v1", "verify"] if method == Method::POST => {
+            super::verify::verify(call, &read_body(req.into_body()).await?).await
+        }
+        ["v1", "verify"] => Err(AdminError::MethodNotAllowed("POST")),
         ["v1", "scopes"] if is(&Method::GET) => Ok(scopes(call)),
         ["v1", "scopes"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "workspaces"] if is(&Method::GET) => {

@@ -11,6 +11,7 @@ pub mod caller;
 pub mod dashboard;
 pub mod fields;
 pub mod handlers;
+pub mod verify;
 pub mod workspaces;
 
 use std::net::IpAddr;

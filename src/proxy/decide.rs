@@ -176,7 +176,7 @@ impl Gateway {
             .extract(headers, req.query)?
             .ok_or(Reject::MissingKey)?;
         let (key, limits) = self
-            .admit_key(policy, route, &credential.secret, client_ip)
+            .admit_key(policy, route, &credential.secret, Some(client_ip), |_| true)
             .await?;
         Ok(Decision {
             route,
@@ -192,17 +192,28 @@ impl Gateway {
     /// The stages of a presented secret on `route`, in the documented order: failed-authentication
     /// limit, shape and checksum, lookup, revoked, expired, IP allowlist, scopes, rate limit and
     /// quota. Returns the key and its limit headers.
+    ///
+    /// `client_ip` is `None` when the client's address is not known (a verification that gave
+    /// none): the failed-authentication limit is then not applied, and a key with an IP
+    /// allowlist is refused. A key that `visible` rejects is answered as unknown before any of
+    /// its own stages, so its status is not revealed and nothing of its limits is spent.
     pub async fn admit_key(
         &self,
         policy: &Policy,
         route: &CompiledRoute,
         secret: &str,
-        client_ip: IpAddr,
+        client_ip: Option<IpAddr>,
+        visible: impl Fn(&CachedKey) -> bool,
     ) -> Result<(Arc<CachedKey>, LimitHeaders), Refusal> {
         // A client over its failed-authentication limit gets no further: no hash, no lookup.
         let limits = &policy.limits;
-        limits.check_failures(client_ip)?;
-        let failed = |reject| limits.record_failure(client_ip, reject);
+        if let Some(ip) = client_ip {
+            limits.check_failures(ip)?;
+        }
+        let failed = |reject| match client_ip {
+            Some(ip) => limits.record_failure(ip, reject),
+            None => reject,
+        };
         if self.format.shape(secret) == Shape::Malformed {
             return Err(failed(Reject::InvalidKey("malformed secret or bad checksum")).into());
         }
@@ -210,6 +221,7 @@ impl Gateway {
             .lookup(secret)
             .await
             .map_err(|e| Reject::StoreUnavailable(e.to_string()))?
+            .filter(|key| visible(key))
             .ok_or_else(|| failed(Reject::InvalidKey("unknown secret")))?;
 
         let refused = |reject| Refusal::of(&key, failed(reject), LimitHeaders::default());
@@ -220,7 +232,11 @@ impl Gateway {
             return Err(refused(Reject::KeyExpired));
         }
         // Authenticated: from here every response carries the limit headers.
-        let authorized = if auth::ip_allowed(client_ip, key.ip_allowlist()) {
+        let ip_allowed = match client_ip {
+            Some(ip) => auth::ip_allowed(ip, key.ip_allowlist()),
+            None => key.ip_allowlist().is_empty(),
+        };
+        let authorized = if ip_allowed {
             auth::check_scopes(
                 key.scopes(),
                 policy.role_scopes(&key),

@@ -92,6 +92,13 @@ impl CachedKey {
         self.revoked
     }
 
+    /// When the key expires, if it does.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        (self.expires_at != NEVER)
+            .then(|| OffsetDateTime::from_unix_timestamp_nanos(self.expires_at.into()).ok())
+            .flatten()
+    }
+
     /// Whether the key is past its expiry at `now`.
     pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
         self.expires_at != NEVER && i128::from(self.expires_at) <= now.unix_timestamp_nanos()

@@ -79,3 +79,4 @@ pub mod process;
 pub mod redis;
 pub mod stores;
 pub mod upstream;
+pub mod usage;
