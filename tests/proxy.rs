@@ -400,10 +400,13 @@ async fn unmatched_route_is_no_route_and_public_routes_need_no_key(backend: Back
 
 async fn concurrent_misses_for_one_key_make_one_store_lookup(backend: Backend) {
     let gw = Arc::new(TestGateway::start(backend, "").await);
+    // Until subscribed, a Redis gateway trusts nothing it caches and reads on every use. And
+    // subscribed before the key is created, so that `create_key` waits for the echo of the
+    // creation's invalidation: one arriving during the requests (the subscription came up just
+    // after the mark was taken) would bump the key's generation and cost a second read.
+    gw.wait_subscribed().await;
     let (_, secret) = gw.create_key(&["sessions:read"]).await;
     let secret = Arc::new(secret);
-    // Until subscribed, a Redis gateway trusts nothing it caches and reads on every use.
-    gw.wait_subscribed().await;
     let (before, lapses_before) = (gw.store_lookups(), gw.lease_lapses());
     let tasks: Vec<_> = (0..200)
         .map(|_| {
