@@ -7,8 +7,9 @@
 //! already shared: a value is written at its end and split off, which costs a reference count,
 //! and so do its clones. Once every value cut from the buffer has been dropped, the buffer is
 //! reclaimed in place; while some are alive (a response still being written), a new one is
-//! allocated. So about a hundred values share one allocation, and none is freed later than its
-//! last value.
+//! allocated. So about a hundred values share one allocation. A buffer is freed once its
+//! thread has moved on to another and its last value is gone: each thread holds at most one
+//! that no value needs (4 KiB), plus any its live values pin.
 
 use std::cell::RefCell;
 

@@ -25,7 +25,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
-use crate::auth::{self, CredentialSources};
+use crate::auth::CredentialSources;
 use crate::config::Config;
 use crate::keys::{SecretFormat, SecretHasher};
 use crate::limits::Limits;
@@ -305,19 +305,20 @@ impl Gateway {
 
         // This request's config, to its end, whatever a reload does meanwhile.
         let policy = self.policy.load_full();
-        let (mut response, key, refused, client_ip, upstream_time) =
-            match self.authorize(&policy, &req, conn.peer.ip()).await {
+        let original = Original::of(&req, conn.peer.ip(), &policy.trusted);
+        // Known before the decision, so a refusal's logs have it too.
+        let client_ip = original.client_ip;
+        let (mut response, key, refused, upstream_time) =
+            match self.decide(&policy, &original).await {
                 Err(refusal) => {
                     self.metrics.request_refused(&refusal.reject);
-                    let ip = auth::client_ip(conn.peer.ip(), req.headers(), &policy.trusted);
                     let mut response = refusal.reject.to_response(&request_id).map(Either::Left);
                     refusal.limits.apply(response.headers_mut());
                     let code = refusal.reject.code();
-                    (response, refusal.key, Some(code), ip, None)
+                    (response, refusal.key, Some(code), None)
                 }
                 Ok(decision) => {
                     let key = decision.key.clone();
-                    let client_ip = decision.client_ip;
                     let upstream = &policy.upstreams[decision.route.upstream];
                     let scopes = key.as_deref().map(|k| policy.scopes_header(k));
                     let limits = decision.limits;
@@ -340,7 +341,7 @@ impl Gateway {
                     // upstream's header map (sized to what it sent) twice.
                     response.headers_mut().reserve(6);
                     limits.apply(response.headers_mut());
-                    (response, key, None, client_ip, Some(sent.elapsed()))
+                    (response, key, None, Some(sent.elapsed()))
                 }
             };
         response

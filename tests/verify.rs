@@ -287,7 +287,14 @@ async fn quota_exceeded(backend: Backend) {
 
 async fn callers_need_the_permission_on_the_key_s_workspace(backend: Backend) {
     let gw = start(backend).await;
-    let (key, secret) = gw.create_key(&["sessions:read"]).await;
+    // A quota shows whether a refused verification spent anything.
+    let (key, secret) = gw
+        .create(NewKey {
+            scopes: vec!["sessions:read".into()],
+            quota: Some(no_refill(5)),
+            ..new_key("acme")
+        })
+        .await;
     let body = json!({"key": secret.expose()});
     // Without the permission anywhere: 403.
     let r = gw
@@ -311,7 +318,9 @@ async fn callers_need_the_permission_on_the_key_s_workspace(backend: Backend) {
     );
     // An API key holding the permission verifies keys of its own workspace.
     let (_, caller) = gw.create_key(&["api.key.verify"]).await;
-    assert_eq!(verify_as(&gw, caller.expose(), body).await["valid"], true);
+    let v = verify_as(&gw, caller.expose(), body).await;
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["quota_remaining"], 4, "only this verification spent");
     wait_for_usage(&gw, key.id.as_str(), 1).await;
     // A method other than POST.
     let r = gw

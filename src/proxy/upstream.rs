@@ -307,7 +307,8 @@ impl Forwarding {
         };
         headers.insert(X_FORWARDED_FOR, chain);
         if !trusted {
-            remove_present(headers, &OTHER_FORWARDING);
+            let found = present(headers, &OTHER_FORWARDING);
+            remove_each(headers, &OTHER_FORWARDING, found);
         }
         if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
@@ -341,12 +342,13 @@ fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !remove_present(headers, &HOP_BY_HOP) {
+    let present = present(headers, &HOP_BY_HOP);
+    if !present.contains(&true) {
         return;
     }
-    // Most `Connection` values are options (`keep-alive`, `close`) or name headers removed
-    // above: only other names that are present are collected, so the usual message neither
-    // looks anything up nor allocates here.
+    // Read before `Connection` goes. Most of its values are options (`keep-alive`, `close`) or
+    // name headers removed below anyway: only other names that are present are collected, so
+    // the usual message neither looks anything up nor allocates here.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -363,30 +365,29 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
+    remove_each(headers, &HOP_BY_HOP, present);
     for name in &named {
         headers.remove(name);
     }
-    headers.remove(CONNECTION);
 }
 
-/// Removes those of `names` that `headers` holds, found in one pass over the few names present
-/// rather than one hashed lookup per name; `CONNECTION` is kept for the caller to read. Returns
-/// whether any was present.
-fn remove_present<const N: usize>(headers: &mut HeaderMap, names: &[HeaderName; N]) -> bool {
+/// Which of `names` `headers` holds, found in one pass over the few names present rather than
+/// one hashed lookup per name.
+fn present<const N: usize>(headers: &HeaderMap, names: &[HeaderName; N]) -> [bool; N] {
     let mut present = [false; N];
     for name in headers.keys() {
         if let Some(i) = names.iter().position(|n| n == name) {
             present[i] = true;
         }
     }
-    for (name, _) in names
-        .iter()
-        .zip(present)
-        .filter(|(n, p)| *p && *n != CONNECTION)
-    {
+    present
+}
+
+/// Removes the `names` that [`present`] found.
+fn remove_each<const N: usize>(headers: &mut HeaderMap, names: &[HeaderName; N], found: [bool; N]) {
+    for (name, _) in names.iter().zip(found).filter(|(_, p)| *p) {
         headers.remove(name);
     }
-    present.contains(&true)
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
@@ -465,9 +466,11 @@ mod tests {
             HeaderValue::from_static("for=10.0.0.1"),
         );
         h.insert("x-kept", HeaderValue::from_static("1"));
-        assert!(remove_present(&mut h, &OTHER_FORWARDING));
+        let found = present(&h, &OTHER_FORWARDING);
+        assert_eq!(found, [true, true, false, false]);
+        remove_each(&mut h, &OTHER_FORWARDING, found);
         assert_eq!(h.len(), 1);
-        assert!(!remove_present(&mut h, &OTHER_FORWARDING));
+        assert_eq!(present(&h, &OTHER_FORWARDING), [false; 4]);
         assert_eq!(h["x-kept"], "1");
     }
 

@@ -7,18 +7,17 @@ use serde_json::Value;
 
 use super::gateway::{OPS_TOKEN, TestGateway};
 
+/// `GET /v1/workspaces/acme/keys/{id}{rest}` as the ops token; asserts 200.
+async fn ops_get(gw: &TestGateway, id: &str, rest: &str) -> Value {
+    let path = format!("/v1/workspaces/acme/keys/{id}{rest}");
+    let r = gw.admin(Method::GET, &path, Some(OPS_TOKEN), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {:?}", r.body);
+    r.json()
+}
+
 /// `GET /v1/workspaces/acme/keys/{id}` as the ops token.
 pub async fn key_json(gw: &TestGateway, id: &str) -> Value {
-    let r = gw
-        .admin(
-            Method::GET,
-            &format!("/v1/workspaces/acme/keys/{id}"),
-            Some(OPS_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.json()
+    ops_get(gw, id, "").await
 }
 
 /// Polls the key until `usage_count` is `want` (or fails after 10 s, showing the last value).
@@ -40,14 +39,5 @@ pub async fn wait_for_usage(gw: &TestGateway, id: &str, want: u64) -> Value {
 
 /// The key's request log (`entries`, newest first), as the ops token reads it.
 pub async fn log_entries(gw: &TestGateway, id: &str) -> Value {
-    let r = gw
-        .admin(
-            Method::GET,
-            &format!("/v1/workspaces/acme/keys/{id}/logs"),
-            Some(OPS_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.json()["entries"].clone()
+    ops_get(gw, id, "/logs").await["entries"].clone()
 }
