@@ -376,8 +376,11 @@ impl TestGateway {
         .await
     }
 
-    /// Creates a key as described.
+    /// Creates a key as described, on Redis once subscribed: before, the gateway trusts nothing
+    /// it caches (a test counting store lookups would see one per use), and the creation's
+    /// invalidation echo could arrive after the test has cached the key, costing another read.
     pub async fn create(&self, new: NewKey) -> (KeyRecord, Secret) {
+        self.wait_subscribed().await;
         let mark = self.invalidation_mark();
         let created = self.app.keys().create(new, None).await.expect("create key");
         self.settle_invalidations(mark).await;
