@@ -130,6 +130,7 @@ fn main() {
                 admin: tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind"),
+                authz: None,
             };
             let proxy = listeners.proxy.local_addr().expect("addr");
             ready_tx

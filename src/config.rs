@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub mod duration_text;
 mod env;
 pub mod ip_list;
+pub mod leaks;
 mod limits;
 mod load;
 mod problems;
@@ -31,6 +32,7 @@ mod tests;
 mod types;
 mod validate;
 mod warnings;
+pub mod webhooks;
 
 pub use limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits, MAX_HEADER_READ_TIMEOUT,
@@ -154,6 +156,12 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// Webhook endpoints.
+    #[serde(default)]
+    pub webhooks: Vec<webhooks::Webhook>,
+    /// Leaked-key reports.
+    #[serde(default)]
+    pub leaks: leaks::Leaks,
 }
 
 /// Listener addresses.
@@ -166,6 +174,10 @@ pub struct Listen {
     /// Admin API, dashboard, metrics and health.
     #[serde(default = "d_admin_addr")]
     pub admin: SocketAddr,
+    /// Forward authentication for an ingress (`auth_request`, `ext_authz`, `forwardAuth`):
+    /// off unless set.
+    #[serde(default)]
+    pub authz: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -173,6 +185,7 @@ impl Default for Listen {
         Listen {
             proxy: d_proxy_addr(),
             admin: d_admin_addr(),
+            authz: None,
         }
     }
 }

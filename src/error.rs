@@ -44,6 +44,10 @@ pub enum Reject {
     /// the detail is for logs.
     #[error("malformed_request: {0}")]
     MalformedRequest(String),
+    /// An authz request whose headers name no one original request (conventions that
+    /// disagree, a header repeated, a target that is not a path); the detail is the message.
+    #[error("malformed_request: {0}")]
+    UnclearOriginal(&'static str),
     /// A method the gateway never forwards (`CONNECT`: it would open a raw tunnel past every
     /// check).
     #[error("method_not_allowed")]
@@ -73,7 +77,9 @@ impl Reject {
             | Reject::InvalidKey(_)
             | Reject::KeyRevoked
             | Reject::KeyExpired => StatusCode::UNAUTHORIZED,
-            Reject::ConflictingCredentials | Reject::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::ConflictingCredentials
+            | Reject::MalformedRequest(_)
+            | Reject::UnclearOriginal(_) => StatusCode::BAD_REQUEST,
             Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reject::IpNotAllowed | Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Reject::NoRoute => StatusCode::NOT_FOUND,
@@ -95,7 +101,7 @@ impl Reject {
             Reject::IpNotAllowed => "ip_not_allowed",
             Reject::InsufficientScope(_) => "insufficient_scope",
             Reject::NoRoute => "no_route",
-            Reject::MalformedRequest(_) => "malformed_request",
+            Reject::MalformedRequest(_) | Reject::UnclearOriginal(_) => "malformed_request",
             Reject::MethodNotAllowed => "method_not_allowed",
             Reject::RateLimited(_) => "rate_limited",
             Reject::QuotaExceeded(_) => "quota_exceeded",
@@ -128,6 +134,9 @@ impl Reject {
             Reject::NoRoute => "No route matches this request.",
             Reject::MalformedRequest(_) => {
                 "The request is malformed: its body framing is invalid or it ended early."
+            }
+            Reject::UnclearOriginal(detail) => {
+                return Cow::Owned(format!("The forwarded request is ambiguous: {detail}."));
             }
             Reject::MethodNotAllowed => "This method is not forwarded by the gateway.",
             Reject::RateLimited(_) => "Too many requests. Retry after the time in Retry-After.",

@@ -46,6 +46,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod webhooks;
 pub mod workspaces;
 
 use std::io;
@@ -68,6 +69,8 @@ pub struct Listeners {
     pub proxy: TcpListener,
     /// Admin API and probes.
     pub admin: TcpListener,
+    /// Forward authentication, when `listen.authz` is set.
+    pub authz: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -96,7 +99,19 @@ impl Listeners {
                 format!("listen.admin {}: {e}", config.listen.admin),
             )
         })?;
-        Ok(Listeners { proxy, admin })
+        let authz = match config.listen.authz {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("listen.authz {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            admin,
+            authz,
+        })
     }
 }
 
@@ -121,6 +136,7 @@ pub enum StartError {
 pub struct App {
     config: Arc<Config>,
     reloader: Arc<reload::Reloader>,
+    webhooks: Arc<webhooks::Webhooks>,
     store: Arc<Store>,
     gateway: Arc<Gateway>,
     keys: KeyManager,
@@ -184,9 +200,16 @@ impl App {
             gateway.clone(),
             metrics.clone(),
         ));
+        let webhooks = Arc::new(webhooks::Webhooks::new(
+            reloader.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        gateway.set_webhooks(&webhooks);
         Ok(App {
             config,
             reloader,
+            webhooks,
             store,
             gateway,
             keys,
@@ -212,6 +235,11 @@ impl App {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Webhooks: events into the outbox, deliveries out of it.
+    pub fn webhooks(&self) -> &Arc<webhooks::Webhooks> {
+        &self.webhooks
     }
 
     /// The key index.
@@ -278,6 +306,10 @@ impl App {
             .take()
             .map(usage::Flusher::spawn);
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Deliveries go on through the drain (a refusal during it may still produce events) and
+        // stop once the usage is written.
+        let (webhooks_stop, webhooks_stopped) = watch::channel(false);
+        let deliveries = tokio::spawn(self.webhooks.clone().run(webhooks_stopped));
         let drain = server::Drain::new();
         // Quota counts kept in memory are written until the drain is over, then once more.
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -288,10 +320,28 @@ impl App {
             },
         ));
 
+        let admin_handler = admin::Admin::new(
+            self.reloader.clone(),
+            self.store.clone(),
+            self.keys.clone(),
+            self.gateway.clone(),
+            self.webhooks.clone(),
+        );
         let gateway = self.gateway.clone();
-        let proxy_handler = move |req, conn| {
+        let leak_reports = admin_handler.clone();
+        let proxy_handler = move |req: http::Request<hyper::body::Incoming>, conn| {
             let gateway = gateway.clone();
-            async move { gateway.handle(req, conn).await }
+            // `leaks.public_path`: GitHub reaches the proxy listener, not the admin one.
+            let admin = gateway.is_leak_report(&req).then(|| leak_reports.clone());
+            async move {
+                match admin {
+                    Some(admin) => admin
+                        .leak_report(req, conn)
+                        .await
+                        .map(http_body_util::Either::Left),
+                    None => gateway.handle(req, conn).await,
+                }
+            }
         };
         let proxy_options =
             server::ListenerOptions::new(Listener::Proxy, &self.config.limits, &self.metrics)
@@ -320,12 +370,26 @@ impl App {
                 workers.accepting_stopped().await;
             }
         };
-        let admin_handler = admin::Admin::new(
-            self.reloader.clone(),
-            self.store.clone(),
-            self.keys.clone(),
-            self.gateway.clone(),
-        );
+        // Forward authentication decides on this runtime: it forwards nothing, so it needs none
+        // of the per-worker upstream pools.
+        let authz_listener = listeners.authz;
+        let authz = async {
+            let Some(listener) = authz_listener else {
+                return;
+            };
+            let gateway = self.gateway.clone();
+            server::accept_loop(
+                listener,
+                server::ListenerOptions::new(Listener::Authz, &self.config.limits, &self.metrics),
+                move |req, conn| {
+                    let gateway = gateway.clone();
+                    async move { gateway.authz(req, conn).await }
+                },
+                stop_rx.clone(),
+                &drain,
+            )
+            .await;
+        };
         let admin = server::accept_loop(
             listeners.admin,
             server::ListenerOptions::new(Listener::Admin, &self.config.limits, &self.metrics)
@@ -340,6 +404,7 @@ impl App {
         tracing::info!(
             proxy = %self.config.listen.proxy,
             admin = %self.config.listen.admin,
+            authz = ?self.config.listen.authz,
             backend = ?self.config.store.backend,
             "keygate serving"
         );
@@ -356,7 +421,7 @@ impl App {
             }
             let _ = stop_tx.send(true);
         };
-        tokio::join!(proxy, admin, stop);
+        tokio::join!(proxy, admin, authz, stop);
 
         let timeout = self.reloader.config().shutdown_timeout;
         tokio::select! {
@@ -374,6 +439,8 @@ impl App {
         }
         let _ = drained_tx.send(());
         let _ = quota_writer.await;
+        webhooks_stop.send_replace(true);
+        let _ = deliveries.await;
         invalidations.stop().await;
         // Awaited: the task holds the store, which must be closed when `serve` returns (a
         // restart reopens the embedded file).

@@ -105,7 +105,7 @@ fn refusal_index(reject: &Reject) -> usize {
         Reject::IpNotAllowed => 5,
         Reject::InsufficientScope(_) => 6,
         Reject::NoRoute => 7,
-        Reject::MalformedRequest(_) => 8,
+        Reject::MalformedRequest(_) | Reject::UnclearOriginal(_) => 8,
         Reject::MethodNotAllowed => 9,
         Reject::RateLimited(_) => 10,
         Reject::QuotaExceeded(_) => 11,
@@ -128,6 +128,7 @@ fn is_auth_failure(reject: &Reject) -> bool {
         | Reject::InsufficientScope(_) => true,
         Reject::NoRoute
         | Reject::MalformedRequest(_)
+        | Reject::UnclearOriginal(_)
         | Reject::MethodNotAllowed
         | Reject::RateLimited(_)
         | Reject::QuotaExceeded(_)
@@ -190,14 +191,17 @@ struct Inner {
     /// `keygate_requests_total{decision="forwarded", status=…}` by status − 100, resolved on
     /// first use so that only statuses actually seen are exported.
     forwarded: Box<[OnceLock<Counter>]>,
+    /// `keygate_requests_total{decision="allowed", status="200"}`, exported once seen.
+    allowed: OnceLock<Counter>,
     overhead: Histogram,
     upstream: Histogram,
     store: StoreMetrics,
     usage: UsageMetrics,
-    connections: [ConnectionMetrics; 2],
+    connections: [ConnectionMetrics; 3],
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
     rate_limit_local: Counter,
     reloads: Family<ResultLabels, Counter>,
+    webhook_deliveries: Family<ResultLabels, Counter>,
     config: Family<HashLabels, Gauge>,
 }
 
@@ -208,7 +212,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "keygate_requests",
-            "Requests by decision (`forwarded` or the error code) and response status",
+            "Requests by decision (`forwarded`, `allowed` by forward authentication, or the error code) and response status",
             requests.clone(),
         );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
@@ -281,6 +285,15 @@ impl Metrics {
             "Config reloads by result: `ok`, or `invalid` (refused whole; the old config runs on)",
             reloads.clone(),
         );
+        let webhook_deliveries = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "keygate_webhook_deliveries",
+            "Webhook delivery attempts by result: `delivered`, `failed` (retried), `abandoned` (24 hours after the event), `dropped` (endpoint removed, or the event no longer applies)",
+            webhook_deliveries.clone(),
+        );
+        for result in ["delivered", "failed", "abandoned", "dropped"] {
+            drop(webhook_deliveries.get_or_create(&ResultLabels { result }));
+        }
         let config = Family::<HashLabels, Gauge>::default();
         registry.register(
             "keygate_config_info",
@@ -294,6 +307,7 @@ impl Metrics {
                 requests,
                 refusals,
                 forwarded: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+                allowed: OnceLock::new(),
                 overhead,
                 upstream,
                 store,
@@ -302,6 +316,7 @@ impl Metrics {
                 cache,
                 rate_limit_local,
                 reloads,
+                webhook_deliveries,
                 config,
             }),
         }
@@ -316,6 +331,21 @@ impl Metrics {
     /// `keygate_rate_limit_local_total`, which the limits count into.
     pub fn rate_limit_local(&self) -> &Counter {
         &self.inner.rate_limit_local
+    }
+
+    /// Counts a webhook delivery attempt by its result.
+    pub fn webhook_delivery(&self, result: crate::store::outbox::DeliveryResult) {
+        use crate::store::outbox::DeliveryResult;
+        let result = match result {
+            DeliveryResult::Delivered => "delivered",
+            DeliveryResult::Failed => "failed",
+            DeliveryResult::Abandoned => "abandoned",
+            DeliveryResult::Dropped => "dropped",
+        };
+        self.inner
+            .webhook_deliveries
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a reload: `ok` or `invalid`.
@@ -347,6 +377,19 @@ impl Metrics {
         if let Some(c) = &series.limit {
             c.inc();
         }
+    }
+
+    /// Counts a forward-authentication request answered 200 (allowed).
+    pub fn request_allowed(&self) {
+        self.inner
+            .allowed
+            .get_or_init(|| {
+                self.inner.requests.get_or_create_owned(&RequestLabels {
+                    decision: "allowed",
+                    status: 200,
+                })
+            })
+            .inc();
     }
 
     /// Counts a request answered by the upstream with `status`.
@@ -493,6 +536,8 @@ pub enum Listener {
     Proxy = 0,
     /// The admin API.
     Admin = 1,
+    /// Forward authentication (`listen.authz`).
+    Authz = 2,
 }
 
 impl Listener {
@@ -501,6 +546,7 @@ impl Listener {
         match self {
             Listener::Proxy => "proxy",
             Listener::Admin => "admin",
+            Listener::Authz => "authz",
         }
     }
 }
@@ -518,7 +564,7 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
-    fn register(registry: &mut Registry) -> [ConnectionMetrics; 2] {
+    fn register(registry: &mut Registry) -> [ConnectionMetrics; 3] {
         let open = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "keygate_connections_open",
@@ -537,7 +583,7 @@ impl ConnectionMetrics {
             "Client connections closed without a first request head within limits.header_read_timeout of accept",
             timed_out.clone(),
         );
-        [Listener::Proxy, Listener::Admin].map(|l| {
+        [Listener::Proxy, Listener::Admin, Listener::Authz].map(|l| {
             let labels = ListenerLabels { listener: l.name() };
             ConnectionMetrics {
                 open: open.get_or_create_owned(&labels),

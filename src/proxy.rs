@@ -7,6 +7,7 @@
 //! Each stage returns early with a [`Reject`](crate::error::Reject); only `error.rs` turns it into
 //! a response.
 
+pub mod authz;
 mod decide;
 mod pool;
 pub mod upstream;
@@ -103,6 +104,8 @@ pub struct Policy {
     trusted: Vec<IpNet>,
     forwarding: Forwarding,
     access_log: bool,
+    /// `leaks.public_path`: leak reports taken on the proxy listener.
+    leaks_path: Option<Box<str>>,
 }
 
 impl Policy {
@@ -135,6 +138,7 @@ impl Policy {
             trusted: config.trusted_proxies.clone(),
             forwarding: Forwarding::new(config),
             access_log: config.log.access,
+            leaks_path: config.leaks.public_path.as_deref().map(Box::from),
         }
     }
 
@@ -196,6 +200,10 @@ pub struct Gateway {
     ids: RequestIds,
     usage: Recorder,
     metrics: Metrics,
+    /// Told when a key's quota runs out (set once the app has built them). Weak: the webhooks
+    /// reach this gateway through the reloader, and a cycle would keep the store open after
+    /// the app is gone.
+    webhooks: std::sync::OnceLock<std::sync::Weak<crate::webhooks::Webhooks>>,
 }
 
 impl Gateway {
@@ -224,6 +232,7 @@ impl Gateway {
             ids: RequestIds::new(),
             usage: Recorder::disabled(),
             metrics: Metrics::new(),
+            webhooks: std::sync::OnceLock::new(),
         }
     }
 
@@ -252,6 +261,11 @@ impl Gateway {
         self.usage = usage;
         self.metrics = metrics;
         self
+    }
+
+    /// Sends `key.quota_exhausted` through `webhooks` from now on.
+    pub fn set_webhooks(&self, webhooks: &Arc<crate::webhooks::Webhooks>) {
+        let _ = self.webhooks.set(Arc::downgrade(webhooks));
     }
 
     /// The metrics this gateway records.
@@ -293,6 +307,16 @@ impl Gateway {
     /// The secret format of this configuration.
     pub fn format(&self) -> &SecretFormat {
         &self.format
+    }
+
+    /// Whether `req` is a leak report on `leaks.public_path` (served by the admin API's handler,
+    /// not forwarded).
+    pub fn is_leak_report<B>(&self, req: &Request<B>) -> bool {
+        self.policy
+            .load()
+            .leaks_path
+            .as_deref()
+            .is_some_and(|p| req.uri().path() == p)
     }
 
     /// Serves one request: refuses it with the documented error or forwards it.
@@ -347,63 +371,73 @@ impl Gateway {
         response
             .headers_mut()
             .insert(X_REQUEST_ID, request_id.clone());
-        let latency = started.elapsed();
-        self.metrics.request_timing(latency, upstream_time);
-        if policy.access_log {
-            log_access(
-                &request_id,
-                &method,
-                uri.path(),
-                &response,
-                key.as_deref(),
-                refused,
-                client_ip,
-                latency,
-                upstream_time,
-            );
-        }
-        // A key here passed every check (a use) or was refused after it was recognised (logged
-        // with its code, not counted).
-        if let Some(key) = key {
-            self.usage.record(
+        self.settle(
+            &policy,
+            &response,
+            Answered {
+                request_id: &request_id,
+                method: &method,
+                path: uri.path(),
                 key,
-                &method,
-                uri.path(),
-                response.status(),
-                client_ip,
-                latency,
                 refused,
-            );
-        }
+                client_ip,
+                started,
+                upstream: upstream_time,
+            },
+        );
         response
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one flat access-log line")]
-fn log_access(
-    request_id: &HeaderValue,
-    method: &http::Method,
-    path: &str,
-    response: &Response<ProxyBody>,
-    key: Option<&CachedKey>,
-    code: Option<&str>,
+/// What the metrics, the access log and usage record of an answered request.
+struct Answered<'a> {
+    request_id: &'a HeaderValue,
+    method: &'a http::Method,
+    /// The path as received.
+    path: &'a str,
+    /// A key that passed every check (a use) or was refused after it was recognised.
+    key: Option<Arc<CachedKey>>,
+    /// The refusal's code.
+    refused: Option<&'static str>,
     client_ip: IpAddr,
-    latency: Duration,
+    started: Instant,
+    /// Time spent waiting on the upstream, when the request was forwarded.
     upstream: Option<Duration>,
-) {
-    tracing::info!(
-        target: "keygate::access",
-        request_id = request_id.to_str().unwrap_or(""),
-        method = method.as_str(),
-        path,
-        status = response.status().as_u16(),
-        code,
-        key_id = key.map(|k| k.id().as_str()),
-        workspace = key.map(|k| k.workspace()),
-        client_ip = %client_ip,
-        latency_us = latency.as_micros() as u64,
-        upstream_us = upstream.map(|d| d.as_micros() as u64),
-    );
+}
+
+impl Gateway {
+    /// Records an answered request: its timing, its access-log line and, when a key was
+    /// recognised, its usage (a use when it passed, a request-log entry with its code when not).
+    fn settle<B>(&self, policy: &Policy, response: &Response<B>, a: Answered<'_>) {
+        let latency = a.started.elapsed();
+        self.metrics.request_timing(latency, a.upstream);
+        if policy.access_log {
+            tracing::info!(
+                target: "keygate::access",
+                request_id = a.request_id.to_str().unwrap_or(""),
+                method = a.method.as_str(),
+                path = a.path,
+                status = response.status().as_u16(),
+                code = a.refused,
+                key_id = a.key.as_deref().map(|k| k.id().as_str()),
+                workspace = a.key.as_deref().map(|k| k.workspace()),
+                client_ip = %a.client_ip,
+                latency_us = latency.as_micros() as u64,
+                upstream_us = a.upstream.map(|d| d.as_micros() as u64),
+            );
+        }
+        if let Some(key) = a.key {
+            self.usage.record(
+                key,
+                a.method,
+                a.path,
+                response.status(),
+                a.client_ip,
+                latency,
+                a.refused,
+            );
+        }
+    }
 }
 
 /// Request ids: the client's when it sent a usable one, otherwise a new one that is unique per

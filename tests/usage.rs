@@ -631,6 +631,7 @@ async fn a_full_queue_drops_and_counts_the_uses_it_cannot_hold() {
     let listeners = keygate::Listeners {
         proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        authz: None,
     };
     app.serve(listeners, async {}).await.unwrap();
     let stored = app.store().get("acme", &key.id).await.unwrap().unwrap();

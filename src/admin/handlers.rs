@@ -48,6 +48,10 @@ where
     match segments {
         ["v1", "audit"] if is(&Method::GET) => audit_log(call, query).await,
         ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
+        ["v1", "webhooks", "deliveries"] if is(&Method::GET) => {
+            webhook_deliveries(call, query).await
+        }
+        ["v1", "webhooks", "deliveries"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "reload"] if method == Method::POST => reload(call).await,
         ["v1", "reload"] => Err(AdminError::MethodNotAllowed("POST")),
         ["v1", "verify"] if method == Method::POST => {
@@ -287,6 +291,10 @@ async fn create(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
         serde_json::json!({"name": record.name, "scopes": record.scopes, "role": record.role}),
     )
     .await;
+    call.state
+        .webhooks
+        .key_event("key.created", &record, None)
+        .await;
     Ok(with_secret(StatusCode::CREATED, &record, &secret))
 }
 
@@ -438,6 +446,10 @@ async fn update(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         change_detail(&changed, &old, &new),
     )
     .await;
+    call.state
+        .webhooks
+        .key_event("key.updated", &record, None)
+        .await;
     Ok(with_propagation(StatusCode::OK, new, &applied.propagation))
 }
 
@@ -569,6 +581,11 @@ async fn rotate(call: &Call<'_>, ws: &str, id: &str, body: &[u8]) -> Reply {
         serde_json::json!({"new_key_id": new.id, "grace_period": grace.whole_seconds()}),
     )
     .await;
+    let previous = key_json(&old, now);
+    call.state
+        .webhooks
+        .key_event("key.rotated", &new, Some(("previous", previous)))
+        .await;
     let mut key = key_json(&new, now);
     key["secret"] = serde_json::Value::String(secret.expose().to_owned());
     Ok(with_propagation(
@@ -585,6 +602,10 @@ async fn revoke(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     let applied = call.state.keys.revoke(ws, &id).await?;
     if !was_revoked {
         call.audit("key.revoke", ws, Some(&id), "ok", serde_json::Value::Null)
+            .await;
+        call.state
+            .webhooks
+            .key_event("key.revoked", &applied.record, None)
             .await;
     }
     Ok(with_propagation(
@@ -607,6 +628,10 @@ async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
         serde_json::json!({"name": applied.record.name}),
     )
     .await;
+    call.state
+        .webhooks
+        .key_event("key.deleted", &applied.record, None)
+        .await;
     let mut r = Response::new(Full::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(propagated(r, &applied.propagation))
@@ -700,6 +725,24 @@ async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
     ))
 }
 
+/// `GET /v1/webhooks/deliveries`: the newest delivery attempts, newest first. They name keys of
+/// every workspace, so the caller needs `api.key.view` on `*`.
+async fn webhook_deliveries(call: &Call<'_>, query: Option<&str>) -> Reply {
+    let p = params(query, &["limit"])?;
+    if !call.caller.may_everywhere(VIEW) {
+        return Err(AdminError::Forbidden(
+            "webhook deliveries name keys of every workspace: they need `api.key.view` on `*`"
+                .into(),
+        ));
+    }
+    let limit = page_limit(p.limit.as_deref())?;
+    let entries = call.state.store.deliveries(limit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "entries": entries }),
+    ))
+}
+
 /// An audit entry as the API shows it: every field, `null` when unset.
 fn audit_json(e: &AuditEntry) -> serde_json::Value {
     serde_json::json!({
@@ -788,6 +831,10 @@ async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {
         }}),
     )
     .await;
+    call.state
+        .webhooks
+        .key_event("key.created", &record, None)
+        .await;
     Ok(json_response(
         StatusCode::CREATED,
         &key_json(&record, now()),

@@ -11,6 +11,7 @@ pub mod caller;
 pub mod dashboard;
 pub mod fields;
 pub mod handlers;
+mod leaks;
 pub mod verify;
 pub mod workspaces;
 
@@ -310,6 +311,8 @@ pub struct AdminState {
     pub keys: KeyManager,
     /// The data plane (secret format, hashing, cached lookups).
     pub gateway: Arc<Gateway>,
+    /// Where key events go.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     ids: RequestIds,
 }
 
@@ -410,6 +413,7 @@ impl Admin {
         store: Arc<Store>,
         keys: KeyManager,
         gateway: Arc<Gateway>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
     ) -> Self {
         Admin {
             state: Arc::new(AdminState {
@@ -417,9 +421,36 @@ impl Admin {
                 store,
                 keys,
                 gateway,
+                webhooks,
                 ids: RequestIds::new(),
             }),
         }
+    }
+
+    /// Serves a leak report received on the proxy listener at `leaks.public_path`, as
+    /// `POST /v1/leaks` would.
+    pub async fn leak_report<B>(&self, req: Request<B>, conn: ConnInfo) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let state = &*self.state;
+        let request_id = state.ids.for_request(req.headers());
+        let config = state.reloader.config();
+        let client_ip =
+            crate::auth::client_ip(conn.peer.ip(), req.headers(), &config.trusted_proxies);
+        let outcome = if req.method() == Method::POST {
+            let headers = req.headers().clone();
+            match read_body(req.into_body()).await {
+                Ok(body) => leaks::report(state, &config, &headers, &body, client_ip).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            Err(AdminError::MethodNotAllowed("POST"))
+        };
+        let mut response = outcome.unwrap_or_else(|e| e.into_response(&request_id));
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        response
     }
 
     /// Serves one admin request.
@@ -507,6 +538,15 @@ impl Admin {
         let config = current.config.clone();
         let client_ip =
             crate::auth::client_ip(conn.peer.ip(), req.headers(), &config.trusted_proxies);
+        // A leak report's credential is its signature, not an admin token.
+        if segments.as_slice() == ["v1", "leaks"] {
+            if method != Method::POST {
+                return Err(AdminError::MethodNotAllowed("POST"));
+            }
+            let headers = req.headers().clone();
+            let body = read_body(req.into_body()).await?;
+            return leaks::report(state, &config, &headers, &body, client_ip).await;
+        }
         // The data plane's failed-authentication limit guards admin tokens too. A client over it
         // is refused before any comparison and not audited, so guessing cannot fill the log.
         let limits = state.gateway.limits();

@@ -73,6 +73,8 @@ pub(super) fn problems(value: &Value) -> Vec<Problem> {
             "limits" => check::<Limits>(&at, v, &mut out),
             "shutdown_timeout" | "shutdown_delay" => check::<DurationField>(&at, v, &mut out),
             "log" => check::<Log>(&at, v, &mut out),
+            "webhooks" => check::<Vec<super::webhooks::Webhook>>(&at, v, &mut out),
+            "leaks" => check::<super::leaks::Leaks>(&at, v, &mut out),
             other => out.push(problem(
                 other.to_owned(),
                 format!("unknown section `{other}`"),

@@ -28,6 +28,25 @@ impl Config {
                 ),
             );
         }
+        if let Some(authz) = self.listen.authz {
+            // Port 0 (tests, supervisors) picks a free port each time, so it clashes with nothing.
+            for (other, addr) in [("proxy", self.listen.proxy), ("admin", self.listen.admin)] {
+                if authz.port() != 0 && authz == addr {
+                    problem(
+                        "listen.authz".into(),
+                        format!("is listen.{other}'s address: give it one of its own"),
+                    );
+                }
+            }
+        }
+        for (field, message) in self.leaks.problems() {
+            problem(format!("leaks.{field}"), message);
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            for (field, message) in hook.problems() {
+                problem(format!("webhooks[{i}].{field}"), message);
+            }
+        }
         if self.secrets.pepper.len() < 16 {
             problem(
                 "secrets.pepper".into(),

@@ -44,6 +44,15 @@ impl Config {
                 warn(format!("admin.tokens[{i}].token"), m);
             }
         }
+        if self.listen.authz.is_some() && self.trusted_proxies.is_empty() {
+            warn(
+                "trusted_proxies".into(),
+                "is empty while listen.authz is set: every request asked about will have the \
+                 ingress's address as its client IP (the failed-authentication limit and IP \
+                 allowlists see the ingress, not the client); list the ingress's addresses"
+                    .into(),
+            );
+        }
         for (i, later) in self.routes.iter().enumerate() {
             if let Some(j) = self.routes[..i]
                 .iter()

@@ -254,6 +254,17 @@ impl Gateway {
             .admit(&key, route)
             .await
             .map_err(|(reject, limits)| Refusal::of(&key, reject, limits))?;
+        // This use spent the last unit: the one use per period that does.
+        if limits.quota_remaining == Some(0)
+            && let Some(webhooks) = self.webhooks.get().and_then(std::sync::Weak::upgrade)
+        {
+            let (workspace, id) = (key.workspace().to_owned(), key.id().clone());
+            tokio::spawn(async move {
+                webhooks
+                    .key_event_by_id("key.quota_exhausted", &workspace, &id)
+                    .await;
+            });
+        }
         Ok((key, limits))
     }
 

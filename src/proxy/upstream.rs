@@ -150,6 +150,11 @@ impl Forwarding {
         }
     }
 
+    /// The identity headers' names: key id, workspace, scopes.
+    pub fn identity_headers(&self) -> [&HeaderName; 3] {
+        [&self.key_id, &self.workspace, &self.scopes]
+    }
+
     /// Rewrites the request for the upstream, sends it, and prepares the response for the
     /// client. `Upgrade` requests (WebSocket and others) become a tunnel once the upstream
     /// answers 101. `scopes` is the key's effective scope list, as the identity header's value
@@ -233,7 +238,7 @@ impl Forwarding {
     /// Removes client-sent identity headers, including `_` spellings (`X_Keygate_Key_Id`), which
     /// CGI-style upstreams read as the same header.
     fn remove_identity_headers(&self, headers: &mut HeaderMap) {
-        let ids = [&self.key_id, &self.workspace, &self.scopes];
+        let ids = self.identity_headers();
         let spoofed: Vec<HeaderName> = headers
             .keys()
             .filter(|name| {

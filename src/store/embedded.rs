@@ -5,7 +5,7 @@
 //! [`CALL_TIMEOUT`]. redb admits one write transaction at a time, which is what makes the
 //! `max_active` check in [`KeyStore::create`] exact: the count and the insert share one write
 //! transaction. Usage, request logs and quotas are in [`usage`], the audit logs in [`audit`],
-//! stored workspaces in [`workspaces`].
+//! stored workspaces in [`workspaces`], the webhook outbox in [`outbox`].
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -39,6 +39,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use time::{Date, OffsetDateTime};
 
 mod audit;
+mod outbox;
 mod usage;
 mod workspaces;
 
@@ -147,6 +148,7 @@ impl EmbeddedStore {
             txn.open_table(AUDIT_WS).map_err(db_err)?;
             txn.open_table(AUDIT_WS_LEN).map_err(db_err)?;
             txn.open_table(QUOTA).map_err(db_err)?;
+            outbox::create_tables(&txn)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(EmbeddedStore {

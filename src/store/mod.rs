@@ -11,6 +11,7 @@ pub mod cached;
 pub mod embedded;
 pub mod fleet;
 pub mod invalidation;
+pub mod outbox;
 pub mod redis;
 pub mod stats;
 

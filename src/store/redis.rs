@@ -115,6 +115,7 @@ mod conn;
 mod fleet;
 mod index;
 mod keys;
+mod outbox;
 mod scripts;
 mod upgrade;
 mod usage;

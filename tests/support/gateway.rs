@@ -156,6 +156,8 @@ pub struct TestGateway {
     pub config: Config,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// Forward authentication (`listen.authz`), always served by a test gateway.
+    pub authz: SocketAddr,
     pub upstream: TestUpstream,
     pub redis: Option<RedisServer>,
     /// The cluster of a gateway started on [`Backend::RedisCluster`].
@@ -305,9 +307,11 @@ impl TestGateway {
         }
         .expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let (proxy_addr, admin_addr) = (
+        let authz = TcpListener::bind("127.0.0.1:0").await.expect("bind authz");
+        let (proxy_addr, admin_addr, authz_addr) = (
             proxy.local_addr().expect("proxy addr"),
             admin.local_addr().expect("admin addr"),
+            authz.local_addr().expect("authz addr"),
         );
         let app = match &file {
             Some((path, _)) => App::from_file(path).await,
@@ -318,9 +322,16 @@ impl TestGateway {
         let serving = app.clone();
         let task = tokio::spawn(async move {
             serving
-                .serve(Listeners { proxy, admin }, async {
-                    let _ = rx.await;
-                })
+                .serve(
+                    Listeners {
+                        proxy,
+                        admin,
+                        authz: Some(authz),
+                    },
+                    async {
+                        let _ = rx.await;
+                    },
+                )
                 .await
                 .expect("serve");
         });
@@ -329,6 +340,7 @@ impl TestGateway {
             config,
             proxy: proxy_addr,
             admin: admin_addr,
+            authz: authz_addr,
             upstream,
             redis,
             cluster,

@@ -75,7 +75,9 @@ macro_rules! on_both_stores {
 pub mod browser;
 pub mod cluster;
 pub mod gateway;
+pub mod nginx;
 pub mod process;
+pub mod receiver;
 pub mod redis;
 pub mod stores;
 pub mod upstream;
