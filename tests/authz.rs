@@ -102,6 +102,15 @@ fn verdict(r: &Reply) -> (StatusCode, String) {
     (r.status, code)
 }
 
+/// A `sessions:read` key of `acme` allowed `requests` an hour.
+fn limited_reader(requests: u32) -> NewKey {
+    NewKey {
+        scopes: vec!["sessions:read".into()],
+        rate_limit: Some(per_hour(requests)),
+        ..new_key("acme")
+    }
+}
+
 fn per_hour(requests: u32) -> RateLimitSpec {
     RateLimitSpec {
         requests: NonZeroU32::new(requests).unwrap(),
@@ -180,13 +189,7 @@ async fn every_convention_decides_as_the_proxy_does(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_answers_identity_and_limit_headers_and_no_body() {
     let gw = TestGateway::start(Backend::Embedded, "").await;
-    let (record, secret) = gw
-        .create(NewKey {
-            scopes: vec!["sessions:read".into()],
-            rate_limit: Some(per_hour(10)),
-            ..new_key("acme")
-        })
-        .await;
+    let (record, secret) = gw.create(limited_reader(10)).await;
     let r = authz(
         &gw,
         Convention::Nginx,
@@ -244,13 +247,7 @@ async fn allowed_answers_identity_and_limit_headers_and_no_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_the_documented_json_also_in_a_header_when_asked() {
     let gw = TestGateway::start(Backend::Embedded, "").await;
-    let (_, secret) = gw
-        .create(NewKey {
-            scopes: vec!["sessions:read".into()],
-            rate_limit: Some(per_hour(1)),
-            ..new_key("acme")
-        })
-        .await;
+    let (_, secret) = gw.create(limited_reader(1)).await;
     let r = authz(
         &gw,
         Convention::Nginx,

@@ -208,6 +208,18 @@ async fn a_receiver_answering_500_is_retried_until_it_takes_the_event() {
     assert_eq!(gw.app.store().outbox_len().await.unwrap(), 0);
 }
 
+/// A key of `acme` created through the admin API, expiring in `secs` seconds: its id and expiry.
+async fn create_expiring(gw: &TestGateway, name: &str, secs: i64) -> (String, OffsetDateTime) {
+    let expires = OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    let stamp = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let created = gw
+        .admin_create("acme", json!({"name": name, "expires_at": stamp}))
+        .await;
+    (created["id"].as_str().unwrap().to_owned(), expires)
+}
+
 /// The delivery log once it has `n` entries (at most 10 s).
 async fn deliveries(gw: &TestGateway, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -285,14 +297,7 @@ async fn expiring_and_expired_come_once_per_key_and_expiry() {
         &overlay(&receiver.url(), "[key.expiring, key.expired]"),
     )
     .await;
-    let expires = OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    let stamp = expires
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let created = gw
-        .admin_create("acme", json!({"name": "short", "expires_at": stamp}))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
+    let (id, expires) = create_expiring(&gw, "short", 2).await;
     // Inside the 7-day window from its creation: key.expiring at once.
     receiver
         .wait_for(Duration::from_secs(5), |all| {
@@ -328,14 +333,7 @@ async fn an_expiry_that_changed_is_not_announced() {
         &overlay(&receiver.url(), "[key.expired]"),
     )
     .await;
-    let expires = OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    let stamp = expires
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let created = gw
-        .admin_create("acme", json!({"name": "extended", "expires_at": stamp}))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
+    let (id, _) = create_expiring(&gw, "extended", 2).await;
     gw.app.webhooks().scan_expiries().await.unwrap();
     // Extended before it expires: the queued key.expired no longer applies.
     let r = gw

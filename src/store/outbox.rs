@@ -9,6 +9,20 @@ use time::OffsetDateTime;
 
 use crate::keys::KeyId;
 
+/// An outbox entry as stored: JSON.
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<String, super::StoreError> {
+    serde_json::to_string(value)
+        .map_err(|_| super::StoreError::Corrupt("outbox entry cannot be encoded".into()))
+}
+
+/// A stored outbox entry.
+pub(super) fn decode<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, super::StoreError> {
+    // Only the position: serde's message could quote a stored value.
+    serde_json::from_slice(json).map_err(|e| {
+        super::StoreError::Corrupt(format!("undecodable outbox entry (column {})", e.column()))
+    })
+}
+
 /// Attempts the delivery log keeps, newest first.
 pub const DELIVERY_LOG_MAX: usize = 1000;
 

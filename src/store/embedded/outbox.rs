@@ -12,7 +12,7 @@ use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use super::{ACTIVE, EmbeddedStore, ID_MAX, db_err};
 use crate::keys::KeyId;
 use crate::store::StoreError;
-use crate::store::outbox::{DELIVERY_LOG_MAX, DeliveryAttempt, OutboxItem};
+use crate::store::outbox::{DELIVERY_LOG_MAX, DeliveryAttempt, OutboxItem, decode, encode};
 
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox_v1");
 const ONCE: TableDefinition<&str, i64> = TableDefinition::new("outbox_once_v1");
@@ -26,25 +26,13 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreErr
     Ok(())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value)
-        .map_err(|_| StoreError::Corrupt("outbox entry cannot be encoded".into()))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    // Only the position: serde's message could quote a stored value.
-    serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::Corrupt(format!("undecodable outbox entry (column {})", e.column()))
-    })
-}
-
 impl EmbeddedStore {
     pub(crate) async fn outbox_add(
         &self,
         items: &[OutboxItem],
         once: Option<(&str, i64)>,
     ) -> Result<bool, StoreError> {
-        let encoded: Vec<(String, Vec<u8>)> = items
+        let encoded: Vec<(String, String)> = items
             .iter()
             .map(|i| Ok((i.id.clone(), encode(i)?)))
             .collect::<Result<_, StoreError>>()?;
@@ -72,7 +60,7 @@ impl EmbeddedStore {
                 let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
                 for (id, json) in &encoded {
                     outbox
-                        .insert(id.as_str(), json.as_slice())
+                        .insert(id.as_str(), json.as_bytes())
                         .map_err(db_err)?;
                 }
             }
@@ -106,7 +94,7 @@ impl EmbeddedStore {
                     let mut leased = item.clone();
                     leased.due_ms = now_ms.saturating_add(lease_ms);
                     outbox
-                        .insert(item.id.as_str(), encode(&leased)?.as_slice())
+                        .insert(item.id.as_str(), encode(&leased)?.as_bytes())
                         .map_err(db_err)?;
                 }
                 due
@@ -129,7 +117,7 @@ impl EmbeddedStore {
             {
                 let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
                 match &retry {
-                    Some(json) => outbox.insert(id.as_str(), json.as_slice()).map(drop),
+                    Some(json) => outbox.insert(id.as_str(), json.as_bytes()).map(drop),
                     None => outbox.remove(id.as_str()).map(drop),
                 }
                 .map_err(db_err)?;
@@ -165,7 +153,7 @@ impl EmbeddedStore {
                     .transpose()
                     .map_err(db_err)?
                     .map_or(0, |(k, _)| k.value().1 + 1);
-                log.insert((ms, seq), json.as_slice()).map_err(db_err)?;
+                log.insert((ms, seq), json.as_bytes()).map_err(db_err)?;
                 while log.len().map_err(db_err)? > DELIVERY_LOG_MAX as u64 {
                     log.pop_first().map_err(db_err)?;
                 }

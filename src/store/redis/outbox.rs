@@ -16,7 +16,7 @@ use redis::Script;
 use super::RedisStore;
 use crate::keys::KeyId;
 use crate::store::StoreError;
-use crate::store::outbox::{DELIVERY_LOG_MAX, DeliveryAttempt, OutboxItem};
+use crate::store::outbox::{DELIVERY_LOG_MAX, DeliveryAttempt, OutboxItem, decode, encode};
 
 /// KEYS: due, items, once marker ('' for none). ARGV: marker ms, then (id, due ms, json)
 /// triples. Returns 1 if added, 0 if the marker was set already.
@@ -83,18 +83,6 @@ return 1
     )
 });
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|_| StoreError::Corrupt("outbox entry cannot be encoded".into()))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
-    // Only the position: serde's message could quote a stored value.
-    serde_json::from_str(json).map_err(|e| {
-        StoreError::Corrupt(format!("undecodable outbox entry (column {})", e.column()))
-    })
-}
-
 impl RedisStore {
     fn outbox_key(&self, name: &str) -> String {
         format!("{}{{wh}}:{name}", self.prefix)
@@ -140,7 +128,7 @@ impl RedisStore {
         // Resent after a lost connection, the first claim's items wait out their lease and are
         // claimed again: later, never lost.
         let claimed: Vec<String> = self.retried(&call).await?;
-        claimed.iter().map(|json| decode(json)).collect()
+        claimed.iter().map(|json| decode(json.as_bytes())).collect()
     }
 
     pub(crate) async fn outbox_settle(
@@ -194,7 +182,7 @@ impl RedisStore {
                     .arg(last),
             )
             .await?;
-        entries.iter().map(|json| decode(json)).collect()
+        entries.iter().map(|json| decode(json.as_bytes())).collect()
     }
 
     pub(crate) async fn try_lease(
