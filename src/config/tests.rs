@@ -250,3 +250,41 @@ fn a_redis_cluster_is_a_list_of_seed_urls_on_database_0() {
     .unwrap_err();
     assert!(err.problems.iter().any(|p| p.path == "store.redis"));
 }
+
+#[test]
+fn integrations_are_checked_field_by_field() {
+    let c = parse(&format!(
+        "{MINIMAL}listen: {{ authz: 127.0.0.1:8081 }}\n\
+         webhooks:\n  - {{ url: https://hooks.example.com/k, events: [key.created], secret: 0123456789abcdef0123 }}\n\
+         leaks: {{ action: notify }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.listen.authz, Some("127.0.0.1:8081".parse().unwrap()));
+    assert_eq!(c.webhooks[0].expiring_days, 7);
+    assert!(c.webhooks[0].wants("key.created") && !c.webhooks[0].wants("key.deleted"));
+    assert_eq!(c.leaks.action, leaks::LeakAction::Notify);
+    // Without trusted proxies every client would share the ingress's address.
+    let warned: Vec<String> = c.warnings().iter().map(|p| p.path.clone()).collect();
+    assert!(warned.contains(&"trusted_proxies".to_owned()), "{warned:?}");
+
+    let err = parse(&format!(
+        "{MINIMAL}listen: {{ proxy: 127.0.0.1:8080, authz: 127.0.0.1:8080 }}\n\
+         webhooks:\n  - {{ url: ftp://x, events: [key.exploded], secret: short, expiring_days: 0, first_retry: 2h }}\n\
+         leaks:\n  public_path: no-slash\n  public_keys:\n    - {{ id: \"\", pem: not-a-key }}\n"
+    ))
+    .unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "listen.authz",
+        "webhooks[0].url",
+        "webhooks[0].events",
+        "webhooks[0].secret",
+        "webhooks[0].expiring_days",
+        "webhooks[0].first_retry",
+        "leaks.public_path",
+        "leaks.public_keys[0].id",
+        "leaks.public_keys[0].pem",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+}
