@@ -408,3 +408,17 @@ async fn a_waiting_delivery_survives_a_redis_outage() {
     assert_eq!(got[0].json()["key"]["id"], created["id"]);
     assert_signed(&got[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_scan_lease_is_held_by_one_instance_at_a_time() {
+    let a = TestGateway::start(Backend::Redis, "").await;
+    let b = a.another_instance("").await;
+    let (sa, sb) = (a.app.store(), b.app.store());
+    assert!(sa.try_lease("expiry-scan", "a", 600).await.unwrap());
+    assert!(!sb.try_lease("expiry-scan", "b", 600).await.unwrap());
+    // The holder renews; the other takes it once it lapses.
+    assert!(sa.try_lease("expiry-scan", "a", 600).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(sb.try_lease("expiry-scan", "b", 600).await.unwrap());
+    assert!(!sa.try_lease("expiry-scan", "a", 600).await.unwrap());
+}
