@@ -440,7 +440,19 @@ impl App {
         let _ = drained_tx.send(());
         let _ = quota_writer.await;
         webhooks_stop.send_replace(true);
-        let _ = deliveries.await;
+        // Attempts in flight finish (each bounded by its endpoint's timeout), within
+        // shutdown_timeout; what is cut off stays in the outbox, claimed again after its lease.
+        let mut deliveries = deliveries;
+        if tokio::time::timeout(timeout, &mut deliveries)
+            .await
+            .is_err()
+        {
+            deliveries.abort();
+            tracing::warn!(
+                ?timeout,
+                "webhook deliveries cut off at shutdown_timeout; they stay in the outbox"
+            );
+        }
         invalidations.stop().await;
         // Awaited: the task holds the store, which must be closed when `serve` returns (a
         // restart reopens the embedded file).

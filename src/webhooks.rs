@@ -35,6 +35,10 @@ pub const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// How far ahead of an expiry the scan puts `key.expired` in the outbox: more than one scan
 /// interval, so every expiry is seen by a scan before it happens.
 const EXPIRED_LOOKAHEAD_MS: i64 = 3 * 60_000;
+/// How far back the scan looks for expiries not announced yet.
+const EXPIRED_LOOKBACK_MS: i64 = 3_600_000;
+/// Keys read per page of the scan.
+const SCAN_PAGE: usize = 500;
 /// Deliveries are retried for this long after their event.
 pub const RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Events held in memory while the store cannot take them; beyond it the oldest are dropped
@@ -263,23 +267,24 @@ impl Webhooks {
             None => 0,
         }
         .max(ms(now) + EXPIRED_LOOKAHEAD_MS);
+        // Looks back an hour: expiries while no instance scanned (an outage, a deploy) are still
+        // announced, once; the index may have lost keys expired before a later create.
+        let from = ms(now) - EXPIRED_LOOKBACK_MS;
         for ws in self.workspace_names().await? {
-            let mut from = ms(now) - ms_of(SCAN_INTERVAL);
+            let mut offset = 0;
             loop {
-                let ids = self.store.expiring_keys(&ws, from, horizon, 500).await?;
-                let Some(last) = ids.last().cloned() else {
-                    break;
-                };
-                let full = ids.len() == 500;
-                let mut last_expiry = from;
-                for id in &ids {
+                let page = self
+                    .store
+                    .expiring_keys(&ws, from, horizon, offset, SCAN_PAGE)
+                    .await?;
+                offset += page.len();
+                for (_, id) in &page {
                     let Some(record) = self.store.get(&ws, id).await? else {
                         continue;
                     };
                     let Some(expires) = record.expires_at else {
                         continue;
                     };
-                    last_expiry = last_expiry.max(ms(expires));
                     for hook in &endpoints {
                         self.announce_expiring(hook, &record, now).await;
                         if ms(expires) <= ms(now) + EXPIRED_LOOKAHEAD_MS {
@@ -287,12 +292,11 @@ impl Webhooks {
                         }
                     }
                 }
-                if !full || last_expiry <= from {
-                    let _ = last;
+                // A key the index gains or loses meanwhile may shift a page: it is seen by the
+                // next scan, a minute later (its markers keep it once).
+                if page.len() < SCAN_PAGE {
                     break;
                 }
-                // Keys sharing the last expiry are seen again; their markers keep them once.
-                from = last_expiry - 1;
             }
         }
         self.wake.notify_one();

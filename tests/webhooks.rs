@@ -422,3 +422,103 @@ async fn the_expiry_scan_lease_is_held_by_one_instance_at_a_time() {
     assert!(sb.try_lease("expiry-scan", "b", 600).await.unwrap());
     assert!(!sa.try_lease("expiry-scan", "a", 600).await.unwrap());
 }
+
+/// Keys sharing one expiry, more than a page of the scan: every one is announced, once, and
+/// the scan ends.
+async fn a_scan_pages_through_keys_sharing_an_expiry(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let gw = TestGateway::start(backend, &overlay(&receiver.url(), "[key.expiring]")).await;
+    let expires = OffsetDateTime::now_utc() + time::Duration::days(3);
+    let n = 520;
+    for _ in 0..n {
+        gw.create(NewKey {
+            expires_at: Some(expires),
+            ..new_key("acme")
+        })
+        .await;
+    }
+    // Created through the library, these produced no event: the scan finds them.
+    tokio::time::timeout(Duration::from_secs(60), gw.app.webhooks().scan_expiries())
+        .await
+        .expect("the scan ends")
+        .unwrap();
+    let got = receiver
+        .wait_for(Duration::from_secs(60), |all| all.len() >= n)
+        .await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["key"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+    gw.app.webhooks().scan_expiries().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.all().len(), n, "announced once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_pages_through_keys_sharing_an_expiry_embedded() {
+    a_scan_pages_through_keys_sharing_an_expiry(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_pages_through_keys_sharing_an_expiry_redis() {
+    a_scan_pages_through_keys_sharing_an_expiry(Backend::Redis).await;
+}
+
+/// An attempt that outlived its lease settles nothing: the claim that holds the item now does.
+async fn a_late_settle_cannot_undo_a_later_claim(backend: Backend) {
+    use keygate::store::outbox::OutboxItem;
+    let gw = TestGateway::start(backend, "").await;
+    let store = gw.app.store();
+    let mut item = OutboxItem {
+        id: "whd_test_1".into(),
+        url: "http://127.0.0.1:9/".into(),
+        event: "key.created".into(),
+        event_id: "evt_test_1".into(),
+        workspace: "acme".into(),
+        key_id: keygate::keys::KeyId::generate(),
+        expires_ms: None,
+        body: "{}".into(),
+        created_ms: 1_000,
+        attempts: 0,
+        due_ms: 1_000,
+    };
+    assert!(
+        store
+            .outbox_add(std::slice::from_ref(&item), None)
+            .await
+            .unwrap()
+    );
+    // Claimed at 2,000 for 100 ms; its lease lapses; claimed again at 3,000.
+    assert_eq!(store.outbox_claim(2_000, 100, 10).await.unwrap().len(), 1);
+    assert!(
+        store.outbox_claim(2_050, 100, 10).await.unwrap().is_empty(),
+        "leased"
+    );
+    assert_eq!(store.outbox_claim(3_000, 100, 10).await.unwrap().len(), 1);
+    // The first attempt fails late and would put it back for a retry: nothing changes.
+    item.attempts = 1;
+    item.due_ms = 5_000;
+    assert!(
+        !store
+            .outbox_settle(&item.id, 2_100, Some(&item))
+            .await
+            .unwrap()
+    );
+    // The second claim delivered it: gone.
+    assert!(store.outbox_settle(&item.id, 3_100, None).await.unwrap());
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert!(store.outbox_claim(9_000, 100, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_settle_cannot_undo_a_later_claim_embedded() {
+    a_late_settle_cannot_undo_a_later_claim(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_settle_cannot_undo_a_later_claim_redis() {
+    a_late_settle_cannot_undo_a_later_claim(Backend::Redis).await;
+}

@@ -46,6 +46,13 @@ impl Config {
             for (field, message) in hook.problems() {
                 problem(format!("webhooks[{i}].{field}"), message);
             }
+            // Deliveries find their endpoint (and its secret) by URL.
+            if self.webhooks[..i].iter().any(|h| h.url == hook.url) {
+                problem(
+                    format!("webhooks[{i}].url"),
+                    "is listed twice: give each endpoint one entry (its events in one list)".into(),
+                );
+            }
         }
         if self.secrets.pepper.len() < 16 {
             problem(

@@ -24,7 +24,7 @@ pub const EVENTS: [&str; 9] = [
 pub const MIN_SECRET_BYTES: usize = 16;
 
 /// One webhook endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// Where events are POSTed (`http://` or `https://`).
@@ -43,6 +43,20 @@ pub struct Webhook {
     /// 24 hours after the event.
     #[serde(default = "d_first_retry", with = "duration_text")]
     pub first_retry: Duration,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log line or a panic message.
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field("expiring_days", &self.expiring_days)
+            .field("timeout", &self.timeout)
+            .field("first_retry", &self.first_retry)
+            .finish()
+    }
 }
 
 impl Webhook {

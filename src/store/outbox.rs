@@ -133,16 +133,20 @@ impl super::Store {
         }
     }
 
-    /// Settles a claimed delivery: removed when `retry` is `None`, else put back as `retry` (its
-    /// attempts and due time).
+    /// Settles a delivery claimed until `claimed_until` (the claim's `now_ms + lease_ms`): removed
+    /// when `retry` is `None`, else put back as `retry` (its attempts and due time). Only if it
+    /// is still that claim's: an attempt that outlived its lease, the item claimed again by
+    /// another instance, changes nothing (returns `false`), so a late failure cannot bring back
+    /// what the other delivered.
     pub async fn outbox_settle(
         &self,
         id: &str,
+        claimed_until: i64,
         retry: Option<&OutboxItem>,
-    ) -> Result<(), super::StoreError> {
+    ) -> Result<bool, super::StoreError> {
         match self {
-            super::Store::Embedded(s) => s.outbox_settle(id, retry).await,
-            super::Store::Redis(s) => s.outbox_settle(id, retry).await,
+            super::Store::Embedded(s) => s.outbox_settle(id, claimed_until, retry).await,
+            super::Store::Redis(s) => s.outbox_settle(id, claimed_until, retry).await,
         }
     }
 
@@ -187,20 +191,28 @@ impl super::Store {
         }
     }
 
-    /// Up to `limit` active (unrevoked) keys of `workspace` whose `expires_at` is in
-    /// `(from_ms, to_ms]`, from the index that counts active keys. A key expired at or before
-    /// the last key creation in its workspace may have left that index already; callers look
-    /// ahead of expiries rather than behind them.
+    /// Active (unrevoked) keys of `workspace` whose `expires_at` is in `(from_ms, to_ms]`, from
+    /// the index that counts active keys, ordered by expiry then id: `limit` of them after the
+    /// first `offset`, each with its expiry (unix ms, rounded up on Redis). A key expired at or
+    /// before the last key creation in its workspace may have left that index already; callers
+    /// look ahead of expiries rather than only behind them.
     pub async fn expiring_keys(
         &self,
         workspace: &str,
         from_ms: i64,
         to_ms: i64,
+        offset: usize,
         limit: usize,
-    ) -> Result<Vec<KeyId>, super::StoreError> {
+    ) -> Result<Vec<(i64, KeyId)>, super::StoreError> {
         match self {
-            super::Store::Embedded(s) => s.expiring_keys(workspace, from_ms, to_ms, limit).await,
-            super::Store::Redis(s) => s.expiring_keys(workspace, from_ms, to_ms, limit).await,
+            super::Store::Embedded(s) => {
+                s.expiring_keys(workspace, from_ms, to_ms, offset, limit)
+                    .await
+            }
+            super::Store::Redis(s) => {
+                s.expiring_keys(workspace, from_ms, to_ms, offset, limit)
+                    .await
+            }
         }
     }
 }

@@ -26,6 +26,15 @@ const POLL: Duration = Duration::from_secs(1);
 /// Longest retry wait.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// Whether a delivery's event still applies when it is due.
+enum Applies {
+    Yes,
+    /// No longer true: dropped.
+    No(String),
+    /// Cannot be told now (the store did not answer): retried.
+    Unknown(String),
+}
+
 /// `Keygate-Signature`.
 pub const KEYGATE_SIGNATURE: &str = "keygate-signature";
 
@@ -91,9 +100,11 @@ impl Webhooks {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = self.wake.notified() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => break,
             }
         }
+        // Held events get one more chance at the store before the process ends.
+        self.flush_pending().await;
     }
 
     /// One claim and its deliveries, concurrently; how many were claimed.
@@ -115,7 +126,11 @@ impl Webhooks {
         match self.store.outbox_claim(now, lease, CLAIM_BATCH).await {
             Ok(items) => {
                 let n = items.len();
-                futures_util::future::join_all(items.into_iter().map(|i| self.attempt(i))).await;
+                let claimed_until = now.saturating_add(lease);
+                futures_util::future::join_all(
+                    items.into_iter().map(|i| self.attempt(i, claimed_until)),
+                )
+                .await;
                 n
             }
             Err(e) => {
@@ -125,8 +140,8 @@ impl Webhooks {
         }
     }
 
-    /// One attempt at `item`, settled in the outbox and logged.
-    async fn attempt(&self, mut item: OutboxItem) {
+    /// One attempt at `item` (claimed until `claimed_until`), settled in the outbox and logged.
+    async fn attempt(&self, mut item: OutboxItem, claimed_until: i64) {
         let endpoints = self.endpoints();
         let hook = endpoints.iter().find(|h| h.url == item.url);
         let (result, status, error) = match hook {
@@ -136,8 +151,10 @@ impl Webhooks {
                 Some("the endpoint is no longer in webhooks:".to_owned()),
             ),
             Some(hook) => match self.still_applies(&item).await {
-                Err(why) => (DeliveryResult::Dropped, None, Some(why)),
-                Ok(()) => {
+                Applies::No(why) => (DeliveryResult::Dropped, None, Some(why)),
+                // Retried like a failed send: the event may well still apply.
+                Applies::Unknown(why) => (DeliveryResult::Failed, None, Some(why)),
+                Applies::Yes => {
                     item.attempts += 1;
                     match self.send(hook, &item).await {
                         Ok(status) if (200..300).contains(&status) => {
@@ -166,10 +183,21 @@ impl Webhooks {
             }
             (other, _) => (other, None),
         };
-        if let Err(e) = self.store.outbox_settle(&item.id, retry.as_ref()).await {
+        match self
+            .store
+            .outbox_settle(&item.id, claimed_until, retry.as_ref())
+            .await
+        {
+            Ok(true) => {}
+            // The attempt outlived its lease and another claim holds the item: that one settles.
+            Ok(false) => {
+                tracing::warn!(delivery = %item.id, "webhook attempt outlived its lease; left to the claim that holds it now");
+            }
             // Claimed still: after its lease it is claimed (and, if it was delivered, sent)
             // again. At least once.
-            tracing::warn!(delivery = %item.id, error = %e, "webhook delivery not settled; it will be attempted again");
+            Err(e) => {
+                tracing::warn!(delivery = %item.id, error = %e, "webhook delivery not settled; it will be attempted again");
+            }
         }
         let attempt = DeliveryAttempt {
             delivery_id: item.id.clone(),
@@ -207,20 +235,19 @@ impl Webhooks {
 
     /// Whether an expiry event still says something true: the key is there, unrevoked, with the
     /// expiry announced.
-    async fn still_applies(&self, item: &OutboxItem) -> Result<(), String> {
+    async fn still_applies(&self, item: &OutboxItem) -> Applies {
         let Some(announced) = item.expires_ms else {
-            return Ok(());
+            return Applies::Yes;
         };
         match self.store.get(&item.workspace, &item.key_id).await {
             Ok(Some(record))
                 if record.revoked_at.is_none() && record.expires_at.map(ms) == Some(announced) =>
             {
-                Ok(())
+                Applies::Yes
             }
-            Ok(Some(_)) => Err("the key's expiry changed, or it was revoked".into()),
-            Ok(None) => Err("the key was deleted".into()),
-            // Retried like a failed send: the event may well still apply.
-            Err(e) => Err(format!("the key could not be read: {e}")),
+            Ok(Some(_)) => Applies::No("the key's expiry changed, or it was revoked".into()),
+            Ok(None) => Applies::No("the key was deleted".into()),
+            Err(e) => Applies::Unknown(format!("the key could not be read: {e}")),
         }
     }
 

@@ -26,6 +26,27 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Up to `max` items due at `now_ms`, oldest due first. An entry that does not decode is
+/// skipped (and logged) rather than stopping every delivery.
+fn due_items(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    now_ms: i64,
+    max: usize,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let mut due = Vec::new();
+    for entry in table.iter().map_err(db_err)? {
+        let (_, json) = entry.map_err(db_err)?;
+        match decode::<OutboxItem>(json.value()) {
+            Ok(item) if item.due_ms <= now_ms => due.push(item),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "webhook outbox entry skipped"),
+        }
+    }
+    due.sort_by_key(|i| i.due_ms);
+    due.truncate(max);
+    Ok(due)
+}
+
 impl EmbeddedStore {
     pub(crate) async fn outbox_add(
         &self,
@@ -77,27 +98,26 @@ impl EmbeddedStore {
         max: usize,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         self.run(move |db| {
+            // Looked at in a read transaction first: an idle outbox costs no write (no fsync)
+            // per poll.
+            {
+                let read = db.begin_read().map_err(db_err)?;
+                if due_items(&read.open_table(OUTBOX).map_err(db_err)?, now_ms, max)?.is_empty() {
+                    return Ok(Vec::new());
+                }
+            }
             let txn = db.begin_write().map_err(db_err)?;
             let claimed = {
                 let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-                let mut due: Vec<OutboxItem> = Vec::new();
-                for entry in outbox.iter().map_err(db_err)? {
-                    let (_, json) = entry.map_err(db_err)?;
-                    let item: OutboxItem = decode(json.value())?;
-                    if item.due_ms <= now_ms {
-                        due.push(item);
-                    }
-                }
-                due.sort_by_key(|i| i.due_ms);
-                due.truncate(max);
-                for item in &mut due {
+                let claimed = due_items(&outbox, now_ms, max)?;
+                for item in &claimed {
                     let mut leased = item.clone();
                     leased.due_ms = now_ms.saturating_add(lease_ms);
                     outbox
                         .insert(item.id.as_str(), encode(&leased)?.as_bytes())
                         .map_err(db_err)?;
                 }
-                due
+                claimed
             };
             txn.commit().map_err(db_err)?;
             Ok(claimed)
@@ -108,21 +128,31 @@ impl EmbeddedStore {
     pub(crate) async fn outbox_settle(
         &self,
         id: &str,
+        claimed_until: i64,
         retry: Option<&OutboxItem>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let id = id.to_owned();
         let retry = retry.map(encode).transpose()?;
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+                let current: Option<OutboxItem> = match outbox.get(id.as_str()).map_err(db_err)? {
+                    Some(json) => Some(decode(json.value())?),
+                    None => None,
+                };
+                // Still this claim's: due at the end of its lease.
+                if current.is_none_or(|c| c.due_ms != claimed_until) {
+                    return Ok(false);
+                }
                 match &retry {
                     Some(json) => outbox.insert(id.as_str(), json.as_bytes()).map(drop),
                     None => outbox.remove(id.as_str()).map(drop),
                 }
                 .map_err(db_err)?;
             }
-            txn.commit().map_err(db_err)
+            txn.commit().map_err(db_err)?;
+            Ok(true)
         })
         .await
     }
@@ -185,8 +215,9 @@ impl EmbeddedStore {
         workspace: &str,
         from_ms: i64,
         to_ms: i64,
+        offset: usize,
         limit: usize,
-    ) -> Result<Vec<KeyId>, StoreError> {
+    ) -> Result<Vec<(i64, KeyId)>, StoreError> {
         let ws = workspace.to_owned();
         let (from, to) = (
             i128::from(from_ms) * 1_000_000,
@@ -195,23 +226,24 @@ impl EmbeddedStore {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let active = txn.open_table(ACTIVE).map_err(db_err)?;
-            let mut out = Vec::new();
+            // The table is ordered by id: every match is collected, then ordered by expiry.
+            let mut found = Vec::new();
             for entry in active
                 .range((ws.as_str(), "")..=(ws.as_str(), ID_MAX))
                 .map_err(db_err)?
             {
                 let (key, expires) = entry.map_err(db_err)?;
                 let expires = expires.value();
-                if expires > from && expires <= to {
-                    if let Some(id) = KeyId::parse(key.value().1) {
-                        out.push(id);
-                    }
-                    if out.len() >= limit {
-                        break;
-                    }
+                if expires > from
+                    && expires <= to
+                    && let Some(id) = KeyId::parse(key.value().1)
+                {
+                    let ms = i64::try_from(expires.div_euclid(1_000_000)).unwrap_or(i64::MAX);
+                    found.push((ms, id));
                 }
             }
-            Ok(out)
+            found.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+            Ok(found.into_iter().skip(offset).take(limit).collect())
         })
         .await
     }

@@ -55,13 +55,17 @@ return out
     )
 });
 
-/// KEYS: due, items. ARGV: id, then (due ms, json) to put it back, or nothing to remove it.
+/// KEYS: due, items. ARGV: id, claimed-until ms, then (due ms, json) to put it back, or nothing
+/// to remove it. Only while the item is due at claimed-until (still this claim's): returns 1 if
+/// settled, 0 if another claim holds it now.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if ARGV[2] then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -128,23 +132,32 @@ impl RedisStore {
         // Resent after a lost connection, the first claim's items wait out their lease and are
         // claimed again: later, never lost.
         let claimed: Vec<String> = self.retried(&call).await?;
-        claimed.iter().map(|json| decode(json.as_bytes())).collect()
+        Ok(claimed
+            .iter()
+            .filter_map(|json| {
+                decode(json.as_bytes())
+                    .inspect_err(|e| tracing::error!(error = %e, "webhook outbox entry skipped"))
+                    .ok()
+            })
+            .collect())
     }
 
     pub(crate) async fn outbox_settle(
         &self,
         id: &str,
+        claimed_until: i64,
         retry: Option<&OutboxItem>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut call = SETTLE.prepare_invoke();
         call.key(self.outbox_key("due"))
             .key(self.outbox_key("items"))
-            .arg(id);
+            .arg(id)
+            .arg(claimed_until);
         if let Some(item) = retry {
             call.arg(item.due_ms).arg(encode(item)?);
         }
-        let _: i64 = self.retried(&call).await?;
-        Ok(())
+        let settled: i64 = self.retried(&call).await?;
+        Ok(settled == 1)
     }
 
     pub(crate) async fn outbox_len(&self) -> Result<u64, StoreError> {
@@ -204,19 +217,25 @@ impl RedisStore {
         workspace: &str,
         from_ms: i64,
         to_ms: i64,
+        offset: usize,
         limit: usize,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let ids: Vec<String> = self
+    ) -> Result<Vec<(i64, KeyId)>, StoreError> {
+        // Ties in score come back by id: the order is the one the embedded store gives.
+        let flat: Vec<(String, f64)> = self
             .retried(
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(self.workspace_keys(workspace).active)
                     .arg(format!("({from_ms}"))
                     .arg(to_ms)
+                    .arg("WITHSCORES")
                     .arg("LIMIT")
-                    .arg(0)
+                    .arg(offset)
                     .arg(limit),
             )
             .await?;
-        Ok(ids.iter().filter_map(|id| KeyId::parse(id)).collect())
+        Ok(flat
+            .iter()
+            .filter_map(|(id, score)| Some((*score as i64, KeyId::parse(id)?)))
+            .collect())
     }
 }
