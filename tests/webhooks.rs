@@ -31,6 +31,13 @@ fn overlay(url: &str, events: &str) -> String {
     )
 }
 
+/// A receiver answering 200, and a gateway on `backend` sending it `events`.
+async fn with_receiver(backend: Backend, events: &str) -> (Receiver, TestGateway) {
+    let receiver = Receiver::start().await;
+    let gw = TestGateway::start(backend, &overlay(&receiver.url(), events)).await;
+    (receiver, gw)
+}
+
 /// Checks `Keygate-Signature` of `r` as a receiver would: `t=<unix s>,v1=<hex>`, the HMAC-SHA256
 /// of `<t>.<body>` keyed with the secret.
 fn assert_signed(r: &Received) {
@@ -58,8 +65,7 @@ fn assert_signed(r: &Received) {
 }
 
 async fn key_events_arrive_signed_and_without_the_secret(backend: Backend) {
-    let receiver = Receiver::start().await;
-    let gw = TestGateway::start(backend, &overlay(&receiver.url(), "[\"*\"]")).await;
+    let (receiver, gw) = with_receiver(backend, "[\"*\"]").await;
     let created = gw
         .admin_create("acme", json!({"name": "ci", "scopes": ["sessions:read"]}))
         .await;
@@ -291,12 +297,7 @@ async fn two_instances_deliver_each_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_and_expired_come_once_per_key_and_expiry() {
-    let receiver = Receiver::start().await;
-    let gw = TestGateway::start(
-        Backend::Embedded,
-        &overlay(&receiver.url(), "[key.expiring, key.expired]"),
-    )
-    .await;
+    let (receiver, gw) = with_receiver(Backend::Embedded, "[key.expiring, key.expired]").await;
     let (id, expires) = create_expiring(&gw, "short", 2).await;
     // Inside the 7-day window from its creation: key.expiring at once.
     receiver
@@ -327,12 +328,7 @@ async fn expiring_and_expired_come_once_per_key_and_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_that_changed_is_not_announced() {
-    let receiver = Receiver::start().await;
-    let gw = TestGateway::start(
-        Backend::Embedded,
-        &overlay(&receiver.url(), "[key.expired]"),
-    )
-    .await;
+    let (receiver, gw) = with_receiver(Backend::Embedded, "[key.expired]").await;
     let (id, _) = create_expiring(&gw, "extended", 2).await;
     gw.app.webhooks().scan_expiries().await.unwrap();
     // Extended before it expires: the queued key.expired no longer applies.
@@ -352,12 +348,7 @@ async fn an_expiry_that_changed_is_not_announced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_use_that_spends_the_last_unit_of_a_quota_is_announced_once() {
-    let receiver = Receiver::start().await;
-    let gw = TestGateway::start(
-        Backend::Embedded,
-        &overlay(&receiver.url(), "[key.quota_exhausted]"),
-    )
-    .await;
+    let (receiver, gw) = with_receiver(Backend::Embedded, "[key.quota_exhausted]").await;
     let (record, secret) = gw
         .create(NewKey {
             scopes: vec!["sessions:read".into()],
