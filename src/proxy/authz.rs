@@ -23,6 +23,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
+use super::upstream::X_FORWARDED_HOST;
 use super::{Answered, ConnInfo, Gateway, Original, ProxyBody, X_REQUEST_ID};
 use crate::auth;
 use crate::error::Reject;
@@ -30,7 +31,6 @@ use crate::error::Reject;
 /// Traefik's and Caddy's convention.
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// nginx's (`auth_request` snippets, ingress-nginx).
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
@@ -41,7 +41,7 @@ pub const X_KEYGATE_ERROR_HEADER: HeaderName = HeaderName::from_static("x-keygat
 pub const X_KEYGATE_ERROR: HeaderName = HeaderName::from_static("x-keygate-error");
 
 /// The original request's method, host and target, as the ingress reported them.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Target<'r> {
     /// Its method.
     pub method: Cow<'r, Method>,
