@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, Method, Uri};
@@ -30,6 +30,7 @@ mod routing;
 #[cfg(test)]
 mod tests;
 mod types;
+mod upstreams;
 mod validate;
 mod warnings;
 pub mod webhooks;
@@ -38,7 +39,8 @@ pub use limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits, MAX_HEADER_READ_TIMEOUT,
 };
 pub use problems::{ConfigError, Problem};
-pub use routing::{Forward, IdentityHeaders, Route, RouteMatch, Upstream};
+pub use routing::{Forward, IdentityHeaders, Route, RouteMatch};
+pub use upstreams::{ClientTls, HealthCheck, PassiveHealth, Protocol, Upstream};
 pub use validate::{
     MAX_SHUTDOWN_DELAY, WORKSPACE_NAME_RULE, check_quota, check_rate_limit, check_scope,
     is_workspace_name,

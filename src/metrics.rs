@@ -28,22 +28,24 @@
 //! | `keygate_connections_open` | gauge | `listener` (`proxy`, `admin`) |
 //! | `keygate_connections_refused_total` | counter | `listener`: closed at accept, over `limits.max_connections` |
 //! | `keygate_connections_timed_out_total` | counter | `listener`: closed without a request head within `limits.header_read_timeout` |
+//! | `keygate_upstream_requests_total`, `…_failures_total`, `…_ejections_total` | counter | `upstream`, `target` (the configured URL) |
+//! | `keygate_upstream_target_up`, `keygate_upstream_outstanding` | gauge | `upstream`, `target` |
 
-use std::fmt::{self, Write as _};
-use std::sync::atomic::Ordering;
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::error::Reject;
+use collectors::{CacheCollector, TargetCollector};
+
+mod collectors;
 use crate::histogram::Histogram;
 use crate::store::Store;
 use crate::store::cache::KeyCache;
@@ -199,6 +201,7 @@ struct Inner {
     usage: UsageMetrics,
     connections: [ConnectionMetrics; 3],
     cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
+    targets: Arc<OnceLock<Arc<crate::proxy::TargetBoard>>>,
     rate_limit_local: Counter,
     reloads: Family<ResultLabels, Counter>,
     webhook_deliveries: Family<ResultLabels, Counter>,
@@ -279,6 +282,10 @@ impl Metrics {
         registry.register_collector(Box::new(CacheCollector {
             cache: cache.clone(),
         }));
+        let targets = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(TargetCollector {
+            board: targets.clone(),
+        }));
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "keygate_config_reloads",
@@ -314,6 +321,7 @@ impl Metrics {
                 usage,
                 connections,
                 cache,
+                targets,
                 rate_limit_local,
                 reloads,
                 webhook_deliveries,
@@ -326,6 +334,12 @@ impl Metrics {
     /// added to a lookup). The first cache given is the one exported.
     pub fn observe_cache(&self, cache: Arc<KeyCache<Store>>) {
         let _ = self.inner.cache.set(cache);
+    }
+
+    /// Exports the requests, failures, ejections and state of every upstream target in
+    /// `board` (read at scrape time). The first board given is the one exported.
+    pub fn observe_targets(&self, board: Arc<crate::proxy::TargetBoard>) {
+        let _ = self.inner.targets.set(board);
     }
 
     /// `keygate_rate_limit_local_total`, which the limits count into.
@@ -674,106 +688,6 @@ impl Default for UsageMetrics {
     /// Handles that no registry exports.
     fn default() -> Self {
         UsageMetrics::register(&mut Registry::default())
-    }
-}
-
-/// Reads the cache's counters at scrape time.
-struct CacheCollector {
-    cache: Arc<OnceLock<Arc<KeyCache<Store>>>>,
-}
-
-impl fmt::Debug for CacheCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheCollector").finish_non_exhaustive()
-    }
-}
-
-impl Collector for CacheCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let Some(cache) = self.cache.get() else {
-            return Ok(());
-        };
-        let stats = cache.stats();
-        let counters = [
-            (
-                "keygate_cache_hits",
-                "Key lookups answered by the hot cache (negative entries included)",
-                &stats.hits,
-            ),
-            (
-                "keygate_cache_misses",
-                "Key lookups that went to the store",
-                &stats.misses,
-            ),
-            (
-                "keygate_cache_stale_served",
-                "Lookups answered with a record past cache.ttl because the store was unreachable",
-                &stats.stale_served,
-            ),
-            (
-                "keygate_cache_lease_lapses",
-                "Times this instance found it had stood still longer than the cache's lease (SIGSTOP, a stalled runtime) and re-read every cached key",
-                &stats.lease_lapses,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
-        }
-        let entries = ConstGauge::new(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
-        let metric = encoder.encode_descriptor(
-            "keygate_cache_entries",
-            "Key records and negative entries in the hot cache (approximate)",
-            None,
-            entries.metric_type(),
-        )?;
-        entries.encode(metric)?;
-        if let Store::Redis(redis) = cache.store().as_ref() {
-            let breaker = redis.breaker();
-            let open = ConstGauge::new(i64::from(breaker.is_open()));
-            let metric = encoder.encode_descriptor(
-                "keygate_store_breaker_open",
-                "1 while Redis calls fail at once after failures, 0 while they go to Redis",
-                None,
-                open.metric_type(),
-            )?;
-            open.encode(metric)?;
-            let opens = ConstCounter::new(breaker.opens());
-            let metric = encoder.encode_descriptor(
-                "keygate_store_breaker_opens",
-                "Times the Redis circuit breaker opened (calls failed fast until a probe got through)",
-                None,
-                opens.metric_type(),
-            )?;
-            opens.encode(metric)?;
-            let live = redis.fleet().instances();
-            let instances = ConstGauge::new(i64::try_from(live).unwrap_or(i64::MAX));
-            let metric = encoder.encode_descriptor(
-                "keygate_fleet_instances",
-                "Gateway instances sharing the Redis store, this one included, as of its last heartbeat (1 while unknown)",
-                None,
-                instances.metric_type(),
-            )?;
-            instances.encode(metric)?;
-            let fleet = redis.fleet().stats();
-            let unconfirmed = ConstCounter::new(fleet.unconfirmed.load(Ordering::Relaxed));
-            let metric = encoder.encode_descriptor(
-                "keygate_invalidation_unconfirmed",
-                "Live instances that did not confirm dropping a changed key within the confirmation wait (one per instance per change)",
-                None,
-                unconfirmed.metric_type(),
-            )?;
-            unconfirmed.encode(metric)?;
-            let metric = encoder.encode_descriptor(
-                "keygate_invalidation_confirm_seconds",
-                "Time a change to a key waited for the other live instances to confirm dropping it",
-                None,
-                MetricType::Histogram,
-            )?;
-            fleet.confirm_wait.encode(metric)?;
-        }
-        Ok(())
     }
 }
 

@@ -8,8 +8,13 @@
 //! a response.
 
 pub mod authz;
+mod balance;
+mod connect;
 mod decide;
+mod grpc;
+mod h2;
 mod pool;
+mod target;
 pub mod upstream;
 pub mod verify;
 
@@ -38,9 +43,11 @@ use crate::store::cached::CachedKey;
 use crate::usage::Recorder;
 use crate::workspaces::Directory;
 use arc_swap::ArcSwap;
+pub use balance::Upstream;
 pub use decide::{Decision, Original, Refusal};
 pub use pool::PooledBody;
-use upstream::{Forwarding, Upstream};
+pub use target::{TargetBoard, TargetHealth};
+use upstream::Forwarding;
 
 /// Response body of the proxy: a small JSON error, or the upstream's body streamed through.
 pub type ProxyBody = Either<Full<Bytes>, PooledBody>;
@@ -110,8 +117,15 @@ pub struct Policy {
 
 impl Policy {
     /// The policy of `config`; upstreams unchanged since `previous` keep their connection pools.
-    fn new(config: &Config, limits: Limits, previous: Option<&Policy>) -> Policy {
+    /// Their targets' health is kept in `board`.
+    fn new(
+        config: &Config,
+        limits: Limits,
+        previous: Option<&Policy>,
+        board: &TargetBoard,
+    ) -> Policy {
         let names: Vec<&String> = config.upstreams.keys().collect();
+        board.retain(config);
         Policy {
             router: Router::new(&config.routes, |name| {
                 names
@@ -125,7 +139,10 @@ impl Policy {
                 .map(|(name, u)| {
                     previous
                         .and_then(|p| p.upstreams.iter().find(|old| old.name() == name))
-                        .map_or_else(|| Upstream::new(name, u), |old| old.keep_or_new(name, u))
+                        .map_or_else(
+                            || Upstream::new(name, u, board),
+                            |old| old.keep_or_new(name, u, board),
+                        )
                 })
                 .collect(),
             limits: Arc::new(limits),
@@ -191,6 +208,8 @@ impl Policy {
 /// secret format and pepper, usage recording, metrics, the stored workspaces).
 pub struct Gateway {
     policy: ArcSwap<Policy>,
+    /// Every upstream target's health and counters, across reloads.
+    targets: Arc<TargetBoard>,
     keys: Arc<KeyCache<Store>>,
     workspaces: Arc<Directory>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
@@ -222,8 +241,10 @@ impl Gateway {
             workspaces.clone(),
             live_instances,
         );
+        let targets = Arc::new(TargetBoard::default());
         Gateway {
-            policy: ArcSwap::from_pointee(Policy::new(config, limits, None)),
+            policy: ArcSwap::from_pointee(Policy::new(config, limits, None, &targets)),
+            targets,
             workspaces,
             draining: std::sync::atomic::AtomicBool::new(false),
             keys,
@@ -242,8 +263,12 @@ impl Gateway {
     pub fn reconfigure(&self, config: &Config) {
         let previous = self.policy.load_full();
         let limits = previous.limits.reconfigured(config);
-        self.policy
-            .store(Arc::new(Policy::new(config, limits, Some(&previous))));
+        self.policy.store(Arc::new(Policy::new(
+            config,
+            limits,
+            Some(&previous),
+            &self.targets,
+        )));
     }
 
     /// The running policy.
@@ -258,6 +283,7 @@ impl Gateway {
             .load()
             .limits
             .count_local_checks(metrics.rate_limit_local().clone());
+        metrics.observe_targets(self.targets.clone());
         self.usage = usage;
         self.metrics = metrics;
         self
@@ -329,17 +355,20 @@ impl Gateway {
 
         // This request's config, to its end, whatever a reload does meanwhile.
         let policy = self.policy.load_full();
+        let grpc = grpc::is_grpc(req.headers());
         let original = Original::of(&req, conn.peer.ip(), &policy.trusted);
         // Known before the decision, so a refusal's logs have it too.
         let client_ip = original.client_ip;
-        let (mut response, key, refused, upstream_time) =
+        // `status` is keygate's, which a gRPC answer carries in `grpc-status` instead.
+        let (mut response, key, refused, upstream_time, status) =
             match self.decide(&policy, &original).await {
                 Err(refusal) => {
                     self.metrics.request_refused(&refusal.reject);
-                    let mut response = refusal.reject.to_response(&request_id).map(Either::Left);
+                    let mut response = refused_with(&refusal.reject, &request_id, grpc);
                     refusal.limits.apply(response.headers_mut());
                     let code = refusal.reject.code();
-                    (response, refusal.key, Some(code), None)
+                    let status = refusal.reject.status();
+                    (response, refusal.key, Some(code), None, status)
                 }
                 Ok(decision) => {
                     let key = decision.key.clone();
@@ -347,25 +376,27 @@ impl Gateway {
                     let scopes = key.as_deref().map(|k| policy.scopes_header(k));
                     let limits = decision.limits;
                     let sent = Instant::now();
-                    let mut response = match policy
+                    let (mut response, status) = match policy
                         .forwarding
                         .forward(req, &decision, scopes, upstream, conn, &request_id)
                         .await
                     {
                         Ok(r) => {
                             self.metrics.request_forwarded(r.status());
-                            r.map(Either::Right)
+                            let status = r.status();
+                            (r.map(Either::Right), status)
                         }
                         Err(reject) => {
                             self.metrics.request_refused(&reject);
-                            reject.to_response(&request_id).map(Either::Left)
+                            let response = refused_with(&reject, &request_id, grpc);
+                            (response, reject.status())
                         }
                     };
                     // The limit headers and the request id at once, rather than growing the
                     // upstream's header map (sized to what it sent) twice.
                     response.headers_mut().reserve(6);
                     limits.apply(response.headers_mut());
-                    (response, key, None, Some(sent.elapsed()))
+                    (response, key, None, Some(sent.elapsed()), status)
                 }
             };
         response
@@ -373,8 +404,8 @@ impl Gateway {
             .insert(X_REQUEST_ID, request_id.clone());
         self.settle(
             &policy,
-            &response,
             Answered {
+                status,
                 request_id: &request_id,
                 method: &method,
                 path: uri.path(),
@@ -391,6 +422,8 @@ impl Gateway {
 
 /// What the metrics, the access log and usage record of an answered request.
 struct Answered<'a> {
+    /// The status keygate answered with (a gRPC refusal's HTTP status is 200).
+    status: http::StatusCode,
     request_id: &'a HeaderValue,
     method: &'a http::Method,
     /// The path as received.
@@ -408,7 +441,7 @@ struct Answered<'a> {
 impl Gateway {
     /// Records an answered request: its timing, its access-log line and, when a key was
     /// recognised, its usage (a use when it passed, a request-log entry with its code when not).
-    fn settle<B>(&self, policy: &Policy, response: &Response<B>, a: Answered<'_>) {
+    fn settle(&self, policy: &Policy, a: Answered<'_>) {
         let latency = a.started.elapsed();
         self.metrics.request_timing(latency, a.upstream);
         if policy.access_log {
@@ -417,7 +450,7 @@ impl Gateway {
                 request_id = a.request_id.to_str().unwrap_or(""),
                 method = a.method.as_str(),
                 path = a.path,
-                status = response.status().as_u16(),
+                status = a.status.as_u16(),
                 code = a.refused,
                 key_id = a.key.as_deref().map(|k| k.id().as_str()),
                 workspace = a.key.as_deref().map(|k| k.workspace()),
@@ -431,12 +464,26 @@ impl Gateway {
                 key,
                 a.method,
                 a.path,
-                response.status(),
+                a.status,
                 a.client_ip,
                 latency,
                 a.refused,
             );
         }
+    }
+}
+
+/// The refusal's documented JSON response, or its gRPC answer to a gRPC request.
+fn refused_with(
+    reject: &crate::error::Reject,
+    request_id: &HeaderValue,
+    grpc: bool,
+) -> Response<ProxyBody> {
+    let response = reject.to_response(request_id);
+    if grpc {
+        grpc::answer(response, reject.code(), &reject.message()).map(Either::Left)
+    } else {
+        response.map(Either::Left)
     }
 }
 

@@ -1,25 +1,7 @@
-//! The sections that say where requests go and what they carry: `upstreams:`, `routes:` and
-//! `forward:`.
+//! The sections that say which requests go where and what they carry: `routes:` and
+//! `forward:` (`upstreams:` is `upstreams.rs`).
 
 use super::*;
-
-/// An upstream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Upstream {
-    /// Base URL: scheme, authority and an optional path prefix.
-    #[serde(deserialize_with = "uri")]
-    pub url: Uri,
-    /// TCP connect timeout.
-    #[serde(default = "d_connect_timeout", with = "duration_text")]
-    pub connect_timeout: Duration,
-    /// Time allowed until the response head arrives.
-    #[serde(default = "d_upstream_timeout", with = "duration_text")]
-    pub timeout: Duration,
-    /// Idle pooled connections are closed after this.
-    #[serde(default = "d_idle_timeout", with = "duration_text")]
-    pub idle_timeout: Duration,
-}
 
 /// A route.
 #[derive(Debug, Clone, Deserialize)]
@@ -114,24 +96,6 @@ fn methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Method>, D::Error> {
                 .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an HTTP method")))
         })
         .collect()
-}
-
-fn uri<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse::<Uri>()
-        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a URL: {e}")))
-}
-
-fn d_connect_timeout() -> Duration {
-    DEFAULT_CONNECT_TIMEOUT
-}
-
-fn d_upstream_timeout() -> Duration {
-    DEFAULT_UPSTREAM_TIMEOUT
-}
-
-fn d_idle_timeout() -> Duration {
-    DEFAULT_IDLE_TIMEOUT
 }
 
 fn d_h_key_id() -> HeaderName {

@@ -229,31 +229,8 @@ impl Config {
             }
         }
         for (name, u) in &self.upstreams {
-            let path = format!("upstreams.{name}.url");
-            match u.url.scheme_str() {
-                Some("http") => {}
-                Some("https") => problem(
-                    path.clone(),
-                    "https upstreams are not supported yet; use http".into(),
-                ),
-                _ => problem(path.clone(), "must start with http://".into()),
-            }
-            if u.url.authority().is_none() {
-                problem(path.clone(), "must name a host".into());
-            }
-            if u.url.query().is_some() {
-                problem(path, "must not have a query string".into());
-            }
-            for (field, d) in [
-                ("connect_timeout", u.connect_timeout),
-                ("timeout", u.timeout),
-            ] {
-                if d.is_zero() {
-                    problem(
-                        format!("upstreams.{name}.{field}"),
-                        "must be above 0".into(),
-                    );
-                }
+            for (field, message) in u.problems() {
+                problem(format!("upstreams.{name}.{field}"), message);
             }
         }
         if self.routes.is_empty() {

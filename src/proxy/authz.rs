@@ -264,8 +264,8 @@ impl Gateway {
         };
         self.settle(
             &policy,
-            &response,
             Answered {
+                status: response.status(),
                 request_id: &request_id,
                 method,
                 path,

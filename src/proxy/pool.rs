@@ -1,4 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to one upstream, on `hyper::client::conn::http1`.
+//! Keep-alive HTTP/1.1 connections to one upstream target, on `hyper::client::conn::http1`,
+//! and the two body types of upstream exchanges ([`OutBody`] out, [`PooledBody`] back).
 //!
 //! A connection is checked out for one request and goes back when its response body has been
 //! read to the end, from the body itself ([`PooledBody`]): no task per request waits for it, no
@@ -10,7 +11,8 @@
 //! burst a request never waits on its own slow connect while another request's connection is
 //! free (200 concurrent first requests would otherwise sit in SYN retransmits once the
 //! upstream's accept queue overflows). A request that a reused connection hands back unsent
-//! (the upstream closed it as we picked it) is tried again on another one.
+//! (the upstream closed it as we picked it) is tried again on another one; one that no
+//! connection took is handed back to the caller ([`Failed::unsent`]) to try another target.
 //!
 //! Each proxy worker ([`crate::server::workers`]) has lists of its own: a connection's task runs
 //! on the runtime of the worker that opened it, and only that worker's requests use it, so no
@@ -27,15 +29,15 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::connect::{Connector, Stream, Wanted};
 use crate::error::error_chain;
 
 /// Idle connections kept per upstream and worker, beyond which a finished connection is closed.
 const MAX_IDLE: usize = 1024;
 /// Workers with lists of their own; any beyond share (worker `i` uses lists `i % SHARDS`).
-const SHARDS: usize = 64;
+pub(super) const SHARDS: usize = 64;
 /// Connections tried for one request whose request came back unsent.
 const MAX_ATTEMPTS: usize = 3;
 /// How long a connection given back may take to be ready for the next request. It normally is
@@ -46,30 +48,59 @@ const READY_WAIT: Duration = Duration::from_millis(20);
 /// A connection, or why none could be made, for a waiting request.
 type Handoff = Result<Sender, SendError>;
 
-type Sender = SendRequest<Incoming>;
+type Sender = SendRequest<OutBody>;
 
 /// Why a request could not be sent.
 #[derive(Debug)]
 pub(super) enum SendError {
     /// No connection within `connect_timeout`.
     ConnectTimeout,
-    /// The connection or the exchange failed; the text says how.
+    /// No connection: refused, unreachable, or the TLS handshake failed; the text says how.
+    Connect(String),
+    /// The exchange failed once the request was handed to a connection; the text says how.
     Failed(String),
     /// The client's request body failed while being sent (malformed chunked framing, or the
     /// client went away mid-body): the client's fault, not the upstream's.
     ClientBody(String),
+    /// No response head within the upstream's `timeout`.
+    Timeout,
 }
 
-/// The connections of one upstream.
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::ConnectTimeout => f.write_str("no connection within connect_timeout"),
+            SendError::Timeout => f.write_str("no response within timeout"),
+            SendError::Connect(why) | SendError::Failed(why) => f.write_str(why),
+            SendError::ClientBody(why) => write!(f, "client body: {why}"),
+        }
+    }
+}
+
+/// A request that could not be sent, and the request itself when no byte of it left (safe to
+/// send to another target, whatever its method).
+pub(super) struct Failed {
+    pub(super) error: SendError,
+    pub(super) unsent: Option<Request<OutBody>>,
+}
+
+impl From<SendError> for Failed {
+    fn from(error: SendError) -> Self {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// The HTTP/1.1 connections of one target.
 #[derive(Clone)]
 pub(super) struct Pool {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// `host:port` to connect to.
-    address: String,
-    connect_timeout: Duration,
+    connector: Arc<Connector>,
     idle_timeout: Duration,
     /// One per worker.
     slots: Box<[Mutex<Slots>]>,
@@ -92,12 +123,11 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool that connects to `address` (`host:port`).
-    pub(super) fn new(address: String, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    /// A pool whose connections `connector` opens.
+    pub(super) fn new(connector: Arc<Connector>, idle_timeout: Duration) -> Self {
         Pool {
             inner: Arc::new(Inner {
-                address,
-                connect_timeout,
+                connector,
                 idle_timeout,
                 slots: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 reaping: std::sync::atomic::AtomicBool::new(false),
@@ -113,28 +143,47 @@ impl Pool {
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one.
     pub(super) async fn send(
         &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, SendError> {
+        mut req: Request<OutBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
         let mut attempt = 1;
         loop {
-            let mut sender = self.checkout().await?;
+            let mut sender = match self.checkout().await {
+                Ok(sender) => sender,
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+            };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.track(response, sender)),
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on another connection, whatever the method.
                     Some(unsent) if attempt < MAX_ATTEMPTS => req = unsent,
-                    _ => {
+                    unsent => {
                         let e = e.into_error();
-                        return Err(if is_client_body_error(&e) {
+                        let error = if is_client_body_error(&e) {
                             SendError::ClientBody(error_chain(&e))
                         } else {
                             SendError::Failed(error_chain(&e))
-                        });
+                        };
+                        return Err(Failed { error, unsent });
                     }
                 },
             }
             attempt += 1;
         }
+    }
+
+    /// Takes a connection opened for HTTP/2 on which the target chose HTTP/1.1 (`auto`).
+    pub(super) fn adopt(&self, stream: Stream) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Ok(sender) = pool.handshake(stream).await {
+                pool.inner.put(sender);
+            }
+        });
     }
 
     /// The response with a body that gives the connection back once read to its end. A
@@ -146,6 +195,7 @@ impl Pool {
             body,
             finished: false,
             owner: (!upgraded).then(|| (sender, Arc::downgrade(&self.inner))),
+            in_flight: None,
         };
         // Bodiless responses (HEAD, 204, 304, `Content-Length: 0`) are complete already.
         if body.body.is_end_stream() {
@@ -205,27 +255,16 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
+        let (stream, _) = self.inner.connector.connect(Wanted::Http1).await?;
+        self.handshake(stream).await
+    }
+
+    async fn handshake(&self, stream: Stream) -> Result<Sender, SendError> {
         let inner = &self.inner;
-        let stream = match tokio::time::timeout(
-            inner.connect_timeout,
-            TcpStream::connect(inner.address.as_str()),
-        )
-        .await
-        {
-            Err(_) => return Err(SendError::ConnectTimeout),
-            Ok(Err(e)) => {
-                return Err(SendError::Failed(format!(
-                    "connect to {}: {e}",
-                    inner.address
-                )));
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| SendError::Failed(error_chain(&e)))?;
+            .map_err(|e| SendError::Connect(error_chain(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -311,16 +350,30 @@ async fn reap(pool: Weak<Inner>) {
     }
 }
 
-/// An upstream response body that returns its connection to the pool once read to the end.
+/// An upstream response body that returns its connection to the pool once read to the end
+/// (HTTP/1.1), and holds its target's count of outstanding requests until then.
 pub struct PooledBody {
     body: Incoming,
     finished: bool,
     owner: Option<(Sender, Weak<Inner>)>,
+    /// Dropped at the end of the body: the target has one request fewer outstanding.
+    pub(super) in_flight: Option<super::target::InFlight>,
 }
 
 impl PooledBody {
+    /// A body whose connection is not pooled (HTTP/2 streams share theirs).
+    pub(super) fn unpooled(body: Incoming) -> Self {
+        PooledBody {
+            finished: body.is_end_stream(),
+            body,
+            owner: None,
+            in_flight: None,
+        }
+    }
+
     fn release(&mut self) {
         self.finished = true;
+        self.in_flight = None;
         if let Some((sender, pool)) = self.owner.take()
             && let Some(pool) = pool.upgrade()
         {
@@ -343,7 +396,10 @@ impl Body for PooledBody {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
             // A failed body leaves the connection in an unknown state: it is not reused.
-            Poll::Ready(Some(Err(_))) => this.owner = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.owner = None;
+                this.in_flight = None;
+            }
             _ => {}
         }
         polled
@@ -364,6 +420,42 @@ impl Drop for PooledBody {
         // connection: it closes with the sender instead of coming back.
         if !self.finished && self.body.is_end_stream() {
             self.release();
+        }
+    }
+}
+
+/// The body of a request to an upstream: the client's, streamed, or none (a request sent again
+/// to another target, which only bodiless requests are, and health checks).
+pub(super) enum OutBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            OutBody::Client(body) => Pin::new(body).poll_frame(cx),
+            OutBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Client(body) => body.is_end_stream(),
+            OutBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OutBody::Client(body) => body.size_hint(),
+            OutBody::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -406,67 +498,50 @@ mod tests {
         (address, accepted)
     }
 
-    #[tokio::test]
-    async fn a_connection_is_reused_once_its_body_was_read_and_not_before() {
-        // The request body type is the server side's `Incoming`; get real ones from a relay.
-        let (upstream, accepted) = server("hello").await;
-        let pool = Pool::new(upstream, Duration::from_secs(1), Duration::from_secs(30));
-        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay_address = relay.local_addr().unwrap();
-        let relay_pool = pool.clone();
-        tokio::spawn(async move {
-            let (stream, _) = relay.accept().await.unwrap();
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(
-                    TokioIo::new(stream),
-                    hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                        let pool = relay_pool.clone();
-                        async move {
-                            *req.uri_mut() = "/".parse().unwrap();
-                            req.headers_mut()
-                                .insert(http::header::HOST, "up".parse().unwrap());
-                            let response = pool.send(req).await.unwrap();
-                            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-                            Ok::<_, std::convert::Infallible>(Response::new(
-                                http_body_util::Full::new(bytes),
-                            ))
-                        }
-                    }),
-                )
-                .await;
-        });
-        let stream = TcpStream::connect(relay_address).await.unwrap();
-        let (mut client, conn) =
-            http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        for _ in 0..5 {
-            let req = Request::builder()
-                .uri("/")
-                .header(http::header::HOST, "relay")
-                .body(http_body_util::Empty::new())
-                .unwrap();
-            let response = client.send_request(req).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, "hello");
-        }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(pool.idle_count(), 1);
+    fn pool_to(address: String, idle_timeout: Duration) -> Pool {
+        let connector = Connector::new(
+            address,
+            Duration::from_secs(1),
+            None,
+            crate::config::Protocol::Http1,
+        );
+        Pool::new(Arc::new(connector), idle_timeout)
+    }
+
+    fn get() -> Request<OutBody> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "up")
+            .body(OutBody::Empty)
+            .unwrap()
     }
 
     #[tokio::test]
-    async fn an_unreachable_upstream_is_a_failure_naming_the_address() {
+    async fn a_connection_is_reused_once_its_body_was_read_and_not_before() {
+        let (upstream, accepted) = server("hello").await;
+        let pool = pool_to(upstream, Duration::from_secs(30));
+        for _ in 0..5 {
+            let response = pool.send(get()).await.ok().unwrap();
+            assert_eq!(pool.idle_count(), 0);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "hello");
+            assert_eq!(pool.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_a_failure_naming_the_address_with_the_request_unsent() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = Pool::new(
-            address.clone(),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        );
-        let Err(SendError::Failed(text)) = pool.connect().await else {
-            panic!("connect to a closed port succeeded");
+        let pool = pool_to(address.clone(), Duration::from_secs(1));
+        let Err(Failed {
+            error: SendError::Connect(text),
+            unsent: Some(_),
+        }) = pool.send(get()).await
+        else {
+            panic!("a request to a closed port was sent");
         };
         assert!(text.contains(&address), "{text}");
     }

@@ -1,8 +1,7 @@
 //! Forwarding to an upstream: the request and response header
-//! rules (hop-by-hop removal, `X-Forwarded-*`, identity headers, credential removal), timeouts,
-//! and `Upgrade` tunnels. Bodies stream through untouched in both directions.
-
-use std::time::Duration;
+//! rules (hop-by-hop removal, `X-Forwarded-*`, identity headers, credential removal), and
+//! `Upgrade` tunnels. Bodies (and trailers) stream through untouched in both directions; which
+//! target, protocol and connection carry them is `balance.rs`'s and `target.rs`'s.
 
 use http::header::{
     CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
@@ -13,10 +12,11 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::pool::{Pool, PooledBody, SendError};
+use super::balance::Upstream;
+use super::pool::PooledBody;
 use super::{ConnInfo, Decision, X_REQUEST_ID};
 use crate::auth::{self, CredentialSources, X_FORWARDED_FOR};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::error::Reject;
 use crate::header_values;
 
@@ -48,83 +48,6 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     PROXY_AUTHORIZATION,
     HTTP2_SETTINGS,
 ];
-
-/// One configured upstream with its connection pool.
-#[derive(Clone)]
-pub struct Upstream {
-    name: String,
-    /// Its config as written, to tell whether a reload changed it.
-    config: String,
-    host: HeaderValue,
-    base_path: String,
-    timeout: Duration,
-    pool: Pool,
-}
-
-impl Upstream {
-    /// A connection pool for a validated upstream.
-    pub fn new(name: &str, cfg: &config::Upstream) -> Self {
-        let authority = cfg
-            .url
-            .authority()
-            .expect("validate() checked that upstream URLs name a host");
-        // `host()` keeps an IPv6 literal's brackets, as `connect` wants them.
-        let address = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
-        Upstream {
-            name: name.to_owned(),
-            config: format!("{cfg:?}"),
-            host: HeaderValue::from_str(authority.as_str())
-                .expect("an authority is a valid header value"),
-            base_path: cfg.url.path().trim_end_matches('/').to_owned(),
-            timeout: cfg.timeout,
-            pool: Pool::new(address, cfg.connect_timeout, cfg.idle_timeout),
-        }
-    }
-
-    /// This upstream if `cfg` is what it was built from (its pool, and the connections in it,
-    /// carry over a reload), else a new one.
-    pub fn keep_or_new(&self, name: &str, cfg: &config::Upstream) -> Upstream {
-        if self.name == name && self.config == format!("{cfg:?}") {
-            self.clone()
-        } else {
-            Upstream::new(name, cfg)
-        }
-    }
-
-    /// The upstream's name in config.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The upstream (origin-form) URI of a request: its own path and query (shared, not copied)
-    /// unless the upstream has a base path or the query had to be rewritten.
-    fn uri(&self, original: &Uri, rewritten: Option<String>) -> Result<Uri, Reject> {
-        let pq = match (rewritten, original.path_and_query()) {
-            (None, Some(pq)) if self.base_path.is_empty() => pq.clone(),
-            (rewritten, pq) => {
-                let tail = rewritten
-                    .as_deref()
-                    .unwrap_or_else(|| pq.map_or("/", PathAndQuery::as_str));
-                PathAndQuery::try_from(format!("{}{tail}", self.base_path))
-                    .map_err(|_| Reject::NoRoute)?
-            }
-        };
-        Ok(Uri::from(pq))
-    }
-
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, Reject> {
-        match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
-            Err(_) | Ok(Err(SendError::ConnectTimeout)) => Err(Reject::UpstreamTimeout),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(SendError::Failed(detail))) => Err(Reject::UpstreamUnavailable(detail)),
-            Ok(Err(SendError::ClientBody(detail))) => Err(Reject::MalformedRequest(detail)),
-        }
-    }
-}
 
 /// The header rules of `forward:` and `trusted_proxies`.
 pub struct Forwarding {
@@ -181,13 +104,20 @@ impl Forwarding {
             decision.normalized_path.as_deref(),
             decision.credential_in_query,
         );
-        *req.uri_mut() = upstream.uri(req.uri(), rewritten)?;
-        *req.version_mut() = Version::HTTP_11;
+        let tail = tail(req.uri(), rewritten)?;
 
         let headers = req.headers_mut();
         // Room for the headers added below at once, rather than the map growing twice.
         headers.reserve(8);
+        // `TE: trailers` is the one TE that goes on to HTTP/2 targets (`target.rs` drops it for
+        // HTTP/1.1): gRPC servers look for it, and trailers are indeed passed through.
+        let trailers = headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         remove_hop_by_hop(headers);
+        if trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
         if let Some((protocol, _)) = &upgrade {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(UPGRADE, protocol.clone());
@@ -201,7 +131,6 @@ impl Forwarding {
             }
         }
         self.set_forwarded(headers, &conn, original_host);
-        headers.insert(HOST, upstream.host.clone());
         headers.insert(X_REQUEST_ID, request_id.clone());
         if let Some(key) = &decision.key {
             headers.insert(self.key_id.clone(), header_values::text(key.id().as_str()));
@@ -212,7 +141,7 @@ impl Forwarding {
             );
         }
 
-        let mut response = upstream.send(req).await?;
+        let mut response = upstream.send(req, tail, upgrade.is_some()).await?;
         match upgrade {
             Some((_, client_side)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream_side = hyper::upgrade::on(&mut response);
@@ -327,6 +256,16 @@ impl Forwarding {
     }
 }
 
+/// The path and query to send, under the target's base path: the request's own (shared, not
+/// copied) unless it had to be rewritten.
+fn tail(original: &Uri, rewritten: Option<String>) -> Result<PathAndQuery, Reject> {
+    match (rewritten, original.path_and_query()) {
+        (None, Some(pq)) => Ok(pq.clone()),
+        (None, None) => Ok(PathAndQuery::from_static("/")),
+        (Some(rewritten), _) => PathAndQuery::try_from(rewritten).map_err(|_| Reject::NoRoute),
+    }
+}
+
 /// The protocol of an HTTP/1.1 `Upgrade` request (`Connection: upgrade` + `Upgrade: x`).
 fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
@@ -431,26 +370,13 @@ mod tests {
         assert_eq!(h["x-warehouse-id"], "7");
     }
 
-    fn upstream(url: &str) -> Upstream {
-        let cfg = config::Upstream {
-            url: url.parse().unwrap(),
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-        };
-        Upstream::new("app", &cfg)
-    }
-
-    #[tokio::test]
-    async fn upstream_uris_keep_path_and_query_under_the_base_path() {
+    #[test]
+    fn the_tail_is_the_request_own_path_unless_rewritten() {
         let original: Uri = "http://gw.example/api/v1/x?a=1".parse().unwrap();
-        let plain = upstream("http://127.0.0.1:9000");
-        assert_eq!(plain.uri(&original, None).unwrap(), "/api/v1/x?a=1");
-        let based = upstream("http://127.0.0.1:9000/base/");
-        assert_eq!(based.uri(&original, None).unwrap(), "/base/api/v1/x?a=1");
+        assert_eq!(tail(&original, None).unwrap(), "/api/v1/x?a=1");
         assert_eq!(
-            based.uri(&original, Some("/api/v1/x".into())).unwrap(),
-            "/base/api/v1/x"
+            tail(&original, Some("/api/v1/x".into())).unwrap(),
+            "/api/v1/x"
         );
     }
 

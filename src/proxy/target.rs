@@ -1,0 +1,392 @@
+//! One target of an upstream: how a request is addressed to it (origin-form and `Host` for
+//! HTTP/1.1, an absolute URI for HTTP/2), which protocol it speaks (learnt from ALPN under
+//! `auto`), and its health: requests outstanding, passive ejection after failures in a row,
+//! the verdict of active checks. Its counters ([`TargetHealth`]) outlive reloads for metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::header::{HOST, TE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+
+use super::connect::{Connector, Wanted};
+use super::h2::{self, H2, Outcome};
+use super::pool::{Failed, OutBody, Pool, PooledBody, SendError};
+use crate::config::{self, Protocol};
+
+/// A target's health and counters, shared by the upstreams built for it across reloads.
+#[derive(Debug, Default)]
+pub struct TargetHealth {
+    outstanding: AtomicUsize,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    ejections: AtomicU64,
+    /// Failures since the last success.
+    in_a_row: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the target is ejected (0: never was).
+    ejected_until: AtomicU64,
+    /// Ejections in a row with no success between them: the next one lasts `2^n` as long.
+    streak: AtomicU32,
+    /// Back from an ejection with no success yet: one failure ejects it again.
+    returning: AtomicBool,
+    /// The last active check failed.
+    check_failed: AtomicBool,
+}
+
+impl TargetHealth {
+    /// Requests sent to it.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connect failures, exchange failures and 502/503/504 answers.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Times it was ejected.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent and not yet answered to their end.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Whether it takes requests: not ejected, and not failing its active checks.
+    pub fn is_up(&self) -> bool {
+        !self.check_failed.load(Ordering::Relaxed) && !self.is_ejected()
+    }
+
+    fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+}
+
+/// Every target's health by `(upstream, target URL)`, for metrics: the same target keeps its
+/// counters when a reload rebuilds its upstream.
+#[derive(Debug, Default)]
+pub struct TargetBoard {
+    entries: Mutex<Vec<(String, String, Arc<TargetHealth>)>>,
+}
+
+impl TargetBoard {
+    fn health(&self, upstream: &str, target: &str) -> Arc<TargetHealth> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, h)) = entries
+            .iter()
+            .find(|(u, t, _)| u == upstream && t == target)
+        {
+            return h.clone();
+        }
+        let health = Arc::new(TargetHealth::default());
+        entries.push((upstream.into(), target.into(), health.clone()));
+        health
+    }
+
+    /// Forgets the targets `config` no longer names.
+    pub fn retain(&self, config: &config::Config) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(u, t, _)| {
+            config
+                .upstreams
+                .get(u)
+                .is_some_and(|up| up.target_urls().iter().any(|url| &url.to_string() == t))
+        });
+    }
+
+    /// `(upstream, target, health)` of every target.
+    pub fn snapshot(&self) -> Vec<(String, String, Arc<TargetHealth>)> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// One request outstanding on a target, until dropped.
+pub(super) struct InFlight(Arc<TargetHealth>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One target of an upstream.
+pub(super) struct Target {
+    /// The URL as configured, for logs.
+    url: String,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    base_path: String,
+    protocol: Protocol,
+    /// Under `auto`: set once the target chose HTTP/1.1 by ALPN.
+    chose_http1: AtomicU8,
+    connector: Arc<Connector>,
+    pool: Pool,
+    /// `None` under `http1`.
+    h2: Option<H2>,
+    health: Arc<TargetHealth>,
+    passive: config::PassiveHealth,
+}
+
+impl Target {
+    /// A target of upstream `upstream`, at `url`; `tls` for `https://`.
+    pub(super) fn new(
+        upstream: &str,
+        url: &Uri,
+        cfg: &config::Upstream,
+        tls: Option<&rustls::ClientConfig>,
+        board: &TargetBoard,
+    ) -> Target {
+        let authority = url
+            .authority()
+            .expect("validate() checked that upstream URLs name a host")
+            .clone();
+        let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        // `host()` keeps an IPv6 literal's brackets, as `connect` wants them.
+        let address = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(default_port)
+        );
+        let protocol = cfg.protocol();
+        let tls = tls.map(|config| {
+            let name = cfg
+                .server_name(url)
+                .expect("validate() checked the TLS name");
+            (config, name)
+        });
+        let connector = Arc::new(Connector::new(address, cfg.connect_timeout, tls, protocol));
+        let health = board.health(upstream, &url.to_string());
+        // A target's active verdict is this config's to give.
+        health.check_failed.store(false, Ordering::Relaxed);
+        Target {
+            url: url.to_string(),
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
+            scheme,
+            authority,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            protocol,
+            chose_http1: AtomicU8::new(0),
+            pool: Pool::new(connector.clone(), cfg.idle_timeout),
+            h2: (protocol != Protocol::Http1)
+                .then(|| H2::new(connector.clone(), protocol == Protocol::Auto)),
+            connector,
+            health,
+            passive: cfg.passive_health.clone(),
+        }
+    }
+
+    /// The URL as configured.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(super) fn health(&self) -> &TargetHealth {
+        &self.health
+    }
+
+    /// Whether a request goes over HTTP/2. `Upgrade` requests never do: HTTP/2 has no
+    /// `101 Switching Protocols`.
+    fn uses_h2(&self, upgrade: bool) -> bool {
+        !upgrade
+            && match self.protocol {
+                Protocol::Http1 => false,
+                Protocol::Http2 => true,
+                Protocol::Auto => self.chose_http1.load(Ordering::Relaxed) == 0,
+            }
+    }
+
+    /// Points `req` at this target: `tail` (path and query) under its base path, origin-form
+    /// with `Host` for HTTP/1.1, absolute for HTTP/2 (whose `:authority` replaces `Host`).
+    fn address(&self, req: &mut Request<OutBody>, tail: &PathAndQuery, h2: bool) {
+        let pq = if self.base_path.is_empty() {
+            tail.clone()
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.base_path, tail.as_str()))
+                .expect("a valid base path and a valid path join into a valid path")
+        };
+        if h2 {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(pq);
+            *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(HOST);
+        } else {
+            *req.uri_mut() = Uri::from(pq);
+            *req.version_mut() = Version::HTTP_11;
+            let headers = req.headers_mut();
+            headers.insert(HOST, self.host.clone());
+            // Kept for HTTP/2 (gRPC); in HTTP/1.1 a TE field is hop-by-hop, and ours to drop.
+            if headers.contains_key(TE) {
+                headers.remove(TE);
+            }
+        }
+    }
+
+    /// Sends `req` to this target and records the outcome in its health.
+    pub(super) async fn send(
+        &self,
+        mut req: Request<OutBody>,
+        tail: &PathAndQuery,
+        upgrade: bool,
+    ) -> Result<Response<PooledBody>, Failed> {
+        self.health.requests.fetch_add(1, Ordering::Relaxed);
+        self.health.outstanding.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(self.health.clone());
+        let h2 = self.uses_h2(upgrade);
+        self.address(&mut req, tail, h2);
+        let sent = match (&self.h2, h2) {
+            (Some(conns), true) => match conns.send(req).await {
+                Ok(response) => Ok(response),
+                Err(Outcome::Failed(failed)) => Err(failed),
+                Err(Outcome::Http1(stream, mut req)) => {
+                    if self.chose_http1.swap(1, Ordering::Relaxed) == 0 {
+                        tracing::info!(target = %self.url, "target chose HTTP/1.1 by ALPN");
+                    }
+                    self.pool.adopt(stream);
+                    self.address(&mut req, tail, false);
+                    self.pool.send(req).await
+                }
+            },
+            _ => self.pool.send(req).await,
+        };
+        match &sent {
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) =>
+            {
+                self.failed()
+            }
+            Ok(_) => self.succeeded(),
+            Err(Failed {
+                error: SendError::ClientBody(_),
+                ..
+            }) => {}
+            Err(_) => self.failed(),
+        }
+        sent.map(|mut response| {
+            response.body_mut().in_flight = Some(in_flight);
+            response
+        })
+    }
+
+    fn succeeded(&self) {
+        let h = &self.health;
+        if h.in_a_row.load(Ordering::Relaxed) != 0 {
+            h.in_a_row.store(0, Ordering::Relaxed);
+        }
+        if h.returning.load(Ordering::Relaxed) {
+            h.returning.store(false, Ordering::Relaxed);
+            h.streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure; ejects the target after `passive_health.failures` in a row, or after
+    /// one on its return from an ejection.
+    pub(super) fn failed(&self) {
+        let h = &self.health;
+        h.failures.fetch_add(1, Ordering::Relaxed);
+        if h.is_ejected() {
+            // Requests that were in flight when it was ejected: no new ejection.
+            return;
+        }
+        let in_a_row = h.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row < self.passive.failures.get() && !h.returning.load(Ordering::Relaxed) {
+            return;
+        }
+        h.in_a_row.store(0, Ordering::Relaxed);
+        let streak = h.streak.fetch_add(1, Ordering::Relaxed).min(4);
+        let period = self.passive.ejection * (1 << streak);
+        h.ejected_until
+            .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+        h.returning.store(true, Ordering::Relaxed);
+        h.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target = %self.url,
+            seconds = period.as_secs_f64(),
+            "upstream target ejected after failing"
+        );
+    }
+
+    /// One active check: `GET path` on a connection of its own, healthy on a 2xx or 3xx
+    /// answer within `timeout`. Records the verdict and returns it with the reason.
+    pub(super) async fn check(&self, path: &PathAndQuery, timeout: Duration) -> Result<(), String> {
+        let verdict = tokio::time::timeout(timeout, self.probe(path))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        let failed = verdict.is_err();
+        let was = self.health.check_failed.swap(failed, Ordering::Relaxed);
+        match (&verdict, was) {
+            (Err(why), false) => {
+                tracing::warn!(target = %self.url, reason = %why, "health check failed: target down");
+            }
+            (Ok(()), true) => {
+                // Back: whatever ejection it was serving ends too.
+                self.health.ejected_until.store(0, Ordering::Relaxed);
+                tracing::info!(target = %self.url, "health check passed: target up");
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    async fn probe(&self, path: &PathAndQuery) -> Result<(), String> {
+        use http_body_util::BodyExt;
+        let wanted = if self.uses_h2(false) {
+            Wanted::Http2
+        } else {
+            Wanted::Http1
+        };
+        let (stream, h2) = self
+            .connector
+            .connect(wanted)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = Request::new(OutBody::Empty);
+        self.address(&mut req, path, h2);
+        let response = if h2 {
+            let mut sender = h2::handshake(stream).await.map_err(|e| e.to_string())?;
+            sender.send_request(req).await
+        } else {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| crate::error::error_chain(&e))?;
+            tokio::spawn(conn);
+            sender.send_request(req).await
+        }
+        .map_err(|e| crate::error::error_chain(&e))?;
+        let status = response.status();
+        // Read to the end, so the answer is whole, and the connection closes cleanly.
+        let _ = response.into_body().collect().await;
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    }
+}
+
+/// Milliseconds since the first call in this process: a clock for ejections that fits an
+/// atomic.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    // Never 0, which means "never ejected".
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
