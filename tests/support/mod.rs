@@ -77,6 +77,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod nginx;
 pub mod process;
+pub mod proto_upstream;
 pub mod receiver;
 pub mod redis;
 pub mod stores;
