@@ -288,3 +288,69 @@ fn integrations_are_checked_field_by_field() {
         assert!(paths.contains(&want), "missing {want} in {paths:?}");
     }
 }
+
+#[test]
+fn upstream_targets_protocols_and_tls_files_are_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").expect("write");
+    let text = format!(
+        "
+secrets: {{ pepper: 0123456789abcdef0123 }}
+upstreams:
+  both: {{ url: http://a:1, targets: [http://b:1] }}
+  neither: {{ timeout: 1s }}
+  mixed: {{ targets: [http://a:1, https://b:1, http://a:1] }}
+  plain_tls: {{ url: http://a:1, ca: /x.pem, protocol: auto }}
+  bad_ca: {{ url: https://a:1, ca: {junk} }}
+  missing_ca: {{ url: https://a:1, ca: {missing} }}
+  half_mtls: {{ url: https://a:1, client_cert: {junk} }}
+  bad_sni: {{ url: https://a:1, sni: 'not a name' }}
+  checks: {{ url: http://a:1, health_check: {{ path: health, interval: 0s }}, passive_health: {{ ejection: 0s }} }}
+routes:
+  - match: {{ path_prefix: /api }}
+    upstream: both
+",
+        junk = junk.display(),
+        missing = dir.path().join("missing.pem").display(),
+    );
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "upstreams.both.targets",
+        "upstreams.neither.url",
+        "upstreams.mixed.targets[1]",
+        "upstreams.mixed.targets[2]",
+        "upstreams.plain_tls.ca",
+        "upstreams.plain_tls.protocol",
+        "upstreams.bad_ca.ca",
+        "upstreams.missing_ca.ca",
+        "upstreams.half_mtls.client_key",
+        "upstreams.bad_sni.sni",
+        "upstreams.checks.health_check.path",
+        "upstreams.checks.health_check.interval",
+        "upstreams.checks.passive_health.ejection",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+    // `failures: 0` is refused by its type, before the rest is checked.
+    let zero = parse(&MINIMAL.replace(
+        "{ url: http://127.0.0.1:9000 }",
+        "{ url: http://127.0.0.1:9000, passive_health: { failures: 0 } }",
+    ))
+    .unwrap_err();
+    assert!(zero.to_string().contains("failures"), "{zero}");
+
+    let ok = parse(&MINIMAL.replace(
+        "{ url: http://127.0.0.1:9000 }",
+        "{ targets: [https://10.0.0.1:8443, https://10.0.0.2:8443], sni: api.internal }",
+    ))
+    .unwrap();
+    let up = &ok.upstreams["app"];
+    assert_eq!(up.protocol(), Protocol::Auto, "https defaults to ALPN");
+    assert_eq!(up.target_urls().len(), 2);
+    assert_eq!(up.passive_health.failures.get(), 3);
+    assert!(up.client_tls().unwrap().is_some(), "system roots");
+    let plain = parse(MINIMAL).unwrap();
+    assert_eq!(plain.upstreams["app"].protocol(), Protocol::Http1);
+}

@@ -390,3 +390,68 @@ fn now_ms() -> u64 {
     // Never 0, which means "never ejected".
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Target {
+        let cfg: config::Upstream = serde_yaml::from_str(&format!("url: {url}")).unwrap();
+        let url = cfg.target_urls()[0].clone();
+        Target::new("app", &url, &cfg, None, &TargetBoard::default())
+    }
+
+    #[test]
+    fn requests_are_addressed_under_the_base_path_in_the_target_protocol_form() {
+        let tail = PathAndQuery::from_static("/api/v1/x?a=1");
+        let mut req = Request::new(OutBody::Empty);
+        req.headers_mut()
+            .insert(TE, HeaderValue::from_static("trailers"));
+        let based = target("http://127.0.0.1:9000/base/");
+        based.address(&mut req, &tail, false);
+        assert_eq!(req.uri(), "/base/api/v1/x?a=1");
+        assert_eq!(req.headers()[HOST], "127.0.0.1:9000");
+        assert!(!req.headers().contains_key(TE), "hop-by-hop in HTTP/1.1");
+
+        let plain = target("http://[::1]:9000");
+        plain.address(&mut req, &tail, true);
+        assert_eq!(req.uri(), "http://[::1]:9000/api/v1/x?a=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(!req.headers().contains_key(HOST), ":authority instead");
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_and_one_failure_on_return_ejects_for_longer() {
+        let t = target("http://127.0.0.1:9000");
+        t.failed();
+        t.failed();
+        assert!(t.health().is_up());
+        t.succeeded();
+        t.failed();
+        t.failed();
+        assert!(t.health().is_up(), "a success resets the count");
+        t.failed();
+        assert!(!t.health().is_up());
+        assert_eq!(t.health().ejections(), 1);
+        t.failed();
+        assert_eq!(
+            t.health().ejections(),
+            1,
+            "in-flight failures do not extend it"
+        );
+        // Back (the ejection ran out): one failure ejects again, for twice as long.
+        t.health.ejected_until.store(1, Ordering::Relaxed);
+        assert!(t.health().is_up());
+        let before = now_ms();
+        t.failed();
+        assert_eq!(t.health().ejections(), 2);
+        let until = t.health.ejected_until.load(Ordering::Relaxed);
+        assert!(
+            until >= before + 20_000 - 5,
+            "10 s doubled: {}",
+            until - before
+        );
+        t.succeeded();
+        assert_eq!(t.health.streak.load(Ordering::Relaxed), 0);
+    }
+}
