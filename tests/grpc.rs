@@ -35,14 +35,16 @@ impl EchoServer {
             .arg(&port_file)
             .spawn()
             .expect("python3 runs (grpcio is installed by scripts/test)");
+        // Owned at once, so that a failure below still ends it.
+        let mut server = EchoServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _dir: dir,
+        };
         for _ in 0..200 {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
-                let port: u16 = text.trim().parse().unwrap();
-                return EchoServer {
-                    child,
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    _dir: dir,
-                };
+                server.addr.set_port(text.trim().parse().unwrap());
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

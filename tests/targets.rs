@@ -35,14 +35,16 @@ impl Named {
             .arg(&port_file)
             .spawn()
             .unwrap();
+        // Owned at once, so that a failure below still ends it.
+        let mut named = Named {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        };
         for _ in 0..200 {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
-                let port: u16 = text.trim().parse().unwrap();
-                return Named {
-                    child,
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    _dir: dir,
-                };
+                named.addr.set_port(text.trim().parse().unwrap());
+                return named;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

@@ -179,7 +179,7 @@ impl Collector for TargetCollector {
             ),
             (
                 "keygate_upstream_outstanding",
-                "Requests sent to an upstream target and not yet answered to their end",
+                "Requests sent to an upstream target and not yet answered to their end (upstreams with several targets)",
                 |h| i64::try_from(h.outstanding()).unwrap_or(i64::MAX),
             ),
         ];

@@ -51,7 +51,8 @@ impl TargetHealth {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    /// Requests sent and not yet answered to their end.
+    /// Requests sent and not yet answered to their end (counted when the upstream has several
+    /// targets).
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
     }
@@ -134,6 +135,8 @@ pub(super) struct Target {
     h2: Option<H2>,
     health: Arc<TargetHealth>,
     passive: config::PassiveHealth,
+    /// One of several targets: its outstanding requests are counted.
+    balanced: bool,
 }
 
 impl Target {
@@ -183,6 +186,7 @@ impl Target {
             connector,
             health,
             passive: cfg.passive_health.clone(),
+            balanced: cfg.target_urls().len() > 1,
         }
     }
 
@@ -243,8 +247,11 @@ impl Target {
         upgrade: bool,
     ) -> Result<Response<PooledBody>, Failed> {
         self.health.requests.fetch_add(1, Ordering::Relaxed);
-        self.health.outstanding.fetch_add(1, Ordering::Relaxed);
-        let in_flight = InFlight(self.health.clone());
+        // Only a choice between targets needs the count: a lone target skips the shared writes.
+        let in_flight = self.balanced.then(|| {
+            self.health.outstanding.fetch_add(1, Ordering::Relaxed);
+            InFlight(self.health.clone())
+        });
         let h2 = self.uses_h2(upgrade);
         self.address(&mut req, tail, h2);
         let sent = match (&self.h2, h2) {
@@ -281,7 +288,7 @@ impl Target {
             Err(_) => self.failed(),
         }
         sent.map(|mut response| {
-            response.body_mut().in_flight = Some(in_flight);
+            response.body_mut().in_flight = in_flight;
             response
         })
     }

@@ -4,6 +4,8 @@
 //! `:authority`, SNI, whether a client certificate came, request headers and trailers. A request
 //! with `x-want-trailers` gets its answer with a trailer `x-upstream-trailer: yes`.
 
+#![allow(clippy::unwrap_used, reason = "test support fails by panicking")]
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
