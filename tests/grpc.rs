@@ -17,47 +17,7 @@ use keygate::control::NewKey;
 use keygate::keys::Secret;
 use serde_json::Value;
 use support::gateway::{Backend, TestGateway, new_key};
-
-/// The Python echo server, ended (by its PID) when dropped.
-struct EchoServer {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl EchoServer {
-    async fn start() -> EchoServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port_file = dir.path().join("port");
-        let child = std::process::Command::new("python3")
-            .arg(script("echo_server.py"))
-            .arg("--port-file")
-            .arg(&port_file)
-            .spawn()
-            .expect("python3 runs (grpcio is installed by scripts/test)");
-        // Owned at once, so that a failure below still ends it.
-        let mut server = EchoServer {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                server.addr.set_port(text.trim().parse().unwrap());
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the gRPC echo server did not start (is grpcio installed?)");
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::python::PyServer;
 
 fn script(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -135,7 +95,7 @@ fn assert_refused(report: &Value, code: &str, number: u64, keygate_code: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_and_streaming_calls_pass_with_a_key_and_carry_identity_and_trailers() {
-    let server = EchoServer::start().await;
+    let server = PyServer::start("grpc/echo_server.py", &[]).await;
     let gw = gateway(server.addr).await;
     let (key, secret) = gw.create_key(&["sessions:read"]).await;
     let auth = bearer(&secret);
@@ -190,7 +150,7 @@ async fn unary_and_streaming_calls_pass_with_a_key_and_carry_identity_and_traile
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_grpc_statuses_with_keygate_codes() {
-    let server = EchoServer::start().await;
+    let server = PyServer::start("grpc/echo_server.py", &[]).await;
     let gw = gateway(server.addr).await;
 
     for kind in ["unary", "server_stream", "client_stream", "bidi"] {

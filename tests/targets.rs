@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,51 +15,13 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use support::gateway::{Backend, TestGateway};
+use support::python::PyServer;
 use tokio::io::AsyncReadExt;
 
-/// An upstream process answering its name; killed (by its PID) when dropped.
-struct Named {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Named {
-    async fn start(name: &str, port: u16) -> Named {
-        let dir = tempfile::tempdir().unwrap();
-        let port_file = dir.path().join("port");
-        let child = std::process::Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/http/named_server.py"))
-            .args(["--name", name, "--port", &port.to_string(), "--port-file"])
-            .arg(&port_file)
-            .spawn()
-            .unwrap();
-        // Owned at once, so that a failure below still ends it.
-        let mut named = Named {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                named.addr.set_port(text.trim().parse().unwrap());
-                return named;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("upstream {name} did not start");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// An upstream process answering its name, on `port` (0: a free one).
+async fn named(name: &str, port: u16) -> PyServer {
+    let port = port.to_string();
+    PyServer::start("http/named_server.py", &["--name", name, "--port", &port]).await
 }
 
 /// What the load saw in one phase: answers by body, and failures.
@@ -118,8 +79,8 @@ fn metric(text: &str, name: &str, target: SocketAddr) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_killed_mid_load_costs_at_most_its_requests_in_flight_and_comes_back() {
     const CLIENTS: usize = 8;
-    let a = Named::start("a", 0).await;
-    let mut b = Named::start("b", 0).await;
+    let a = named("a", 0).await;
+    let mut b = named("b", 0).await;
     let overlay = format!(
         "upstreams:\n  pair:\n    targets: [\"http://{}\", \"http://{}\"]\n    \
          passive_health: {{ failures: 2, ejection: 300ms }}\n    \
@@ -149,7 +110,7 @@ async fn a_target_killed_mid_load_costs_at_most_its_requests_in_flight_and_comes
     assert!(during.failed <= CLIENTS as u64, "{during:?}");
     assert!(during.a > before.a / 2, "a carries the load: {during:?}");
 
-    let b = Named::start("b", port).await;
+    let b = named("b", port).await;
     let started = Instant::now();
     let after = load(&gw, CLIENTS, Duration::from_millis(1500)).await;
     assert_eq!(after.failed, 0, "{after:?}");
@@ -190,7 +151,7 @@ async fn slammer() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_idempotent_requests_are_sent_again_elsewhere_and_bodies_are_not() {
-    let good = Named::start("a", 0).await;
+    let good = named("a", 0).await;
     let bad = slammer().await;
     let closed = support::upstream::closed_port().await;
     // Failures never eject here: every request meets the bad target in turn.

@@ -139,23 +139,7 @@ async fn key_events_arrive_signed_and_without_the_secret(backend: Backend) {
 
     // The delivery log and the metrics say the same, once the deliverer has recorded the last
     // answer (the receiver sees a delivery before its sender writes it down).
-    let mut entries = Vec::new();
-    for _ in 0..100 {
-        let r = gw
-            .admin(
-                Method::GET,
-                "/v1/webhooks/deliveries",
-                Some(OPS_TOKEN),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK);
-        entries = r.json()["entries"].as_array().unwrap().clone();
-        if entries.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let entries = deliveries(&gw, 5).await;
     assert_eq!(entries.len(), 5, "{entries:?}");
     assert!(
         entries

@@ -78,6 +78,7 @@ pub mod gateway;
 pub mod nginx;
 pub mod process;
 pub mod proto_upstream;
+pub mod python;
 pub mod receiver;
 pub mod redis;
 pub mod stores;
