@@ -187,3 +187,40 @@ async fn bodiless_idempotent_requests_are_sent_again_elsewhere_and_bodies_are_no
     assert!(statuses.contains(&StatusCode::BAD_GATEWAY), "{statuses:?}");
     assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_failing_its_health_checks_gets_no_requests() {
+    let good = named("a", 0).await;
+    let closed = support::upstream::closed_port().await;
+    let overlay = format!(
+        "upstreams:\n  pair:\n    targets: [\"http://{closed}\", \"http://{}\"]\n    \
+         health_check: {{ path: /health, interval: 100ms, timeout: 500ms }}\n\
+         routes:\n  - {{ match: {{ path_prefix: /p }}, upstream: pair, public: true }}\n",
+        good.addr
+    );
+    let gw = TestGateway::start(Backend::Embedded, &overlay).await;
+    // The first round of checks runs at once; give it a few intervals.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+        if metric(&text, "keygate_upstream_target_up", closed) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&text, "keygate_upstream_target_up", closed), 0.0);
+    for _ in 0..10 {
+        let r = gw.get("/p/x", None).await;
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"a"[..]));
+    }
+    let text = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+    assert_eq!(
+        metric(&text, "keygate_upstream_requests_total", closed),
+        0.0,
+        "checked out before any request met it"
+    );
+    assert_eq!(
+        metric(&text, "keygate_upstream_requests_total", good.addr),
+        10.0
+    );
+}
