@@ -1,6 +1,8 @@
-//! The admin API's endpoints. Each one checks, in this order: the workspace exists → the caller
-//! holds the permission there → the workspace has API access (for new secrets) → the body →
-//! the key; then acts through [`crate::control::KeyManager`] and writes the audit log.
+//! The admin API's routing ([`dispatch`]) and its key endpoints (the reads of request logs,
+//! usage, audit and deliveries are `records.rs`'s, workspaces `workspaces.rs`'s). Each key
+//! endpoint checks, in this order: the workspace exists → the caller holds the permission there
+//! → the workspace has API access (for new secrets) → the body → the key; then acts through
+//! [`crate::control::KeyManager`] and writes the audit log.
 
 use std::time::Duration;
 
@@ -10,10 +12,11 @@ use http_body_util::Full;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::caller::{CREATE, DELETE, MANAGE, UPDATE, VIEW};
+use super::caller::{CREATE, DELETE, UPDATE, VIEW};
 use super::fields::{
     KeyFields, MAX_GRACE_PERIOD, Patch, Purpose, Valid, key_json, known_scopes, parse_json,
 };
+use super::records;
 use super::workspaces::{self, Found, find, workspace};
 use super::{AdminError, Call, change_detail, json_response, read_body};
 use crate::auth::query_pairs;
@@ -21,7 +24,7 @@ use crate::config::duration_text;
 use crate::control::{Changed, ImportedSecret, NewKey};
 use crate::keys::{self, KeyId, KeyRecord, KeyStatus, Secret, SecretHash, Shape};
 use crate::store::fleet::Propagation;
-use crate::store::{AuditEntry, KeyStore, ListQuery, StoreError, USAGE_DAYS_KEPT};
+use crate::store::{KeyStore, ListQuery, StoreError};
 use crate::workspaces::Source;
 
 /// Default page size of list calls.
@@ -46,10 +49,10 @@ where
     let query = query.as_deref();
     let is = |m: &Method| method == m || (m == Method::GET && method == Method::HEAD);
     match segments {
-        ["v1", "audit"] if is(&Method::GET) => audit_log(call, query).await,
+        ["v1", "audit"] if is(&Method::GET) => records::audit_log(call, query).await,
         ["v1", "audit"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "webhooks", "deliveries"] if is(&Method::GET) => {
-            webhook_deliveries(call, query).await
+            records::webhook_deliveries(call, query).await
         }
         ["v1", "webhooks", "deliveries"] => Err(AdminError::MethodNotAllowed("GET, HEAD")),
         ["v1", "reload"] if method == Method::POST => reload(call).await,
@@ -110,10 +113,10 @@ where
             revoke(call, ws, id).await
         }
         ["v1", "workspaces", ws, "keys", id, "logs"] if is(&Method::GET) => {
-            logs(call, ws, id, query).await
+            records::logs(call, ws, id, query).await
         }
         ["v1", "workspaces", ws, "keys", id, "usage"] if is(&Method::GET) => {
-            usage(call, ws, id, query).await
+            records::usage(call, ws, id, query).await
         }
         ["v1", "workspaces", _, "keys", _, "rotate" | "revoke"] => {
             Err(AdminError::MethodNotAllowed("POST"))
@@ -197,11 +200,15 @@ async fn workspace_for_new_keys(call: &Call<'_>, ws: &str) -> Result<Found, Admi
     Ok(workspace)
 }
 
-fn key_id(id: &str) -> Result<KeyId, AdminError> {
+pub(super) fn key_id(id: &str) -> Result<KeyId, AdminError> {
     KeyId::parse(id).ok_or(AdminError::NotFound("key"))
 }
 
-async fn existing(call: &Call<'_>, ws: &str, id: &KeyId) -> Result<KeyRecord, AdminError> {
+pub(super) async fn existing(
+    call: &Call<'_>,
+    ws: &str,
+    id: &KeyId,
+) -> Result<KeyRecord, AdminError> {
     call.state
         .store
         .get(ws, id)
@@ -217,7 +224,7 @@ async fn manageable(call: &Call<'_>, ws: &str, id: &KeyId) -> Result<KeyRecord, 
     Ok(record)
 }
 
-fn now() -> OffsetDateTime {
+pub(super) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
@@ -304,16 +311,16 @@ fn with_secret(status: StatusCode, record: &KeyRecord, secret: &Secret) -> Respo
     json_response(status, &body)
 }
 
-struct ListParams {
+pub(super) struct ListParams {
     status: Option<String>,
     owner: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
-    workspace: Option<String>,
-    days: Option<String>,
+    pub(super) limit: Option<String>,
+    pub(super) cursor: Option<String>,
+    pub(super) workspace: Option<String>,
+    pub(super) days: Option<String>,
 }
 
-fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminError> {
+pub(super) fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminError> {
     let mut p = ListParams {
         status: None,
         owner: None,
@@ -345,7 +352,7 @@ fn params(query: Option<&str>, allowed: &[&str]) -> Result<ListParams, AdminErro
     Ok(p)
 }
 
-fn page_limit(limit: Option<&str>) -> Result<usize, AdminError> {
+pub(super) fn page_limit(limit: Option<&str>) -> Result<usize, AdminError> {
     parse_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
@@ -635,127 +642,6 @@ async fn delete(call: &Call<'_>, ws: &str, id: &str) -> Reply {
     let mut r = Response::new(Full::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(propagated(r, &applied.propagation))
-}
-
-async fn logs(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {
-    workspace(call, ws, VIEW).await?;
-    let id = key_id(id)?;
-    let p = params(query, &["limit"])?;
-    let limit = page_limit(p.limit.as_deref())?;
-    existing(call, ws, &id).await?;
-    let mut entries = call.state.store.request_logs(ws, &id, limit).await?;
-    // The API names every entry's outcome; the store keeps a code only for refusals.
-    for e in &mut entries {
-        e.code.get_or_insert_with(|| "forwarded".to_owned());
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"entries": entries}),
-    ))
-}
-
-/// Days `…/usage` answers without `days`.
-const DEFAULT_USAGE_DAYS: u32 = 30;
-
-async fn usage(call: &Call<'_>, ws: &str, id: &str, query: Option<&str>) -> Reply {
-    workspace(call, ws, VIEW).await?;
-    let id = key_id(id)?;
-    let p = params(query, &["days"])?;
-    let days = match p.days.as_deref() {
-        None => DEFAULT_USAGE_DAYS,
-        Some(d) => d
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=USAGE_DAYS_KEPT).contains(n))
-            .ok_or_else(|| {
-                AdminError::field("days", format!("days must be 1–{USAGE_DAYS_KEPT}"))
-            })?,
-    };
-    existing(call, ws, &id).await?;
-    let last = now().date();
-    let first = last - time::Duration::days(i64::from(days) - 1);
-    let stored = call.state.store.daily_usage(ws, &id, first, last).await?;
-    // One entry per day, zeros included, oldest first.
-    let entries: Vec<serde_json::Value> = std::iter::successors(Some(first), |d| d.next_day())
-        .take_while(|d| *d <= last)
-        .map(|day| {
-            let requests = stored
-                .iter()
-                .find(|(d, _)| *d == day)
-                .map_or(0, |(_, n)| *n);
-            serde_json::json!({"date": day.to_string(), "requests": requests})
-        })
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"days": entries}),
-    ))
-}
-
-async fn audit_log(call: &Call<'_>, query: Option<&str>) -> Reply {
-    let p = params(query, &["workspace", "limit", "cursor"])?;
-    match p.workspace.as_deref() {
-        // A deleted workspace's log stays readable: the name is checked, not that it exists.
-        Some(ws) => {
-            if !call.caller.may(VIEW, ws) && !call.caller.may(MANAGE, ws) {
-                return Err(AdminError::lacks(VIEW, ws));
-            }
-            if !crate::config::is_workspace_name(ws) {
-                return Err(AdminError::NotFound("workspace"));
-            }
-        }
-        None if !call.caller.may_everywhere(VIEW) => {
-            return Err(AdminError::Forbidden(
-                "the audit log of every workspace needs `api.key.view` on `*`; pass `workspace`"
-                    .into(),
-            ));
-        }
-        None => {}
-    }
-    let limit = page_limit(p.limit.as_deref())?;
-    let page = call
-        .state
-        .store
-        .list_audit(p.workspace.as_deref(), limit, p.cursor.as_deref())
-        .await?;
-    let entries: Vec<_> = page.entries.iter().map(audit_json).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"entries": entries, "next_cursor": page.next_cursor}),
-    ))
-}
-
-/// `GET /v1/webhooks/deliveries`: the newest delivery attempts, newest first. They name keys of
-/// every workspace, so the caller needs `api.key.view` on `*`.
-async fn webhook_deliveries(call: &Call<'_>, query: Option<&str>) -> Reply {
-    let p = params(query, &["limit"])?;
-    if !call.caller.may_everywhere(VIEW) {
-        return Err(AdminError::Forbidden(
-            "webhook deliveries name keys of every workspace: they need `api.key.view` on `*`"
-                .into(),
-        ));
-    }
-    let limit = page_limit(p.limit.as_deref())?;
-    let entries = call.state.store.deliveries(limit).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "entries": entries }),
-    ))
-}
-
-/// An audit entry as the API shows it: every field, `null` when unset.
-fn audit_json(e: &AuditEntry) -> serde_json::Value {
-    serde_json::json!({
-        "id": e.id,
-        "time": e.time.format(&time::format_description::well_known::Rfc3339).ok(),
-        "actor": e.actor,
-        "action": e.action,
-        "workspace": e.workspace,
-        "key_id": e.key_id,
-        "outcome": e.outcome,
-        "detail": e.detail,
-        "client_ip": e.client_ip,
-    })
 }
 
 async fn import(call: &Call<'_>, ws: &str, body: &[u8]) -> Reply {

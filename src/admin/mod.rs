@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod fields;
 pub mod handlers;
 mod leaks;
+mod records;
 pub mod verify;
 pub mod workspaces;
 
