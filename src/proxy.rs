@@ -126,6 +126,12 @@ impl Policy {
     ) -> Policy {
         let names: Vec<&String> = config.upstreams.keys().collect();
         board.retain(config);
+        // Upstreams the new config drops stop their health checks.
+        for old in previous.map_or(&[][..], |p| &p.upstreams[..]) {
+            if !config.upstreams.contains_key(old.name()) {
+                old.retire();
+            }
+        }
         Policy {
             router: Router::new(&config.routes, |name| {
                 names
@@ -355,7 +361,7 @@ impl Gateway {
 
         // This request's config, to its end, whatever a reload does meanwhile.
         let policy = self.policy.load_full();
-        let grpc = grpc::is_grpc(req.headers());
+        let grpc = grpc::content_type(req.headers());
         let original = Original::of(&req, conn.peer.ip(), &policy.trusted);
         // Known before the decision, so a refusal's logs have it too.
         let client_ip = original.client_ip;
@@ -364,7 +370,7 @@ impl Gateway {
             match self.decide(&policy, &original).await {
                 Err(refusal) => {
                     self.metrics.request_refused(&refusal.reject);
-                    let mut response = refused_with(&refusal.reject, &request_id, grpc);
+                    let mut response = refused_with(&refusal.reject, &request_id, grpc.as_ref());
                     refusal.limits.apply(response.headers_mut());
                     let code = refusal.reject.code();
                     let status = refusal.reject.status();
@@ -388,7 +394,7 @@ impl Gateway {
                         }
                         Err(reject) => {
                             self.metrics.request_refused(&reject);
-                            let response = refused_with(&reject, &request_id, grpc);
+                            let response = refused_with(&reject, &request_id, grpc.as_ref());
                             (response, reject.status())
                         }
                     };
@@ -473,17 +479,23 @@ impl Gateway {
     }
 }
 
-/// The refusal's documented JSON response, or its gRPC answer to a gRPC request.
+/// The refusal's documented JSON response, or its gRPC answer to a gRPC request (`grpc`: the
+/// request's content type).
 fn refused_with(
     reject: &crate::error::Reject,
     request_id: &HeaderValue,
-    grpc: bool,
+    grpc: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
     let response = reject.to_response(request_id);
-    if grpc {
-        grpc::answer(response, reject.code(), &reject.message()).map(Either::Left)
-    } else {
-        response.map(Either::Left)
+    match grpc {
+        Some(content_type) => grpc::answer(
+            response,
+            content_type.clone(),
+            reject.code(),
+            &reject.message(),
+        )
+        .map(Either::Left),
+        None => response.map(Either::Left),
     }
 }
 

@@ -215,7 +215,12 @@ async fn alpn_decides_under_auto_and_http2_requires_h2() {
 }
 
 /// A client speaking h2c to the gateway, as gRPC clients do.
-async fn h2c_client(gw: &TestGateway) -> hyper::client::conn::http2::SendRequest<ReqBody> {
+async fn h2c_client<B>(gw: &TestGateway) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -225,9 +230,9 @@ async fn h2c_client(gw: &TestGateway) -> hyper::client::conn::http2::SendRequest
     sender
 }
 
-type ReqBody = StreamBody<
-    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
->;
+/// A request body of these frames.
+type FramesBody<E> =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, E>>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstream_gets_http2_and_trailers_pass_both_ways() {
@@ -237,7 +242,7 @@ async fn h2c_upstream_gets_http2_and_trailers_pass_both_ways() {
         &overlay(&format!("url: \"http://{}\", protocol: http2", up.addr)),
     )
     .await;
-    let mut client = h2c_client(&gw).await;
+    let mut client = h2c_client::<FramesBody<std::convert::Infallible>>(&gw).await;
     let mut trailers = HeaderMap::new();
     trailers.insert("x-client-trailer", "sent".parse().unwrap());
     let frames = vec![
@@ -295,4 +300,100 @@ async fn a_reload_rereads_the_ca_file() {
     let text = String::from_utf8_lossy(&r.body).into_owned();
     assert!(text.contains("upstreams.up.ca"), "{text}");
     assert_eq!(gw.get("/u/x", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_too_long_for_the_base_path_is_no_route_not_a_panic() {
+    let up = ProtoUpstream::plain().await;
+    let base = "/b".repeat(50);
+    let gw = TestGateway::start(
+        Backend::Embedded,
+        &overlay(&format!("url: \"http://{}{base}\"", up.addr)),
+    )
+    .await;
+    let long = format!("/u/{}", "a".repeat(65_470));
+    let r = gw.get(&long, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.error_code(), "no_route");
+    // The gateway carries on.
+    let r = gw.get("/u/short", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["path"], format!("{base}/u/short"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_upload_that_breaks_is_not_counted_against_an_http2_target() {
+    let up = ProtoUpstream::plain().await;
+    let gw = TestGateway::start(
+        Backend::Embedded,
+        &overlay(&format!(
+            "url: \"http://{}\", protocol: http2, passive_health: {{ failures: 1 }}",
+            up.addr
+        )),
+    )
+    .await;
+    for _ in 0..3 {
+        let mut client = h2c_client::<FramesBody<std::io::Error>>(&gw).await;
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"part of an upload"))),
+            Err(std::io::Error::other("the client gives up")),
+        ];
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/u/upload", gw.proxy))
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        // The client reset its own stream: whatever it reads back, it is its doing.
+        let _ = client.send_request(req).await;
+    }
+    let metrics = gw.admin_get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let series = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("upstream=\"up\""))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(series("keygate_upstream_failures_total"), "0");
+    assert_eq!(series("keygate_upstream_target_up"), "1");
+    assert_eq!(gw.get("/u/after", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_target_rotating_its_connections_loses_no_request() {
+    // GOAWAY after every 20 requests on a connection: streams already on their way are refused
+    // unprocessed, and go again on a new connection.
+    let up = ProtoUpstream::rotating(20).await;
+    let gw = std::sync::Arc::new(
+        TestGateway::start(
+            Backend::Embedded,
+            &overlay(&format!("url: \"http://{}\", protocol: http2", up.addr)),
+        )
+        .await,
+    );
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..25 {
+                    statuses.push(gw.get("/u/x", None).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for client in clients {
+        failed += client
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| **s != StatusCode::OK)
+            .count();
+    }
+    assert_eq!(failed, 0, "of 400 requests over some 20 connections");
 }

@@ -307,6 +307,7 @@ upstreams:
   half_mtls: {{ url: https://a:1, client_cert: {junk} }}
   bad_sni: {{ url: https://a:1, sni: 'not a name' }}
   checks: {{ url: http://a:1, health_check: {{ path: health, interval: 0s }}, passive_health: {{ ejection: 0s }} }}
+  far: {{ url: http://a:1, timeout: 1000000h, health_check: {{ path: /h, timeout: 1h }} }}
 routes:
   - match: {{ path_prefix: /api }}
     upstream: both
@@ -330,6 +331,8 @@ routes:
         "upstreams.checks.health_check.path",
         "upstreams.checks.health_check.interval",
         "upstreams.checks.passive_health.ejection",
+        "upstreams.far.timeout",
+        "upstreams.far.health_check.timeout",
     ] {
         assert!(paths.contains(&want), "missing {want} in {paths:?}");
     }

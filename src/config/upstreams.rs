@@ -248,26 +248,52 @@ impl Upstream {
                 problem(&field, "listed twice");
             }
         }
-        for (field, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("timeout", self.timeout),
-            ("passive_health.ejection", self.passive_health.ejection),
+        const MINUTES_5: Duration = Duration::from_secs(300);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let check = self.health_check.as_ref();
+        // Bounded above too: deadlines are instants, which far-off durations would overflow.
+        for (field, d, max, max_text) in [
+            (
+                "connect_timeout",
+                Some(self.connect_timeout),
+                MINUTES_5,
+                "5m",
+            ),
+            ("timeout", Some(self.timeout), DAY, "24h"),
+            ("idle_timeout", Some(self.idle_timeout), DAY, "24h"),
+            (
+                "passive_health.ejection",
+                Some(self.passive_health.ejection),
+                HOUR,
+                "1h",
+            ),
+            (
+                "health_check.interval",
+                check.map(|c| c.interval),
+                HOUR,
+                "1h",
+            ),
+            (
+                "health_check.timeout",
+                check.map(|c| c.timeout),
+                MINUTES_5,
+                "5m",
+            ),
         ] {
-            if d.is_zero() {
-                problem(field, "must be above 0");
+            match d {
+                Some(d) if d.is_zero() && field != "idle_timeout" => {
+                    problem(field, "must be above 0")
+                }
+                Some(d) if d > max => problem(field, &format!("must be at most {max_text}")),
+                _ => {}
             }
         }
-        if let Some(check) = &self.health_check {
+        if let Some(check) = check {
             if !check.path.starts_with('/') {
                 problem("health_check.path", "must start with /");
             } else if check.path.parse::<http::uri::PathAndQuery>().is_err() {
                 problem("health_check.path", "is not a valid path");
-            }
-            if check.interval.is_zero() {
-                problem("health_check.interval", "must be above 0");
-            }
-            if check.timeout.is_zero() {
-                problem("health_check.timeout", "must be above 0");
             }
         }
         if self.is_tls() {

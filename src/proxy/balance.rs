@@ -39,6 +39,9 @@ struct Inner {
     timeout: Duration,
     /// Where the next search for the least loaded target starts, so that ties rotate.
     next: AtomicUsize,
+    /// Set once a reload replaced this upstream: its health checks stop, and a verdict still in
+    /// flight is not written over the new upstream's.
+    retired: std::sync::atomic::AtomicBool,
     /// Why this upstream has no targets to send to (its TLS files could not be read when it
     /// was built, after validation had read them).
     broken: Option<String>,
@@ -71,6 +74,7 @@ impl Upstream {
                 targets,
                 timeout: cfg.timeout,
                 next: AtomicUsize::new(0),
+                retired: std::sync::atomic::AtomicBool::new(false),
                 broken,
             }),
         };
@@ -89,8 +93,14 @@ impl Upstream {
         if self.inner.name == name && self.inner.fingerprint == fingerprint(cfg, digest) {
             self.clone()
         } else {
+            self.retire();
             Upstream::new(name, cfg, board)
         }
+    }
+
+    /// Marks this upstream as replaced by a reload: its health checks stop.
+    pub(super) fn retire(&self) {
+        self.inner.retired.store(true, Ordering::Relaxed);
     }
 
     /// The upstream's name in config.
@@ -110,6 +120,7 @@ impl Upstream {
         if let Some(why) = &inner.broken {
             return Err(Reject::UpstreamUnavailable(why.clone()));
         }
+        // Validation bounds `timeout`, so the sum cannot overflow.
         let deadline = tokio::time::Instant::now() + inner.timeout;
         let several = inner.targets.len() > 1;
         let replay = (several && is_replayable(&req)).then(|| head_of(&req));
@@ -123,7 +134,7 @@ impl Upstream {
         };
         let again = match &failed.error {
             _ if !several => None,
-            SendError::ClientBody(_) | SendError::Timeout => None,
+            SendError::ClientBody(_) | SendError::Timeout | SendError::PathTooLong => None,
             _ if failed.unsent.is_some() => failed.unsent.take(),
             SendError::Failed(_) => replay.map(|head| head.body(OutBody::Empty).expect("a head")),
             SendError::Connect(_) | SendError::ConnectTimeout => None,
@@ -189,7 +200,10 @@ impl Inner {
                 Failed::from(SendError::Timeout)
             }
         };
-        if !matches!(failed.error, SendError::ClientBody(_)) {
+        if !matches!(
+            failed.error,
+            SendError::ClientBody(_) | SendError::PathTooLong
+        ) {
             tracing::warn!(
                 upstream = %self.name,
                 target = target.url(),
@@ -214,7 +228,13 @@ async fn run_checks(upstream: std::sync::Weak<Inner>, check: config::HealthCheck
         let Some(inner) = upstream.upgrade() else {
             return;
         };
-        let checks = inner.targets.iter().map(|t| t.check(&path, check.timeout));
+        if inner.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let checks = inner
+            .targets
+            .iter()
+            .map(|t| t.check(&path, check.timeout, &inner.retired));
         futures_util::future::join_all(checks).await;
     }
 }
@@ -247,6 +267,8 @@ fn to_reject(error: SendError) -> Reject {
             Reject::UpstreamUnavailable(detail)
         }
         SendError::ClientBody(detail) => Reject::MalformedRequest(detail),
+        // As before base paths joined per target: no URI to send it to.
+        SendError::PathTooLong => Reject::NoRoute,
     }
 }
 

@@ -12,17 +12,20 @@ use http_body_util::Full;
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
-/// Whether a request speaks gRPC (`application/grpc`, `application/grpc+proto`, gRPC-Web…).
-pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
+/// The content type of a request that speaks gRPC (`application/grpc`, `…+proto`, gRPC-Web…),
+/// which its answer repeats (a gRPC-Web client expects its own).
+pub(super) fn content_type(headers: &HeaderMap) -> Option<HeaderValue> {
     headers
         .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .filter(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .cloned()
 }
 
 /// `refusal` (the documented JSON error response) as a gRPC "trailers-only" answer: the same
 /// headers (`WWW-Authenticate`, `Retry-After`…), status 200, `grpc-status`, `grpc-message`.
 pub(super) fn answer(
     refusal: Response<Full<Bytes>>,
+    content_type: HeaderValue,
     code: &str,
     message: &str,
 ) -> Response<Full<Bytes>> {
@@ -30,7 +33,7 @@ pub(super) fn answer(
     let status = grpc_status(parts.status);
     parts.status = StatusCode::OK;
     let headers = &mut parts.headers;
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(CONTENT_TYPE, content_type);
     headers.insert(GRPC_STATUS, HeaderValue::from(status));
     headers.insert(
         GRPC_MESSAGE,
@@ -78,7 +81,8 @@ mod tests {
     fn a_refusal_becomes_a_trailers_only_grpc_answer() {
         let reject = Reject::KeyRevoked;
         let json = reject.to_response(&HeaderValue::from_static("rid"));
-        let answer = answer(json, reject.code(), &reject.message());
+        let grpc = HeaderValue::from_static("application/grpc");
+        let answer = answer(json, grpc, reject.code(), &reject.message());
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(answer.headers()[CONTENT_TYPE], "application/grpc");
         assert_eq!(answer.headers()[GRPC_STATUS], "16");

@@ -51,7 +51,7 @@ type Handoff = Result<Sender, SendError>;
 type Sender = SendRequest<OutBody>;
 
 /// Why a request could not be sent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum SendError {
     /// No connection within `connect_timeout`.
     ConnectTimeout,
@@ -64,6 +64,8 @@ pub(super) enum SendError {
     ClientBody(String),
     /// No response head within the upstream's `timeout`.
     Timeout,
+    /// The path under the target's base path is longer than a URI may be.
+    PathTooLong,
 }
 
 impl std::fmt::Display for SendError {
@@ -73,6 +75,7 @@ impl std::fmt::Display for SendError {
             SendError::Timeout => f.write_str("no response within timeout"),
             SendError::Connect(why) | SendError::Failed(why) => f.write_str(why),
             SendError::ClientBody(why) => write!(f, "client body: {why}"),
+            SendError::PathTooLong => f.write_str("path too long under the base path"),
         }
     }
 }
@@ -428,6 +431,9 @@ impl Drop for PooledBody {
 /// to another target, which only bodiless requests are, and health checks).
 pub(super) enum OutBody {
     Client(Incoming),
+    /// The client's body, with a flag raised if it fails: HTTP/2 reports that as a reset
+    /// stream, which would otherwise read as the target's fault.
+    Watched(Incoming, Arc<std::sync::atomic::AtomicBool>),
     Empty,
 }
 
@@ -441,20 +447,27 @@ impl Body for OutBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             OutBody::Client(body) => Pin::new(body).poll_frame(cx),
+            OutBody::Watched(body, failed) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                polled
+            }
             OutBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            OutBody::Client(body) => body.is_end_stream(),
+            OutBody::Client(body) | OutBody::Watched(body, _) => body.is_end_stream(),
             OutBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            OutBody::Client(body) => body.size_hint(),
+            OutBody::Client(body) | OutBody::Watched(body, _) => body.size_hint(),
             OutBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -212,19 +212,27 @@ impl Target {
 
     /// Points `req` at this target: `tail` (path and query) under its base path, origin-form
     /// with `Host` for HTTP/1.1, absolute for HTTP/2 (whose `:authority` replaces `Host`).
-    fn address(&self, req: &mut Request<OutBody>, tail: &PathAndQuery, h2: bool) {
+    /// Fails only when the joined path is longer than a URI may be (a client's path near the
+    /// limit under a base path).
+    fn address(
+        &self,
+        req: &mut Request<OutBody>,
+        tail: &PathAndQuery,
+        h2: bool,
+    ) -> Result<(), SendError> {
+        let too_long = |_| SendError::PathTooLong;
         let pq = if self.base_path.is_empty() {
             tail.clone()
         } else {
             PathAndQuery::try_from(format!("{}{}", self.base_path, tail.as_str()))
-                .expect("a valid base path and a valid path join into a valid path")
+                .map_err(too_long)?
         };
         if h2 {
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(self.scheme.clone());
             parts.authority = Some(self.authority.clone());
             parts.path_and_query = Some(pq);
-            *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| SendError::PathTooLong)?;
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(HOST);
         } else {
@@ -237,6 +245,7 @@ impl Target {
                 headers.remove(TE);
             }
         }
+        Ok(())
     }
 
     /// Sends `req` to this target and records the outcome in its health.
@@ -253,7 +262,7 @@ impl Target {
             InFlight(self.health.clone())
         });
         let h2 = self.uses_h2(upgrade);
-        self.address(&mut req, tail, h2);
+        self.address(&mut req, tail, h2)?;
         let sent = match (&self.h2, h2) {
             (Some(conns), true) => match conns.send(req).await {
                 Ok(response) => Ok(response),
@@ -263,7 +272,7 @@ impl Target {
                         tracing::info!(target = %self.url, "target chose HTTP/1.1 by ALPN");
                     }
                     self.pool.adopt(stream);
-                    self.address(&mut req, tail, false);
+                    self.address(&mut req, tail, false)?;
                     self.pool.send(req).await
                 }
             },
@@ -282,7 +291,7 @@ impl Target {
             }
             Ok(_) => self.succeeded(),
             Err(Failed {
-                error: SendError::ClientBody(_),
+                error: SendError::ClientBody(_) | SendError::PathTooLong,
                 ..
             }) => {}
             Err(_) => self.failed(),
@@ -295,6 +304,10 @@ impl Target {
 
     fn succeeded(&self) {
         let h = &self.health;
+        if h.is_ejected() {
+            // A request that was in flight when it was ejected: its return is still on trial.
+            return;
+        }
         if h.in_a_row.load(Ordering::Relaxed) != 0 {
             h.in_a_row.store(0, Ordering::Relaxed);
         }
@@ -309,7 +322,9 @@ impl Target {
     pub(super) fn failed(&self) {
         let h = &self.health;
         h.failures.fetch_add(1, Ordering::Relaxed);
-        if h.is_ejected() {
+        let until = h.ejected_until.load(Ordering::Relaxed);
+        let now = now_ms();
+        if until != 0 && now < until {
             // Requests that were in flight when it was ejected: no new ejection.
             return;
         }
@@ -317,11 +332,18 @@ impl Target {
         if in_a_row < self.passive.failures.get() && !h.returning.load(Ordering::Relaxed) {
             return;
         }
+        let streak = h.streak.load(Ordering::Relaxed).min(4);
+        let period = self.passive.ejection.saturating_mul(1 << streak);
+        let ends = now.saturating_add(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
+        // Of failures racing past the threshold, one ejects (and doubles the next ejection).
+        if h.ejected_until
+            .compare_exchange(until, ends, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
         h.in_a_row.store(0, Ordering::Relaxed);
-        let streak = h.streak.fetch_add(1, Ordering::Relaxed).min(4);
-        let period = self.passive.ejection * (1 << streak);
-        h.ejected_until
-            .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+        h.streak.fetch_add(1, Ordering::Relaxed);
         h.returning.store(true, Ordering::Relaxed);
         h.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -333,10 +355,19 @@ impl Target {
 
     /// One active check: `GET path` on a connection of its own, healthy on a 2xx or 3xx
     /// answer within `timeout`. Records the verdict and returns it with the reason.
-    pub(super) async fn check(&self, path: &PathAndQuery, timeout: Duration) -> Result<(), String> {
+    /// `retired`: set once a reload replaced the upstream, whose verdicts then no longer count.
+    pub(super) async fn check(
+        &self,
+        path: &PathAndQuery,
+        timeout: Duration,
+        retired: &AtomicBool,
+    ) -> Result<(), String> {
         let verdict = tokio::time::timeout(timeout, self.probe(path))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        if retired.load(Ordering::Relaxed) {
+            return verdict;
+        }
         let failed = verdict.is_err();
         let was = self.health.check_failed.swap(failed, Ordering::Relaxed);
         match (&verdict, was) {
@@ -365,8 +396,12 @@ impl Target {
             .connect(wanted)
             .await
             .map_err(|e| e.to_string())?;
+        if !h2 && self.protocol == Protocol::Http2 {
+            return Err("did not agree to HTTP/2 (ALPN h2)".into());
+        }
         let mut req = Request::new(OutBody::Empty);
-        self.address(&mut req, path, h2);
+        self.address(&mut req, path, h2)
+            .map_err(|e| e.to_string())?;
         let response = if h2 {
             let mut sender = h2::handshake(stream).await.map_err(|e| e.to_string())?;
             sender.send_request(req).await
@@ -415,13 +450,18 @@ mod tests {
         req.headers_mut()
             .insert(TE, HeaderValue::from_static("trailers"));
         let based = target("http://127.0.0.1:9000/base/");
-        based.address(&mut req, &tail, false);
+        based.address(&mut req, &tail, false).unwrap();
         assert_eq!(req.uri(), "/base/api/v1/x?a=1");
         assert_eq!(req.headers()[HOST], "127.0.0.1:9000");
         assert!(!req.headers().contains_key(TE), "hop-by-hop in HTTP/1.1");
 
         let plain = target("http://[::1]:9000");
-        plain.address(&mut req, &tail, true);
+        plain.address(&mut req, &tail, true).unwrap();
+        let long = PathAndQuery::try_from(format!("/{}", "a".repeat(65_530))).unwrap();
+        assert!(matches!(
+            based.address(&mut req, &long, false),
+            Err(SendError::PathTooLong)
+        ));
         assert_eq!(req.uri(), "http://[::1]:9000/api/v1/x?a=1");
         assert_eq!(req.version(), Version::HTTP_2);
         assert!(!req.headers().contains_key(HOST), ":authority instead");
@@ -458,6 +498,11 @@ mod tests {
             "10 s doubled: {}",
             until - before
         );
+        // A late success of a request sent before the ejection does not end the trial...
+        t.succeeded();
+        assert_eq!(t.health.streak.load(Ordering::Relaxed), 2);
+        // ...one after its return does.
+        t.health.ejected_until.store(1, Ordering::Relaxed);
         t.succeeded();
         assert_eq!(t.health.streak.load(Ordering::Relaxed), 0);
     }

@@ -80,15 +80,21 @@ struct Seen {
 impl ProtoUpstream {
     /// Plain TCP: HTTP/1.1, and h2c for a client that opens with the HTTP/2 preface.
     pub async fn plain() -> ProtoUpstream {
-        Self::start(None).await
+        Self::start(None, None).await
+    }
+
+    /// As [`ProtoUpstream::plain`], closing each connection gracefully (HTTP/2: GOAWAY) once it
+    /// has taken `requests` requests, as nginx does after `keepalive_requests`.
+    pub async fn rotating(requests: usize) -> ProtoUpstream {
+        Self::start(None, Some(requests)).await
     }
 
     /// TLS with `tls`.
     pub async fn tls(tls: ServerTls) -> ProtoUpstream {
-        Self::start(Some(tls)).await
+        Self::start(Some(tls), None).await
     }
 
-    async fn start(tls: Option<ServerTls>) -> ProtoUpstream {
+    async fn start(tls: Option<ServerTls>, rotate: Option<usize>) -> ProtoUpstream {
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(server_config(t))));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -102,7 +108,7 @@ impl ProtoUpstream {
                 let acceptor = acceptor.clone();
                 let conn = tokio::spawn(async move {
                     match acceptor {
-                        None => serve(tcp, Seen::default()).await,
+                        None => serve(tcp, Seen::default(), rotate).await,
                         Some(acceptor) => {
                             // A failed handshake (the test's point, often) just closes.
                             let Ok(tls) = acceptor.accept(tcp).await else {
@@ -113,7 +119,7 @@ impl ProtoUpstream {
                                 sni: session.server_name().map(str::to_owned),
                                 client_cert: session.peer_certificates().is_some(),
                             };
-                            serve(tls, seen).await
+                            serve(tls, seen, rotate).await
                         }
                     }
                 });
@@ -163,14 +169,28 @@ fn server_config(tls: ServerTls) -> rustls::ServerConfig {
     config
 }
 
-async fn serve<S>(stream: S, seen: Seen)
+async fn serve<S>(stream: S, seen: Seen, rotate: Option<usize>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| answer(req, seen.clone()));
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let (counter, notify) = (taken.clone(), enough.clone());
+    let service = service_fn(move |req| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if rotate == Some(n) {
+            notify.notify_one();
+        }
+        answer(req, seen.clone())
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = enough.notified() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 type Body =
