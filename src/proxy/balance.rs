@@ -122,8 +122,26 @@ impl Upstream {
         }
         // Validation bounds `timeout`, so the sum cannot overflow.
         let deadline = tokio::time::Instant::now() + inner.timeout;
-        let several = inner.targets.len() > 1;
-        let replay = (several && is_replayable(&req)).then(|| head_of(&req));
+        if inner.targets.len() > 1 {
+            // Boxed: the choice and the retry would otherwise enlarge the future of every
+            // request, which is moved (copied) as it goes, for upstreams that have one target.
+            return Box::pin(self.send_balanced(req, tail, upgrade, deadline)).await;
+        }
+        inner
+            .attempt(0, req.map(OutBody::Client), &tail, upgrade, deadline)
+            .await
+            .map_err(|f| to_reject(f.error))
+    }
+
+    async fn send_balanced(
+        &self,
+        req: Request<Incoming>,
+        tail: PathAndQuery,
+        upgrade: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<PooledBody>, Reject> {
+        let inner = &*self.inner;
+        let replay = is_replayable(&req).then(|| head_of(&req));
         let first = self.pick(None);
         let mut failed = match inner
             .attempt(first, req.map(OutBody::Client), &tail, upgrade, deadline)
@@ -133,7 +151,6 @@ impl Upstream {
             Err(failed) => failed,
         };
         let again = match &failed.error {
-            _ if !several => None,
             SendError::ClientBody(_) | SendError::Timeout | SendError::PathTooLong => None,
             _ if failed.unsent.is_some() => failed.unsent.take(),
             SendError::Failed(_) => replay.map(|head| head.body(OutBody::Empty).expect("a head")),

@@ -255,30 +255,60 @@ impl Target {
         tail: &PathAndQuery,
         upgrade: bool,
     ) -> Result<Response<PooledBody>, Failed> {
-        self.health.requests.fetch_add(1, Ordering::Relaxed);
-        // Only a choice between targets needs the count: a lone target skips the shared writes.
-        let in_flight = self.balanced.then(|| {
-            self.health.outstanding.fetch_add(1, Ordering::Relaxed);
-            InFlight(self.health.clone())
-        });
+        // Only what the await needs lives across it: this future is part of every request's,
+        // and moved (copied) with it, so the HTTP/2 path is boxed and the bookkeeping is not
+        // held in it.
+        let in_flight = self.begin();
         let h2 = self.uses_h2(upgrade);
         self.address(&mut req, tail, h2)?;
-        let sent = match (&self.h2, h2) {
-            (Some(conns), true) => match conns.send(req).await {
-                Ok(response) => Ok(response),
-                Err(Outcome::Failed(failed)) => Err(failed),
-                Err(Outcome::Http1(stream, mut req)) => {
-                    if self.chose_http1.swap(1, Ordering::Relaxed) == 0 {
-                        tracing::info!(target = %self.url, "target chose HTTP/1.1 by ALPN");
-                    }
-                    self.pool.adopt(stream);
-                    self.address(&mut req, tail, false)?;
-                    self.pool.send(req).await
-                }
-            },
-            _ => self.pool.send(req).await,
+        let sent = if h2 {
+            Box::pin(self.send_h2(req, tail)).await
+        } else {
+            self.pool.send(req).await
         };
-        match &sent {
+        self.record(&sent);
+        sent.map(|mut response| {
+            response.body_mut().in_flight = in_flight;
+            response
+        })
+    }
+
+    /// Counts a request, and holds its place among the outstanding when that is counted.
+    fn begin(&self) -> Option<InFlight> {
+        self.health.requests.fetch_add(1, Ordering::Relaxed);
+        // Only a choice between targets needs the count: a lone target skips the shared writes.
+        self.balanced.then(|| {
+            self.health.outstanding.fetch_add(1, Ordering::Relaxed);
+            InFlight(self.health.clone())
+        })
+    }
+
+    async fn send_h2(
+        &self,
+        req: Request<OutBody>,
+        tail: &PathAndQuery,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let conns = self
+            .h2
+            .as_ref()
+            .expect("uses_h2 is only true with HTTP/2 connections");
+        match conns.send(req).await {
+            Ok(response) => Ok(response),
+            Err(Outcome::Failed(failed)) => Err(failed),
+            Err(Outcome::Http1(stream, mut req)) => {
+                if self.chose_http1.swap(1, Ordering::Relaxed) == 0 {
+                    tracing::info!(target = %self.url, "target chose HTTP/1.1 by ALPN");
+                }
+                self.pool.adopt(stream);
+                self.address(&mut req, tail, false)?;
+                self.pool.send(req).await
+            }
+        }
+    }
+
+    /// The outcome's mark on the target's health.
+    fn record(&self, sent: &Result<Response<PooledBody>, Failed>) {
+        match sent {
             Ok(response)
                 if matches!(
                     response.status(),
@@ -296,10 +326,6 @@ impl Target {
             }) => {}
             Err(_) => self.failed(),
         }
-        sent.map(|mut response| {
-            response.body_mut().in_flight = in_flight;
-            response
-        })
     }
 
     fn succeeded(&self) {
