@@ -20,7 +20,7 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Incoming};
 
 use super::pool::{Failed, OutBody, PooledBody, SendError};
-use super::target::{Target, TargetBoard};
+use super::target::{Exchange, Target, TargetBoard};
 use crate::config;
 use crate::error::Reject;
 
@@ -114,7 +114,7 @@ impl Upstream {
         &self,
         req: Request<Incoming>,
         tail: PathAndQuery,
-        upgrade: bool,
+        exchange: Exchange,
     ) -> Result<Response<PooledBody>, Reject> {
         let inner = &*self.inner;
         if let Some(why) = &inner.broken {
@@ -125,10 +125,10 @@ impl Upstream {
         if inner.targets.len() > 1 {
             // Boxed: the choice and the retry would otherwise enlarge the future of every
             // request, which is moved (copied) as it goes, for upstreams that have one target.
-            return Box::pin(self.send_balanced(req, tail, upgrade, deadline)).await;
+            return Box::pin(self.send_balanced(req, tail, exchange, deadline)).await;
         }
         inner
-            .attempt(0, req.map(OutBody::Client), &tail, upgrade, deadline)
+            .attempt(0, req.map(OutBody::Client), &tail, exchange, deadline)
             .await
             .map_err(|f| to_reject(f.error))
     }
@@ -137,14 +137,14 @@ impl Upstream {
         &self,
         req: Request<Incoming>,
         tail: PathAndQuery,
-        upgrade: bool,
+        exchange: Exchange,
         deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, Reject> {
         let inner = &*self.inner;
         let replay = is_replayable(&req).then(|| head_of(&req));
         let first = self.pick(None);
         let mut failed = match inner
-            .attempt(first, req.map(OutBody::Client), &tail, upgrade, deadline)
+            .attempt(first, req.map(OutBody::Client), &tail, exchange, deadline)
             .await
         {
             Ok(response) => return Ok(response),
@@ -161,7 +161,7 @@ impl Upstream {
         };
         let second = self.pick(Some(first));
         inner
-            .attempt(second, req, &tail, upgrade, deadline)
+            .attempt(second, req, &tail, exchange, deadline)
             .await
             .map_err(|f| to_reject(f.error))
     }
@@ -204,11 +204,11 @@ impl Inner {
         index: usize,
         req: Request<OutBody>,
         tail: &PathAndQuery,
-        upgrade: bool,
+        exchange: Exchange,
         deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, Failed> {
         let target = &self.targets[index];
-        let failed = match tokio::time::timeout_at(deadline, target.send(req, tail, upgrade)).await
+        let failed = match tokio::time::timeout_at(deadline, target.send(req, tail, exchange)).await
         {
             Ok(Ok(response)) => return Ok(response),
             Ok(Err(failed)) => failed,

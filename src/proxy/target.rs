@@ -109,6 +109,16 @@ impl TargetBoard {
     }
 }
 
+/// What a request asks of its exchange with the target beyond its head.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Exchange {
+    /// A WebSocket upgrade: HTTP/1.1 whatever the protocol (HTTP/2 has no 101).
+    pub(super) upgrade: bool,
+    /// The client sent `TE: trailers`, which goes on to HTTP/2 targets (gRPC servers look for
+    /// it); `forward` removed it as hop-by-hop.
+    pub(super) trailers: bool,
+}
+
 /// One request outstanding on a target, until dropped.
 pub(super) struct InFlight(Arc<TargetHealth>);
 
@@ -238,12 +248,7 @@ impl Target {
         } else {
             *req.uri_mut() = Uri::from(pq);
             *req.version_mut() = Version::HTTP_11;
-            let headers = req.headers_mut();
-            headers.insert(HOST, self.host.clone());
-            // Kept for HTTP/2 (gRPC); in HTTP/1.1 a TE field is hop-by-hop, and ours to drop.
-            if headers.contains_key(TE) {
-                headers.remove(TE);
-            }
+            req.headers_mut().insert(HOST, self.host.clone());
         }
         Ok(())
     }
@@ -253,14 +258,18 @@ impl Target {
         &self,
         mut req: Request<OutBody>,
         tail: &PathAndQuery,
-        upgrade: bool,
+        exchange: Exchange,
     ) -> Result<Response<PooledBody>, Failed> {
         // Only what the await needs lives across it: this future is part of every request's,
         // and moved (copied) with it, so the HTTP/2 path is boxed and the bookkeeping is not
         // held in it.
         let in_flight = self.begin();
-        let h2 = self.uses_h2(upgrade);
+        let h2 = self.uses_h2(exchange.upgrade);
         self.address(&mut req, tail, h2)?;
+        if h2 && exchange.trailers {
+            req.headers_mut()
+                .insert(TE, http::HeaderValue::from_static("trailers"));
+        }
         let sent = if h2 {
             Box::pin(self.send_h2(req, tail)).await
         } else {
@@ -301,6 +310,8 @@ impl Target {
                 }
                 self.pool.adopt(stream);
                 self.address(&mut req, tail, false)?;
+                // A hop-by-hop field in HTTP/1.1, which the client's `TE` was for this hop.
+                req.headers_mut().remove(TE);
                 self.pool.send(req).await
             }
         }
@@ -473,13 +484,10 @@ mod tests {
     fn requests_are_addressed_under_the_base_path_in_the_target_protocol_form() {
         let tail = PathAndQuery::from_static("/api/v1/x?a=1");
         let mut req = Request::new(OutBody::Empty);
-        req.headers_mut()
-            .insert(TE, HeaderValue::from_static("trailers"));
         let based = target("http://127.0.0.1:9000/base/");
         based.address(&mut req, &tail, false).unwrap();
         assert_eq!(req.uri(), "/base/api/v1/x?a=1");
         assert_eq!(req.headers()[HOST], "127.0.0.1:9000");
-        assert!(!req.headers().contains_key(TE), "hop-by-hop in HTTP/1.1");
 
         let plain = target("http://[::1]:9000");
         plain.address(&mut req, &tail, true).unwrap();

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::balance::Upstream;
 use super::pool::PooledBody;
+use super::target::Exchange;
 use super::{ConnInfo, Decision, X_REQUEST_ID};
 use crate::auth::{self, CredentialSources, X_FORWARDED_FOR};
 use crate::config::Config;
@@ -48,6 +49,8 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     PROXY_AUTHORIZATION,
     HTTP2_SETTINGS,
 ];
+/// `TE`'s place in [`HOP_BY_HOP`].
+const TE_INDEX: usize = 3;
 
 /// The header rules of `forward:` and `trusted_proxies`.
 pub struct Forwarding {
@@ -109,15 +112,8 @@ impl Forwarding {
         let headers = req.headers_mut();
         // Room for the headers added below at once, rather than the map growing twice.
         headers.reserve(8);
-        // `TE: trailers` is the one TE that goes on to HTTP/2 targets (`target.rs` drops it for
-        // HTTP/1.1): gRPC servers look for it, and trailers are indeed passed through.
-        let trailers = headers
-            .get(TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        remove_hop_by_hop(headers);
-        if trailers {
-            headers.insert(TE, HeaderValue::from_static("trailers"));
-        }
+        // `TE: trailers` goes on to HTTP/2 targets (`target.rs`), as gRPC servers want it.
+        let trailers = remove_hop_by_hop(headers);
         if let Some((protocol, _)) = &upgrade {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(UPGRADE, protocol.clone());
@@ -141,7 +137,11 @@ impl Forwarding {
             );
         }
 
-        let mut response = upstream.send(req, tail, upgrade.is_some()).await?;
+        let exchange = Exchange {
+            upgrade: upgrade.is_some(),
+            trailers,
+        };
+        let mut response = upstream.send(req, tail, exchange).await?;
         match upgrade {
             Some((_, client_side)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream_side = hyper::upgrade::on(&mut response);
@@ -152,7 +152,9 @@ impl Forwarding {
                     drop(slot);
                 });
             }
-            _ => remove_hop_by_hop(response.headers_mut()),
+            _ => {
+                remove_hop_by_hop(response.headers_mut());
+            }
         }
         // The response goes out in the client connection's protocol, never the upstream's. An
         // `HTTP/1.0` response would be written as such to an HTTP/1.1 client, the connection
@@ -284,12 +286,18 @@ fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue
         .filter(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-/// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, including those named by `Connection`; says whether one of
+/// them was `TE: trailers`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     let present = present(headers, &HOP_BY_HOP);
     if !present.contains(&true) {
-        return;
+        return false;
     }
+    // Looked up only when the scan saw a TE field.
+    let trailers = present[TE_INDEX]
+        && headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     // Read before `Connection` goes. Most of its values are options (`keep-alive`, `close`) or
     // name headers removed below anyway: only other names that are present are collected, so
     // the usual message neither looks anything up nor allocates here.
@@ -313,6 +321,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+    trailers
 }
 
 /// Which of `names` `headers` holds, found in one pass over the few names present rather than
@@ -365,9 +374,10 @@ mod tests {
         h.insert(TE, HeaderValue::from_static("trailers"));
         h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
         h.insert("x-warehouse-id", HeaderValue::from_static("7"));
-        remove_hop_by_hop(&mut h);
+        assert!(remove_hop_by_hop(&mut h), "TE: trailers was there");
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-warehouse-id"], "7");
+        assert_eq!(HOP_BY_HOP[TE_INDEX], TE);
     }
 
     #[test]
