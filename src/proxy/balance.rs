@@ -19,7 +19,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 use hyper::body::{Body, Incoming};
 
-use super::pool::{Failed, OutBody, PooledBody, SendError};
+use super::pool::{Failed, OutBody, PooledBody, SendError, head_of};
 use super::target::{Exchange, Target, TargetBoard};
 use crate::config;
 use crate::error::Reject;
@@ -263,18 +263,6 @@ fn is_replayable(req: &Request<Incoming>) -> bool {
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT | Method::TRACE
     ) && req.body().is_end_stream()
-}
-
-/// A copy of `req`'s head.
-fn head_of(req: &Request<Incoming>) -> http::request::Builder {
-    let mut head = Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .version(req.version());
-    if let Some(headers) = head.headers_mut() {
-        *headers = req.headers().clone();
-    }
-    head
 }
 
 fn to_reject(error: SendError) -> Reject {

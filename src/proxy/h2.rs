@@ -17,7 +17,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{Connector, Stream, Wanted};
-use super::pool::{Failed, OutBody, PooledBody, SHARDS, SendError};
+use super::pool::{Failed, OutBody, PooledBody, SHARDS, SendError, head_of};
 use crate::error::error_chain;
 
 type Sender = SendRequest<OutBody>;
@@ -187,18 +187,6 @@ fn was_refused(e: &hyper::Error) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// A copy of a request's head.
-fn head_of(req: &Request<OutBody>) -> http::request::Builder {
-    let mut head = Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .version(req.version());
-    if let Some(headers) = head.headers_mut() {
-        *headers = req.headers().clone();
-    }
-    head
 }
 
 /// Swaps a streamed client body for one that says whether it failed.

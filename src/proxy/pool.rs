@@ -473,6 +473,18 @@ impl Body for OutBody {
     }
 }
 
+/// A copy of a request's head, to send it again without its body (which must be empty).
+pub(super) fn head_of<B>(req: &Request<B>) -> http::request::Builder {
+    let mut head = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
+    if let Some(headers) = head.headers_mut() {
+        *headers = req.headers().clone();
+    }
+    head
+}
+
 /// Whether hyper's client failed because the request body it was sending failed: a "user
 /// body" error whose cause is the error of the incoming (client-side) body.
 fn is_client_body_error(e: &hyper::Error) -> bool {
