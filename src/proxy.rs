@@ -266,15 +266,20 @@ impl Gateway {
     /// Swaps in the request-path parts of `config` (a validated config whose restart-only
     /// fields are those this gateway runs with): requests that have started finish under the
     /// policy they loaded; buckets, quota counts and the key cache carry on.
-    pub fn reconfigure(&self, config: &Config) {
+    ///
+    /// Says whether any upstream was rebuilt: its config changed, or a TLS file it reads did
+    /// (replaced in place, with the config text the same).
+    pub fn reconfigure(&self, config: &Config) -> bool {
         let previous = self.policy.load_full();
         let limits = previous.limits.reconfigured(config);
-        self.policy.store(Arc::new(Policy::new(
-            config,
-            limits,
-            Some(&previous),
-            &self.targets,
-        )));
+        let policy = Policy::new(config, limits, Some(&previous), &self.targets);
+        let rebuilt = policy.upstreams.len() != previous.upstreams.len()
+            || policy
+                .upstreams
+                .iter()
+                .any(|u| !previous.upstreams.iter().any(|old| old.is(u)));
+        self.policy.store(Arc::new(policy));
+        rebuilt
     }
 
     /// The running policy.

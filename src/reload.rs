@@ -200,9 +200,13 @@ impl Reloader {
             // Validated already; a failure here is the subscriber's, and not worth the reload.
             tracing::warn!(error = %e, "log level not changed");
         }
-        let changed = changed_sections(&old, &new);
+        let mut changed = changed_sections(&old, &new);
         let new = Arc::new(new);
-        self.gateway.reconfigure(&new);
+        // A CA or client certificate replaced in place changes no config text, but the
+        // upstreams reading it.
+        if self.gateway.reconfigure(&new) && !changed.contains(&"upstreams") {
+            changed.push("upstreams");
+        }
         self.admin.store(Arc::new(AdminConfig::new(new.clone())));
         self.running.store(new);
         let config_hash = text_hash(&text);

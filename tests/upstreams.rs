@@ -290,6 +290,14 @@ async fn a_reload_rereads_the_ca_file() {
         .admin(Method::POST, "/v1/reload", Some(OPS_TOKEN), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(
+        r.json()["changed"]
+            .as_array()
+            .unwrap()
+            .contains(&"upstreams".into()),
+        "the upstream reading the file is named: {}",
+        r.json()
+    );
     assert_eq!(gw.get("/u/x", None).await.status, StatusCode::OK);
     // A CA file that no longer parses is refused with its field; the running config stays.
     std::fs::write(&ca, "not a certificate").unwrap();

@@ -98,6 +98,11 @@ impl Upstream {
         }
     }
 
+    /// Whether `other` is this very upstream (kept by a reload), not a rebuilt one.
+    pub(super) fn is(&self, other: &Upstream) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Marks this upstream as replaced by a reload: its health checks stop.
     pub(super) fn retire(&self) {
         self.inner.retired.store(true, Ordering::Relaxed);
