@@ -27,9 +27,22 @@ fn script(name: &str) -> std::path::PathBuf {
 
 /// One call by the Python client through `target`: its JSON report.
 async fn call(target: SocketAddr, kind: &str, metadata: &[(&str, &str)], count: u32) -> Value {
+    call_service(target, "keygate.test.Echo", kind, metadata, count).await
+}
+
+/// As [`call`], to the methods of `service`.
+async fn call_service(
+    target: SocketAddr,
+    service: &str,
+    kind: &str,
+    metadata: &[(&str, &str)],
+    count: u32,
+) -> Value {
     let mut command = std::process::Command::new("python3");
     command
         .arg(script("client.py"))
+        .arg("--service")
+        .arg(service)
         .arg("--target")
         .arg(target.to_string())
         .arg("--call")
@@ -206,21 +219,10 @@ async fn refusals_are_grpc_statuses_with_keygate_codes() {
     let report = call(gw.proxy, "client_stream", &[("authorization", &auth)], 3).await;
     assert_refused(&report, "RESOURCE_EXHAUSTED", 8, "rate_limited");
 
-    // An upstream that cannot be reached is UNAVAILABLE, from keygate (not a transport error).
     let report = call(gw.proxy, "unary", &[], 1).await;
     assert_refused(&report, "UNAUTHENTICATED", 16, "missing_key");
-    let down = {
-        let mut command = std::process::Command::new("python3");
-        command.arg("-c").arg(
-            "import grpc,sys,json\n\
-             ch=grpc.insecure_channel(sys.argv[1])\n\
-             try:\n  ch.unary_unary('/keygate.test.Down/Call')(b'{}', timeout=10)\n  print(json.dumps({'ok':True}))\n\
-             except grpc.RpcError as e:\n  print(json.dumps({'ok':False,'code':e.code().name,'code_number':e.code().value[0],'details':e.details()}))\n",
-        );
-        command.arg(gw.proxy.to_string());
-        let out = output_of(command).await;
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    // An upstream that cannot be reached is UNAVAILABLE, from keygate (not a transport error).
+    let down = call_service(gw.proxy, "keygate.test.Down", "unary", &[], 1).await;
     assert_refused(&down, "UNAVAILABLE", 14, "upstream_unavailable");
 
     // Metrics and usage see keygate's own status, not the 200 the gRPC answer travels in.

@@ -138,7 +138,12 @@ impl Collector for TargetCollector {
         let Some(board) = self.board.get() else {
             return Ok(());
         };
-        let targets = board.snapshot();
+        // Each target's label set, built once for its five series.
+        let targets: Vec<(TargetLabels, Arc<crate::proxy::TargetHealth>)> = board
+            .snapshot()
+            .into_iter()
+            .map(|(upstream, target, health)| (TargetLabels { upstream, target }, health))
+            .collect();
         if targets.is_empty() {
             return Ok(());
         }
@@ -162,12 +167,8 @@ impl Collector for TargetCollector {
         ];
         for (name, help, read) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (upstream, target, health) in &targets {
-                let labels = TargetLabels {
-                    upstream: upstream.clone(),
-                    target: target.clone(),
-                };
-                ConstCounter::new(read(health)).encode(family.encode_family(&labels)?)?;
+            for (labels, health) in &targets {
+                ConstCounter::new(read(health)).encode(family.encode_family(labels)?)?;
             }
         }
         type Level = fn(&crate::proxy::TargetHealth) -> i64;
@@ -185,12 +186,8 @@ impl Collector for TargetCollector {
         ];
         for (name, help, read) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (upstream, target, health) in &targets {
-                let labels = TargetLabels {
-                    upstream: upstream.clone(),
-                    target: target.clone(),
-                };
-                ConstGauge::new(read(health)).encode(family.encode_family(&labels)?)?;
+            for (labels, health) in &targets {
+                ConstGauge::new(read(health)).encode(family.encode_family(labels)?)?;
             }
         }
         Ok(())

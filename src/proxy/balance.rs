@@ -12,7 +12,7 @@
 //! head. Never after a response has begun: the client would see two.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -41,7 +41,7 @@ struct Inner {
     next: AtomicUsize,
     /// Set once a reload replaced this upstream: its health checks stop, and a verdict still in
     /// flight is not written over the new upstream's.
-    retired: std::sync::atomic::AtomicBool,
+    retired: AtomicBool,
     /// Why this upstream has no targets to send to (its TLS files could not be read when it
     /// was built, after validation had read them).
     broken: Option<String>,
@@ -74,7 +74,7 @@ impl Upstream {
                 targets,
                 timeout: cfg.timeout,
                 next: AtomicUsize::new(0),
-                retired: std::sync::atomic::AtomicBool::new(false),
+                retired: AtomicBool::new(false),
                 broken,
             }),
         };
@@ -222,10 +222,7 @@ impl Inner {
                 Failed::from(SendError::Timeout)
             }
         };
-        if !matches!(
-            failed.error,
-            SendError::ClientBody(_) | SendError::PathTooLong
-        ) {
+        if failed.error.is_target_fault() {
             tracing::warn!(
                 upstream = %self.name,
                 target = target.url(),

@@ -68,6 +68,14 @@ pub(super) enum SendError {
     PathTooLong,
 }
 
+impl SendError {
+    /// Whether the target is to blame: counted against its health and logged. A client's own
+    /// broken body, or a path too long to address, says nothing of the target.
+    pub(super) fn is_target_fault(&self) -> bool {
+        !matches!(self, SendError::ClientBody(_) | SendError::PathTooLong)
+    }
+}
+
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -3,7 +3,7 @@
 //! `auto`), and its health: requests outstanding, passive ejection after failures in a row,
 //! the verdict of active checks. Its counters ([`TargetHealth`]) outlive reloads for metrics.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ pub struct TargetHealth {
     ejections: AtomicU64,
     /// Failures since the last success.
     in_a_row: AtomicU32,
-    /// Milliseconds since [`epoch`] until which the target is ejected (0: never was).
+    /// The [`now_ms`] until which the target is ejected (0: never was).
     ejected_until: AtomicU64,
     /// Ejections in a row with no success between them: the next one lasts `2^n` as long.
     streak: AtomicU32,
@@ -138,7 +138,7 @@ pub(super) struct Target {
     base_path: String,
     protocol: Protocol,
     /// Under `auto`: set once the target chose HTTP/1.1 by ALPN.
-    chose_http1: AtomicU8,
+    chose_http1: AtomicBool,
     connector: Arc<Connector>,
     pool: Pool,
     /// `None` under `http1`.
@@ -189,7 +189,7 @@ impl Target {
             authority,
             base_path: url.path().trim_end_matches('/').to_owned(),
             protocol,
-            chose_http1: AtomicU8::new(0),
+            chose_http1: AtomicBool::new(false),
             pool: Pool::new(connector.clone(), cfg.idle_timeout),
             h2: (protocol != Protocol::Http1)
                 .then(|| H2::new(connector.clone(), protocol == Protocol::Auto)),
@@ -216,7 +216,7 @@ impl Target {
             && match self.protocol {
                 Protocol::Http1 => false,
                 Protocol::Http2 => true,
-                Protocol::Auto => self.chose_http1.load(Ordering::Relaxed) == 0,
+                Protocol::Auto => !self.chose_http1.load(Ordering::Relaxed),
             }
     }
 
@@ -263,9 +263,9 @@ impl Target {
         // Only what the await needs lives across it: this future is part of every request's,
         // and moved (copied) with it, so the HTTP/2 path is boxed and the bookkeeping is not
         // held in it.
-        let in_flight = self.begin();
         let h2 = self.uses_h2(exchange.upgrade);
         self.address(&mut req, tail, h2)?;
+        let in_flight = self.begin();
         if h2 && exchange.trailers {
             req.headers_mut()
                 .insert(TE, http::HeaderValue::from_static("trailers"));
@@ -305,7 +305,7 @@ impl Target {
             Ok(response) => Ok(response),
             Err(Outcome::Failed(failed)) => Err(failed),
             Err(Outcome::Http1(stream, mut req)) => {
-                if self.chose_http1.swap(1, Ordering::Relaxed) == 0 {
+                if !self.chose_http1.swap(true, Ordering::Relaxed) {
                     tracing::info!(target = %self.url, "target chose HTTP/1.1 by ALPN");
                 }
                 self.pool.adopt(stream);
@@ -331,11 +331,8 @@ impl Target {
                 self.failed()
             }
             Ok(_) => self.succeeded(),
-            Err(Failed {
-                error: SendError::ClientBody(_) | SendError::PathTooLong,
-                ..
-            }) => {}
-            Err(_) => self.failed(),
+            Err(failed) if failed.error.is_target_fault() => self.failed(),
+            Err(_) => {}
         }
     }
 

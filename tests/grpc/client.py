@@ -145,7 +145,11 @@ def main():
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--wait-ready", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--service", default="keygate.test.Echo",
+                        help="the service whose methods are called")
     args = parser.parse_args()
+    global SERVICE
+    SERVICE = f"/{args.service}/"
 
     kw = {"timeout": args.timeout, "metadata": args.metadata or None}
     with grpc.insecure_channel(args.target) as channel:
